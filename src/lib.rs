@@ -1,0 +1,1 @@
+pub mod wire { include!(concat!(env!("OUT_DIR"), "/bank.rs")); }
