@@ -1,1 +1,27 @@
-pub mod wire { include!(concat!(env!("OUT_DIR"), "/bank.rs")); }
+//! snapbank: a distributed bank whose branches move money over TCP while a controller takes
+//! Chandy-Lamport global snapshots of it.
+//!
+//! A map of the crate, from the bytes on the wire inwards:
+//!
+//! - [`wire`]: the protobuf types generated from `proto/bank.proto`, the delimited frame codec,
+//!   and frame builders. The only module that knows about bytes.
+//! - [`config`]: the branches file (`<name> <ip> <port>` lines), parsed and validated.
+//! - [`core`]: the algorithm with no I/O. [`core::BranchCore`] applies transfers and markers to a
+//!   ledger and returns effects; [`core::SnapshotRecord`] is one branch's part of a snapshot.
+//! - [`outbox`]: the write half of every connection: frames appended to a buffer that a writer
+//!   task drains in batches, so a burst of messages costs one system call.
+//! - [`branch`]: a live branch: `BranchActor` owns the core, one `PeerConnection` actor per TCP
+//!   stream feeds it frames in FIFO order, one `SnapshotRecorder` actor per snapshot id keeps that
+//!   snapshot's record until the controller retrieves it.
+//! - [`controller`]: `ControllerActor` initialises the bank, schedules snapshots, retrieves the
+//!   records and turns them into [`controller::SnapshotReport`]s.
+//! - [`local_bank`]: starts real `branch` processes on free loopback ports and kills them on drop;
+//!   used by `./demo` and the end-to-end tests.
+
+pub mod branch;
+pub mod config;
+pub mod controller;
+pub mod core;
+pub mod local_bank;
+pub mod outbox;
+pub mod wire;

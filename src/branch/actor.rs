@@ -1,0 +1,758 @@
+//! [`BranchActor`]: owns a branch's [`BranchCore`] and carries its decisions to the network.
+//!
+//! Every frame from every connection arrives here as an [`Inbound`] message through the actor's
+//! one mailbox, so per-connection FIFO order reaches the core intact. The actor classifies
+//! connections (controller or peer), parks peers that arrive before `InitBranch` (their frames
+//! wait unread in the socket, so nothing is lost or reordered), dials the peers it is responsible
+//! for, generates random transfers, and routes the core's effects: markers to outboxes, record
+//! updates to the snapshot's [`SnapshotRecorder`]. It contains no algorithm of its own.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use log::{debug, error, info, warn};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::oneshot;
+use tokio_util::codec::FramedRead;
+
+use super::connection::{FrameReader, PeerConnection};
+use super::recorder::{self, Reply, SnapshotRecorder};
+use super::responses::ResponseQueue;
+use super::{BranchConfig, listener};
+use crate::config::BranchEntry;
+use crate::core::{BranchCore, Channel, Effect, SnapshotId, SnapshotRecord};
+use crate::outbox::Outbox;
+use crate::wire::{self, Body, FrameCodec, pb};
+
+/// Identifies one accepted or dialled TCP stream, so that frames or a close from a connection
+/// that has since been replaced are recognised as stale.
+pub type ConnId = u64;
+
+/// A peer whose outbox holds more than this many unwritten bytes is not sent new transfers until
+/// it drains: the sender slows to the pace the connection takes, and a marker never waits behind
+/// more than this much traffic.
+const TRANSFER_HIGH_WATER: usize = 64 * 1024;
+
+/// Upper bound on how long a `RetrieveSnapshot` may be held waiting for its record.
+const MAX_RETRIEVE_WAIT: Duration = Duration::from_secs(60);
+
+/// Upper bound on peer connections parked before `InitBranch`: more than any bank's peer count.
+const MAX_PARKED_PEERS: usize = 4096;
+
+/// Upper bound on requests waiting for a snapshot this branch has not begun yet.
+const MAX_EARLY_WAITERS: usize = 4096;
+
+/// How long the transfer generator pauses when it found nothing to send (no connected peer with
+/// room, or no money), so an as-fast-as-possible branch does not spin.
+const IDLE_PAUSE: Duration = Duration::from_millis(1);
+
+/// Which connection a frame came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A controller connection.
+    Controller(ConnId),
+    /// The connection carrying the channel to and from peer `channel`.
+    Peer { channel: Channel, conn: ConnId },
+}
+
+/// A new connection and its first frame, from the listener.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Accepted {
+    pub first: Body,
+    pub reader: FrameReader,
+    pub writer: OwnedWriteHalf,
+    pub remote: SocketAddr,
+}
+
+/// A decoded frame from an established connection.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Inbound {
+    pub source: Source,
+    pub body: Body,
+}
+
+/// A connection's actor stopped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ConnectionClosed {
+    pub source: Source,
+}
+
+/// A recorder handed over its finished record and stopped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RecorderRetired {
+    pub id: SnapshotId,
+}
+
+/// Time to send the next random transfer.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SendTransfer;
+
+/// A snapshot of the branch's state for tests and diagnostics.
+#[derive(Message)]
+#[rtype(result = "Option<BranchStatus>")]
+pub struct GetStatus;
+
+/// What [`GetStatus`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BranchStatus {
+    /// Current balance.
+    pub balance: u64,
+    /// Peers with an established connection.
+    pub connected_peers: usize,
+    /// Snapshots still recording.
+    pub snapshots_in_progress: usize,
+    /// Snapshot records kept, waiting to be retrieved.
+    pub records_kept: usize,
+}
+
+/// A peer connection that identified itself before this branch was initialised.
+struct ParkedPeer {
+    name: String,
+    reader: FrameReader,
+    writer: OwnedWriteHalf,
+    remote: SocketAddr,
+}
+
+/// One other branch of the bank.
+struct Peer {
+    /// Its name, for logs.
+    name: String,
+    /// Where to dial it.
+    addr: SocketAddr,
+    /// Frames for it, in order; exists before the connection so early markers wait here.
+    outbox: Outbox,
+    /// The established connection, if any.
+    conn: Option<ConnId>,
+    /// Whether this branch opens the connection (its name sorts lower), so that each pair has
+    /// exactly one connection.
+    we_dial: bool,
+}
+
+/// A controller connection and the answers owed on it.
+struct ControllerLink {
+    outbox: Outbox,
+    responses: ResponseQueue<pb::return_snapshot::LocalSnapshot>,
+}
+
+/// A `RetrieveSnapshot` for a snapshot this branch has not begun yet.
+struct EarlyWaiter {
+    deadline: Instant,
+    reply: Reply,
+}
+
+/// Everything that exists once `InitBranch` has arrived.
+struct Bank {
+    core: BranchCore,
+    /// Peers in `all_branches` order without this branch: index = [`Channel`].
+    peers: Vec<Peer>,
+    by_name: HashMap<String, Channel>,
+    /// The recorder of every snapshot begun here and not yet retrieved.
+    recorders: HashMap<SnapshotId, Addr<SnapshotRecorder>>,
+    /// Transfer amounts are drawn from this inclusive range (1-5 % of the initial balance).
+    amount_range: (u64, u64),
+}
+
+/// The actor that owns one branch.
+pub struct BranchActor {
+    name: Rc<str>,
+    settings: BranchConfig,
+    rng: StdRng,
+    /// `None` until `InitBranch`.
+    bank: Option<Bank>,
+    /// Peers that connected before `InitBranch`, admitted in arrival order once it comes.
+    parked: Vec<ParkedPeer>,
+    controllers: HashMap<ConnId, ControllerLink>,
+    early_waiters: HashMap<SnapshotId, Vec<EarlyWaiter>>,
+    next_conn: ConnId,
+    /// Reused buffer for the core's effects, so handling a message allocates nothing.
+    effects: Vec<Effect>,
+}
+
+impl BranchActor {
+    /// A branch that has not been initialised yet.
+    pub fn new(settings: BranchConfig) -> Self {
+        let rng = match settings.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => rand::make_rng(),
+        };
+        Self {
+            name: settings.name.as_str().into(),
+            settings,
+            rng,
+            bank: None,
+            parked: Vec::new(),
+            controllers: HashMap::new(),
+            early_waiters: HashMap::new(),
+            next_conn: 0,
+            effects: Vec::new(),
+        }
+    }
+
+    fn new_conn_id(&mut self) -> ConnId {
+        self.next_conn += 1;
+        self.next_conn
+    }
+
+    // ---- connections -------------------------------------------------------------------
+
+    fn accept_controller(&mut self, first: Body, reader: FrameReader, writer: OwnedWriteHalf, remote: SocketAddr, ctx: &mut Context<Self>) {
+        let conn = self.new_conn_id();
+        let outbox = Outbox::new();
+        info!("{}: controller connected from {remote}", self.name);
+        PeerConnection::start(
+            reader,
+            writer,
+            outbox.clone(),
+            Source::Controller(conn),
+            format!("controller at {remote}"),
+            ctx.address(),
+        );
+        self.controllers.insert(
+            conn,
+            ControllerLink {
+                outbox,
+                responses: ResponseQueue::default(),
+            },
+        );
+        self.on_controller_frame(conn, first, ctx);
+    }
+
+    fn admit_peer(&mut self, parked: ParkedPeer, ctx: &mut Context<Self>) {
+        let ParkedPeer {
+            name,
+            reader,
+            writer,
+            remote,
+        } = parked;
+        let conn = self.new_conn_id();
+        let Some(bank) = self.bank.as_mut() else {
+            return;
+        };
+        let Some(&channel) = bank.by_name.get(&name) else {
+            warn!(
+                "{}: connection from {remote} claims to be {name:?}, which is not a peer in this bank; closing",
+                self.name
+            );
+            return;
+        };
+        let peer = &mut bank.peers[channel];
+        if peer.we_dial {
+            warn!(
+                "{}: {name} connected from {remote}, but this branch is the one that dials {name}; closing",
+                self.name
+            );
+            return;
+        }
+        if peer.conn.is_some() {
+            warn!(
+                "{}: second connection from {name} (from {remote}); closing it, the first stays",
+                self.name
+            );
+            return;
+        }
+        peer.conn = Some(conn);
+        info!("{}: peer {name} connected from {remote}", self.name);
+        PeerConnection::start(
+            reader,
+            writer,
+            peer.outbox.clone(),
+            Source::Peer { channel, conn },
+            format!("peer {name}"),
+            ctx.address(),
+        );
+    }
+
+    /// Dials peer `channel`, retrying until it answers; the connection's first frame (`Hello`)
+    /// is already at the front of its outbox.
+    fn dial(&self, channel: Channel, ctx: &mut Context<Self>) {
+        let Some(peer) = self.bank.as_ref().map(|bank| &bank.peers[channel]) else {
+            return;
+        };
+        let (name, addr, me) = (peer.name.clone(), peer.addr, self.name.clone());
+        let dialling = async move {
+            let started = Instant::now();
+            let mut last_warning = started;
+            let mut delay = Duration::from_millis(10);
+            loop {
+                let error = match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
+                    Ok(Ok(stream)) => return stream,
+                    Ok(Err(err)) => err.to_string(),
+                    Err(_) => "connect timed out".to_string(),
+                };
+                if last_warning.elapsed() >= Duration::from_secs(5) {
+                    warn!(
+                        "{me}: still trying to reach {name} at {addr} after {} s: {error}",
+                        started.elapsed().as_secs()
+                    );
+                    last_warning = Instant::now();
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+        };
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(dialling).map(move |stream, branch, ctx| {
+                branch.dialled(channel, stream, ctx);
+            }),
+        );
+    }
+
+    fn dialled(&mut self, channel: Channel, stream: TcpStream, ctx: &mut Context<Self>) {
+        let conn = self.new_conn_id();
+        let Some(peer) = self.bank.as_mut().map(|bank| &mut bank.peers[channel]) else {
+            return;
+        };
+        if let Err(err) = stream.set_nodelay(true) {
+            debug!("cannot set TCP_NODELAY towards {}: {err}", peer.name);
+        }
+        let (read_half, writer) = stream.into_split();
+        let reader = FramedRead::new(read_half, FrameCodec::new(self.settings.max_frame));
+        peer.conn = Some(conn);
+        info!("{}: connected to peer {} at {}", self.name, peer.name, peer.addr);
+        PeerConnection::start(
+            reader,
+            writer,
+            peer.outbox.clone(),
+            Source::Peer { channel, conn },
+            format!("peer {}", peer.name),
+            ctx.address(),
+        );
+    }
+
+    // ---- controller commands -----------------------------------------------------------
+
+    fn on_controller_frame(&mut self, conn: ConnId, body: Body, ctx: &mut Context<Self>) {
+        match body {
+            Body::InitBranch(init) => self.init(init, ctx),
+            Body::InitSnapshot(pb::InitSnapshot { snapshot_id }) => {
+                let Some(bank) = self.bank.as_mut() else {
+                    warn!(
+                        "{}: InitSnapshot {snapshot_id} before InitBranch; ignored",
+                        self.name
+                    );
+                    return;
+                };
+                match bank.core.start_snapshot(snapshot_id, &mut self.effects) {
+                    Ok(()) => {
+                        debug!("{}: starting snapshot {snapshot_id}", self.name);
+                        self.apply_effects(ctx);
+                    }
+                    Err(err) => warn!("{}: InitSnapshot refused: {err}", self.name),
+                }
+            }
+            Body::RetrieveSnapshot(pb::RetrieveSnapshot {
+                snapshot_id,
+                wait_ms,
+            }) => self.retrieve(conn, snapshot_id, wait_ms, ctx),
+            other => warn!(
+                "{}: the controller connection sent {}; only InitBranch, InitSnapshot and RetrieveSnapshot are accepted there; ignored",
+                self.name,
+                wire::body_kind(&other)
+            ),
+        }
+    }
+
+    fn init(&mut self, init: pb::InitBranch, ctx: &mut Context<Self>) {
+        if self.bank.is_some() {
+            warn!(
+                "{}: second InitBranch refused: this branch is already initialised",
+                self.name
+            );
+            return;
+        }
+        let members = match wire::bank_members(&self.name, &init.all_branches) {
+            Ok(members) => members,
+            Err(err) => {
+                error!("{}: InitBranch refused: {err}", self.name);
+                return;
+            }
+        };
+        let balance = u64::from(init.balance);
+        let peers: Vec<Peer> = members
+            .into_iter()
+            .filter(|member| *member.name != *self.name)
+            .map(|BranchEntry { name, addr }| {
+                let we_dial = *self.name < *name;
+                let outbox = Outbox::new();
+                if we_dial {
+                    outbox.push(Body::Hello(pb::Hello {
+                        name: self.name.to_string(),
+                    }));
+                }
+                Peer {
+                    name,
+                    addr,
+                    outbox,
+                    conn: None,
+                    we_dial,
+                }
+            })
+            .collect();
+        let low = (balance / 100).max(1);
+        let high = (balance * 5 / 100).max(low);
+        info!(
+            "{}: initialised with balance {balance} and {} peers",
+            self.name,
+            peers.len()
+        );
+        self.bank = Some(Bank {
+            core: BranchCore::new(balance, peers.len()),
+            by_name: peers
+                .iter()
+                .enumerate()
+                .map(|(channel, peer)| (peer.name.clone(), channel))
+                .collect(),
+            peers,
+            recorders: HashMap::new(),
+            amount_range: (low, high),
+        });
+        for parked in std::mem::take(&mut self.parked) {
+            self.admit_peer(parked, ctx);
+        }
+        let to_dial: Vec<Channel> = self
+            .bank
+            .iter()
+            .flat_map(|bank| bank.peers.iter().enumerate())
+            .filter(|(_, peer)| peer.we_dial)
+            .map(|(channel, _)| channel)
+            .collect();
+        for channel in to_dial {
+            self.dial(channel, ctx);
+        }
+        if balance > 0 {
+            self.schedule_transfer(true, ctx);
+        }
+    }
+
+    fn retrieve(&mut self, conn: ConnId, id: SnapshotId, wait_ms: u32, ctx: &mut Context<Self>) {
+        let Some(link) = self.controllers.get_mut(&conn) else {
+            return;
+        };
+        let seq = link.responses.reserve();
+        let (reply, answer) = oneshot::channel();
+        let wait = Duration::from_millis(u64::from(wait_ms)).min(MAX_RETRIEVE_WAIT);
+        let recorder = self.bank.as_ref().and_then(|bank| bank.recorders.get(&id));
+        let known = self.bank.as_ref().is_some_and(|bank| bank.core.knows(id));
+        let early_count: usize = self.early_waiters.values().map(Vec::len).sum();
+        if let Some(recorder) = recorder {
+            recorder.do_send(recorder::Retrieve { wait, reply });
+        } else if known || wait.is_zero() || early_count >= MAX_EARLY_WAITERS {
+            // Already retrieved, or never seen and the controller will not wait for it.
+            let _ = reply.send(wire::unknown_snapshot(id, &self.name));
+        } else {
+            self.early_waiters.entry(id).or_default().push(EarlyWaiter {
+                deadline: Instant::now() + wait,
+                reply,
+            });
+            ctx.run_later(wait, move |branch, _ctx| branch.expire_early_waiters(id));
+        }
+        let name = self.name.clone();
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(answer).map(move |answer, branch, _ctx| {
+                // A recorder that retired before reading the request dropped it: the record was
+                // already handed over, so this request is for a snapshot no longer kept.
+                let answer = answer.unwrap_or_else(|_| wire::unknown_snapshot(id, &name));
+                branch.send_answer(conn, seq, answer);
+            }),
+        );
+    }
+
+    fn expire_early_waiters(&mut self, id: SnapshotId) {
+        let Some(waiters) = self.early_waiters.get_mut(&id) else {
+            return;
+        };
+        let now = Instant::now();
+        let (expired, kept): (Vec<_>, Vec<_>) =
+            waiters.drain(..).partition(|waiter| waiter.deadline <= now);
+        *waiters = kept;
+        if waiters.is_empty() {
+            self.early_waiters.remove(&id);
+        }
+        for waiter in expired {
+            let _ = waiter.reply.send(wire::unknown_snapshot(id, &self.name));
+        }
+    }
+
+    fn send_answer(&mut self, conn: ConnId, seq: u64, answer: pb::return_snapshot::LocalSnapshot) {
+        let Some(link) = self.controllers.get_mut(&conn) else {
+            return;
+        };
+        for ready in link.responses.fill(seq, answer) {
+            link.outbox.push(Body::ReturnSnapshot(pb::ReturnSnapshot {
+                local_snapshot: Some(ready),
+            }));
+        }
+    }
+
+    // ---- peer traffic ------------------------------------------------------------------
+
+    fn on_peer_frame(&mut self, channel: Channel, conn: ConnId, body: Body, ctx: &mut Context<Self>) {
+        let Some(bank) = self.bank.as_mut() else {
+            return;
+        };
+        let Some(peer) = bank.peers.get(channel).filter(|peer| peer.conn == Some(conn)) else {
+            return; // a frame from a connection that has since been replaced
+        };
+        let result = match body {
+            Body::Transfer(pb::Transfer { money }) => {
+                bank.core
+                    .receive_transfer(channel, u64::from(money), &mut self.effects)
+            }
+            Body::Marker(pb::Marker { snapshot_id }) => {
+                bank.core
+                    .receive_marker(channel, snapshot_id, &mut self.effects)
+            }
+            other => {
+                warn!(
+                    "{}: peer {} sent {}; only Transfer and Marker are accepted from peers; ignored",
+                    self.name,
+                    peer.name,
+                    wire::body_kind(&other)
+                );
+                return;
+            }
+        };
+        match result {
+            Ok(()) => self.apply_effects(ctx),
+            Err(err) => warn!("{}: from peer {}: {err}; ignored", self.name, peer.name),
+        }
+    }
+
+    /// Carries out the effects the core just produced, in order.
+    fn apply_effects(&mut self, ctx: &mut Context<Self>) {
+        let Some(bank) = self.bank.as_mut() else {
+            return;
+        };
+        for effect in self.effects.drain(..) {
+            match effect {
+                Effect::BeginRecord {
+                    id,
+                    balance,
+                    channels,
+                } => {
+                    let record = SnapshotRecord::new(id, balance, channels);
+                    let recorder =
+                        SnapshotRecorder::new(record, self.name.clone(), ctx.address()).start();
+                    for waiter in self.early_waiters.remove(&id).into_iter().flatten() {
+                        recorder.do_send(recorder::Retrieve {
+                            wait: waiter.deadline.saturating_duration_since(Instant::now()),
+                            reply: waiter.reply,
+                        });
+                    }
+                    bank.recorders.insert(id, recorder);
+                }
+                Effect::SendMarker { to, id } => {
+                    bank.peers[to]
+                        .outbox
+                        .push(Body::Marker(pb::Marker { snapshot_id: id }));
+                }
+                Effect::RecordTransfer { id, from, amount } => {
+                    if let Some(recorder) = bank.recorders.get(&id) {
+                        recorder.do_send(recorder::InTransit { from, amount });
+                    }
+                }
+                Effect::FinishRecord { id } => {
+                    debug!("{}: finished recording snapshot {id}", self.name);
+                    if let Some(recorder) = bank.recorders.get(&id) {
+                        recorder.do_send(recorder::FinishRecord);
+                    }
+                }
+            }
+        }
+    }
+
+    fn schedule_transfer(&mut self, sent: bool, ctx: &mut Context<Self>) {
+        let (min, max) = (self.settings.min_interval, self.settings.max_interval);
+        let mut delay = if max > min {
+            self.rng.random_range(min..=max)
+        } else {
+            max
+        };
+        if !sent {
+            delay = delay.max(IDLE_PAUSE);
+        }
+        if delay.is_zero() {
+            ctx.notify(SendTransfer);
+        } else {
+            ctx.notify_later(SendTransfer, delay);
+        }
+    }
+
+    /// Sends one random transfer to a random connected peer with room in its outbox. Returns
+    /// whether one was sent.
+    fn send_random_transfer(&mut self) -> bool {
+        let Some(bank) = self.bank.as_mut() else {
+            return false;
+        };
+        let count = bank.peers.len();
+        if count == 0 {
+            return false;
+        }
+        let start = self.rng.random_range(0..count);
+        let Some(channel) = (0..count).map(|i| (start + i) % count).find(|&c| {
+            let peer = &bank.peers[c];
+            peer.conn.is_some() && peer.outbox.backlog() < TRANSFER_HIGH_WATER
+        }) else {
+            return false;
+        };
+        let (low, high) = bank.amount_range;
+        let amount = self.rng.random_range(low..=high);
+        if bank.core.withdraw(amount).is_err() {
+            return false; // no money, no transfer
+        }
+        let money = wire::to_wire_amount(amount);
+        if !bank.peers[channel]
+            .outbox
+            .push(Body::Transfer(pb::Transfer { money }))
+        {
+            // The connection died under us: the money never left.
+            bank.core.refund(amount);
+            return false;
+        }
+        true
+    }
+}
+
+impl Actor for BranchActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<Accepted> for BranchActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Accepted, ctx: &mut Context<Self>) {
+        let Accepted {
+            first,
+            reader,
+            writer,
+            remote,
+        } = msg;
+        match first {
+            Body::Hello(pb::Hello { name }) => {
+                let parked = ParkedPeer {
+                    name,
+                    reader,
+                    writer,
+                    remote,
+                };
+                if self.bank.is_some() {
+                    self.admit_peer(parked, ctx);
+                } else if self.parked.len() < MAX_PARKED_PEERS {
+                    debug!(
+                        "{}: {} connected before InitBranch; holding its frames until then",
+                        self.name, parked.name
+                    );
+                    self.parked.push(parked);
+                } else {
+                    warn!(
+                        "{}: too many connections before InitBranch; closing the one from {remote}",
+                        self.name
+                    );
+                }
+            }
+            Body::InitBranch(_) | Body::InitSnapshot(_) | Body::RetrieveSnapshot(_) => {
+                self.accept_controller(first, reader, writer, remote, ctx);
+            }
+            other => warn!(
+                "{}: connection from {remote} opened with {}, not Hello or a controller command; closing",
+                self.name,
+                wire::body_kind(&other)
+            ),
+        }
+    }
+}
+
+impl Handler<Inbound> for BranchActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Inbound, ctx: &mut Context<Self>) {
+        match msg.source {
+            Source::Controller(conn) => self.on_controller_frame(conn, msg.body, ctx),
+            Source::Peer { channel, conn } => self.on_peer_frame(channel, conn, msg.body, ctx),
+        }
+    }
+}
+
+impl Handler<ConnectionClosed> for BranchActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ConnectionClosed, _ctx: &mut Context<Self>) {
+        match msg.source {
+            Source::Controller(conn) => {
+                if self.controllers.remove(&conn).is_some() {
+                    info!("{}: controller connection closed", self.name);
+                }
+            }
+            Source::Peer { channel, conn } => {
+                let Some(peer) = self.bank.as_mut().and_then(|bank| bank.peers.get_mut(channel))
+                else {
+                    return;
+                };
+                if peer.conn == Some(conn) {
+                    peer.conn = None;
+                    warn!(
+                        "{}: lost the connection to peer {}; no more transfers to it",
+                        self.name, peer.name
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl Handler<RecorderRetired> for BranchActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RecorderRetired, _ctx: &mut Context<Self>) {
+        if let Some(bank) = self.bank.as_mut() {
+            bank.recorders.remove(&msg.id);
+        }
+    }
+}
+
+impl Handler<SendTransfer> for BranchActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: SendTransfer, ctx: &mut Context<Self>) {
+        let sent = self.send_random_transfer();
+        self.schedule_transfer(sent, ctx);
+    }
+}
+
+impl Handler<GetStatus> for BranchActor {
+    type Result = Option<BranchStatus>;
+
+    fn handle(&mut self, _msg: GetStatus, _ctx: &mut Context<Self>) -> Option<BranchStatus> {
+        let bank = self.bank.as_ref()?;
+        Some(BranchStatus {
+            balance: bank.core.ledger().balance(),
+            connected_peers: bank.peers.iter().filter(|peer| peer.conn.is_some()).count(),
+            snapshots_in_progress: bank.core.snapshots_in_progress(),
+            records_kept: bank.recorders.len(),
+        })
+    }
+}
+
+/// Starts the accept loop on `listener` inside the actor's context, so it ends with the actor.
+pub(super) fn start_accepting(
+    actor: BranchActor,
+    listener: tokio::net::TcpListener,
+) -> Addr<BranchActor> {
+    let max_frame = actor.settings.max_frame;
+    BranchActor::create(move |ctx| {
+        let accepting = listener::accept_loop(listener, ctx.address(), max_frame);
+        ctx.spawn(actix::fut::wrap_future::<_, BranchActor>(accepting));
+        actor
+    })
+}

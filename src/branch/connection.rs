@@ -1,0 +1,97 @@
+//! [`PeerConnection`]: the actor that owns one TCP stream of a branch (to a peer branch or to
+//! the controller).
+//!
+//! Its read half is an actix stream of decoded frames; each frame is forwarded with `do_send` to
+//! the [`BranchActor`], whose single mailbox keeps them in arrival order (FIFO is the correctness
+//! condition of Chandy-Lamport). Its write half is an [`Outbox`] drained by a writer task that
+//! lives and dies with the actor. A framing error, a write error or the end of the stream stops
+//! the actor, and stopping tells the branch the connection is gone.
+
+use actix::prelude::*;
+use log::{info, warn};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_util::codec::FramedRead;
+
+use super::actor::{BranchActor, ConnectionClosed, Inbound, Source};
+use crate::outbox::{Outbox, write_loop};
+use crate::wire::{FrameCodec, FrameError, pb};
+
+/// The read half of a connection, decoding delimited frames.
+pub type FrameReader = FramedRead<OwnedReadHalf, FrameCodec>;
+
+/// One TCP stream of a branch.
+pub struct PeerConnection {
+    /// Who is on the other end, as the branch knows it; stamped on every forwarded frame.
+    source: Source,
+    /// How log lines name this connection ("peer branch2", "controller at 127.0.0.1:5000").
+    label: String,
+    /// Where decoded frames go, in order.
+    branch: Addr<BranchActor>,
+    /// The write queue, closed when the actor stops so nothing queues for a dead socket.
+    outbox: Outbox,
+}
+
+impl PeerConnection {
+    /// Starts the actor on an established stream whose first frame has already been read.
+    pub fn start(
+        reader: FrameReader,
+        writer: OwnedWriteHalf,
+        outbox: Outbox,
+        source: Source,
+        label: String,
+        branch: Addr<BranchActor>,
+    ) -> Addr<Self> {
+        PeerConnection::create(move |ctx| {
+            ctx.add_stream(reader);
+            let writing = actix::fut::wrap_future::<_, Self>(write_loop(outbox.clone(), writer));
+            ctx.spawn(writing.map(|result, connection, ctx| {
+                if let Err(err) = result {
+                    warn!("{}: write failed: {err}; closing", connection.label);
+                }
+                ctx.stop();
+            }));
+            PeerConnection {
+                source,
+                label,
+                branch,
+                outbox,
+            }
+        })
+    }
+}
+
+impl Actor for PeerConnection {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.outbox.mark_dead();
+        self.branch.do_send(ConnectionClosed {
+            source: self.source,
+        });
+    }
+}
+
+impl StreamHandler<Result<pb::BranchMessage, FrameError>> for PeerConnection {
+    fn handle(&mut self, item: Result<pb::BranchMessage, FrameError>, ctx: &mut Context<Self>) {
+        match item {
+            Ok(pb::BranchMessage {
+                branch_message: Some(body),
+            }) => self.branch.do_send(Inbound {
+                source: self.source,
+                body,
+            }),
+            Ok(pb::BranchMessage {
+                branch_message: None,
+            }) => warn!("{}: frame with no message this branch knows; ignored", self.label),
+            Err(err) => {
+                warn!("{}: {err}; closing the connection", self.label);
+                ctx.stop();
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        info!("{}: connection closed by the other side", self.label);
+        ctx.stop();
+    }
+}

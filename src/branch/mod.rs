@@ -1,0 +1,75 @@
+//! A live branch: the actors that carry [`crate::core::BranchCore`]'s decisions over TCP.
+//!
+//! - [`actor`]: `BranchActor`, owner of the core; classifies connections, dials peers, generates
+//!   transfers, routes effects.
+//! - [`connection`]: `PeerConnection`, one per TCP stream, forwarding decoded frames in order.
+//! - [`recorder`]: `SnapshotRecorder`, one per snapshot id, keeping that snapshot's record until
+//!   the controller retrieves it.
+//! - [`listener`]: the accept loop and the first-frame deadline.
+//! - [`responses`]: answers to the controller released in request order.
+//!
+//! Who dials whom: of each pair, the branch whose name sorts lower dials the other and sends
+//! `Hello` (naming itself) as its first frame, so every pair has exactly one connection, used in
+//! both directions.
+
+pub mod actor;
+pub mod connection;
+pub mod listener;
+pub mod recorder;
+pub mod responses;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use actor::{BranchActor, BranchStatus, GetStatus};
+
+/// How to run one branch.
+#[derive(Debug, Clone)]
+pub struct BranchConfig {
+    /// This branch's name; must match its entry in the controller's branches file.
+    pub name: String,
+    /// Address to listen on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Shortest pause between two outgoing transfers.
+    pub min_interval: Duration,
+    /// Longest pause between two outgoing transfers; 0 with `min_interval` 0 sends as fast as
+    /// the connections take them.
+    pub max_interval: Duration,
+    /// Seed for the branch's random choices (targets, amounts, pauses), for repeatable runs.
+    pub seed: Option<u64>,
+    /// Largest frame accepted from any connection.
+    pub max_frame: usize,
+}
+
+impl BranchConfig {
+    /// The defaults of the `branch` command: transfers every 0-5 s.
+    pub fn new(name: impl Into<String>, listen: SocketAddr) -> Self {
+        Self {
+            name: name.into(),
+            listen,
+            min_interval: Duration::ZERO,
+            max_interval: Duration::from_secs(5),
+            seed: None,
+            max_frame: crate::wire::DEFAULT_MAX_FRAME_BYTES,
+        }
+    }
+}
+
+/// A running branch.
+#[derive(Debug, Clone)]
+pub struct BranchHandle {
+    /// The address actually listened on (the real port when the config asked for port 0).
+    pub addr: SocketAddr,
+    /// The branch's actor, for status queries.
+    pub actor: actix::Addr<BranchActor>,
+}
+
+/// Binds the listening socket and starts the branch on the current actix system. Fails only if
+/// the address cannot be bound.
+pub async fn start_branch(config: BranchConfig) -> std::io::Result<BranchHandle> {
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    log::info!("{}: listening on {addr}", config.name);
+    let actor = actor::start_accepting(BranchActor::new(config), listener);
+    Ok(BranchHandle { addr, actor })
+}

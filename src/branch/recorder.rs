@@ -1,0 +1,139 @@
+//! [`SnapshotRecorder`]: the actor that keeps one branch's record of one snapshot.
+//!
+//! The [`super::BranchActor`] starts one when its core begins recording a snapshot and forwards
+//! it the core's effects for that id (money found in transit, the end of recording) through its
+//! FIFO mailbox, so the recorder sees them in exactly the order the core decided them. The
+//! recorder answers `RetrieveSnapshot` requests, holding a request until the record is finished
+//! when the controller asked to wait, and retires once a finished record has been handed over,
+//! so memory stays bounded however long the bank runs.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use super::actor::{BranchActor, RecorderRetired};
+use crate::core::{Channel, SnapshotRecord};
+use crate::wire::{self, pb};
+
+/// Where a finished (or timed-out) answer goes: the slot of one `RetrieveSnapshot` request.
+pub type Reply = oneshot::Sender<pb::return_snapshot::LocalSnapshot>;
+
+/// Money found in transit on an incoming channel while it was recording.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InTransit {
+    pub from: Channel,
+    pub amount: u64,
+}
+
+/// Every incoming channel has delivered its marker: the record is final.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FinishRecord;
+
+/// A `RetrieveSnapshot` for this recorder's snapshot: answer on `reply`, at once if the record is
+/// finished or `wait` is zero, else when it finishes or `wait` runs out, whichever comes first.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Retrieve {
+    pub wait: Duration,
+    pub reply: Reply,
+}
+
+/// Keeps one snapshot's record and answers requests for it.
+pub struct SnapshotRecorder {
+    /// The record being built.
+    record: SnapshotRecord,
+    /// The branch's name, stamped on every answer so the controller can check who answered.
+    branch_name: Rc<str>,
+    /// Requests held until the record finishes, each with a token its timeout uses to find it.
+    waiting: Vec<(u64, Reply)>,
+    /// Next waiter token.
+    next_token: u64,
+    /// Told when this recorder retires, so it stops forwarding to it.
+    branch: Addr<BranchActor>,
+}
+
+impl SnapshotRecorder {
+    /// A recorder for `record`, owned by `branch`.
+    pub fn new(record: SnapshotRecord, branch_name: Rc<str>, branch: Addr<BranchActor>) -> Self {
+        Self {
+            record,
+            branch_name,
+            waiting: Vec::new(),
+            next_token: 0,
+            branch,
+        }
+    }
+
+    fn answer(&self) -> pb::return_snapshot::LocalSnapshot {
+        let status = if self.record.is_finished() {
+            pb::SnapshotStatus::Complete
+        } else {
+            pb::SnapshotStatus::Recording
+        };
+        wire::local_snapshot(&self.record, status, &self.branch_name)
+    }
+
+    /// Hands the finished record over and stops: a retrieved record is not kept.
+    fn retire(&mut self, ctx: &mut Context<Self>) {
+        self.branch.do_send(RecorderRetired {
+            id: self.record.id(),
+        });
+        ctx.stop();
+    }
+}
+
+impl Actor for SnapshotRecorder {
+    type Context = Context<Self>;
+}
+
+impl Handler<InTransit> for SnapshotRecorder {
+    type Result = ();
+
+    fn handle(&mut self, msg: InTransit, _ctx: &mut Context<Self>) {
+        self.record.add_in_transit(msg.from, msg.amount);
+    }
+}
+
+impl Handler<FinishRecord> for SnapshotRecorder {
+    type Result = ();
+
+    fn handle(&mut self, _msg: FinishRecord, ctx: &mut Context<Self>) {
+        self.record.finish();
+        if self.waiting.is_empty() {
+            return;
+        }
+        let answer = self.answer();
+        for (_, reply) in self.waiting.drain(..) {
+            // A dropped receiver means the controller connection is gone; nothing to do.
+            let _ = reply.send(answer.clone());
+        }
+        self.retire(ctx);
+    }
+}
+
+impl Handler<Retrieve> for SnapshotRecorder {
+    type Result = ();
+
+    fn handle(&mut self, msg: Retrieve, ctx: &mut Context<Self>) {
+        if self.record.is_finished() {
+            let _ = msg.reply.send(self.answer());
+            self.retire(ctx);
+        } else if msg.wait.is_zero() {
+            let _ = msg.reply.send(self.answer());
+        } else {
+            let token = self.next_token;
+            self.next_token += 1;
+            self.waiting.push((token, msg.reply));
+            ctx.run_later(msg.wait, move |recorder, _ctx| {
+                if let Some(at) = recorder.waiting.iter().position(|(t, _)| *t == token) {
+                    let (_, reply) = recorder.waiting.swap_remove(at);
+                    let _ = reply.send(recorder.answer());
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! The bank's algorithm with no I/O: messages in, effects out.
+//!
+//! - [`ledger`]: one branch's balance, which never goes negative and never overflows.
+//! - [`branch`]: [`BranchCore`], the Chandy-Lamport marker rules for any number of concurrent
+//!   snapshots. It decides; it returns [`Effect`]s for the caller to carry out.
+//! - [`record`]: [`SnapshotRecord`], what one branch recorded for one snapshot, and
+//!   [`RecordBook`], the records of many snapshots driven straight from effects (used by tests and
+//!   simulations; the real branch keeps each record in its own recorder actor instead).
+//! - [`id_set`]: a compact set of snapshot ids, so remembering every finished snapshot costs
+//!   memory proportional to the gaps between ids, not to their number.
+//!
+//! Actors in [`crate::branch`] feed these structs and move their effects onto sockets; every rule
+//! of the algorithm is here, where it is unit-tested directly.
+
+pub mod branch;
+pub mod id_set;
+pub mod ledger;
+pub mod record;
+
+pub use branch::{BranchCore, Channel, CoreError, Effect, SnapshotId};
+pub use id_set::IdSet;
+pub use ledger::{Ledger, split_total};
+pub use record::{RecordBook, SnapshotRecord};

@@ -1,0 +1,338 @@
+//! The wire edge: generated protobuf types, the delimited frame codec, and the small builders
+//! that turn domain values into [`pb::BranchMessage`] frames.
+//!
+//! Nothing outside this module touches bytes on the socket: connections hand the codec a byte
+//! stream and get whole [`pb::BranchMessage`]s back, and the algorithm in [`crate::core`] never
+//! sees a generated type at all.
+
+use bytes::{Buf, BytesMut};
+use prost::Message;
+use tokio_util::codec::Decoder;
+
+/// Types generated from `proto/bank.proto` by prost-build.
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/bank.rs"));
+}
+
+pub use pb::branch_message::BranchMessage as Body;
+
+/// Largest frame accepted by default. Generous for any real bank (an `InitBranch` listing a
+/// thousand branches is ~40 KiB) while refusing a hostile length prefix before buffering it.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 20;
+
+/// The most bytes a varint32 length prefix can take.
+const MAX_PREFIX_BYTES: usize = 5;
+
+/// Why a byte stream could not be turned into frames. Any of these ends the connection.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {len} bytes exceeds the {max}-byte limit")]
+    TooLarge { len: u64, max: usize },
+    #[error("malformed length prefix (not a varint32)")]
+    BadPrefix,
+    #[error("undecodable frame: {0}")]
+    Decode(#[from] prost::DecodeError),
+    #[error("connection closed in the middle of a frame ({0} bytes unread)")]
+    Truncated(usize),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Decodes protobuf's standard delimited framing (varint32 length, then the message) into
+/// [`pb::BranchMessage`]s, refusing frames above a maximum size before buffering them.
+#[derive(Debug, Clone)]
+pub struct FrameCodec {
+    /// Frames longer than this are a protocol error: it bounds the memory one peer can pin.
+    max_frame: usize,
+}
+
+impl FrameCodec {
+    /// A codec that refuses frames longer than `max_frame` bytes.
+    pub fn new(max_frame: usize) -> Self {
+        Self { max_frame }
+    }
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_FRAME_BYTES)
+    }
+}
+
+/// Reads a varint32 from the front of `buf` without consuming it: `Ok(None)` when more bytes
+/// are needed, else the value and how many bytes it took.
+fn peek_varint32(buf: &[u8]) -> Result<Option<(u64, usize)>, FrameError> {
+    let mut value: u64 = 0;
+    for (i, &byte) in buf.iter().take(MAX_PREFIX_BYTES).enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            if value > u64::from(u32::MAX) {
+                return Err(FrameError::BadPrefix);
+            }
+            return Ok(Some((value, i + 1)));
+        }
+    }
+    if buf.len() >= MAX_PREFIX_BYTES {
+        Err(FrameError::BadPrefix)
+    } else {
+        Ok(None)
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = pb::BranchMessage;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, FrameError> {
+        let Some((len, prefix)) = peek_varint32(src)? else {
+            return Ok(None);
+        };
+        if len > self.max_frame as u64 {
+            return Err(FrameError::TooLarge {
+                len,
+                max: self.max_frame,
+            });
+        }
+        let len = len as usize;
+        if src.len() < prefix + len {
+            src.reserve(prefix + len - src.len());
+            return Ok(None);
+        }
+        src.advance(prefix);
+        let frame = src.split_to(len);
+        Ok(Some(pb::BranchMessage::decode(frame.freeze())?))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, FrameError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => Err(FrameError::Truncated(src.len())),
+        }
+    }
+}
+
+/// Appends `body` to `out` as one delimited frame. Appending to a caller-owned buffer lets a
+/// connection batch many frames into one write without allocating per message.
+pub fn encode_frame(body: Body, out: &mut Vec<u8>) {
+    let message = pb::BranchMessage {
+        branch_message: Some(body),
+    };
+    // A Vec grows as needed, so prost's only encode error (insufficient capacity) cannot occur.
+    if let Err(err) = message.encode_length_delimited(out) {
+        log::error!("cannot encode a frame: {err}");
+    }
+}
+
+/// A short name for a frame's kind, for log lines.
+pub fn body_kind(body: &Body) -> &'static str {
+    match body {
+        Body::InitBranch(_) => "InitBranch",
+        Body::Transfer(_) => "Transfer",
+        Body::InitSnapshot(_) => "InitSnapshot",
+        Body::Marker(_) => "Marker",
+        Body::RetrieveSnapshot(_) => "RetrieveSnapshot",
+        Body::ReturnSnapshot(_) => "ReturnSnapshot",
+        Body::Hello(_) => "Hello",
+    }
+}
+
+/// Why an `InitBranch` cannot be used to initialise a branch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InitError {
+    #[error("InitBranch does not list this branch ({0:?})")]
+    SelfMissing(String),
+    #[error("InitBranch lists {0:?} more than once")]
+    DuplicateName(String),
+    #[error("InitBranch gives {name:?} a bad address {ip:?} port {port}")]
+    BadAddress { name: String, ip: String, port: u32 },
+    #[error("InitBranch lists a branch with an empty name")]
+    EmptyName,
+}
+
+/// Converts `InitBranch.all_branches` into validated [`crate::config::BranchEntry`]s, checking
+/// that `self_name` is listed exactly once and every name is unique and every address usable.
+pub fn bank_members(
+    self_name: &str,
+    branches: &[pb::init_branch::Branch],
+) -> Result<Vec<crate::config::BranchEntry>, InitError> {
+    let mut seen = std::collections::HashSet::new();
+    let mut members = Vec::with_capacity(branches.len());
+    for branch in branches {
+        if branch.name.is_empty() {
+            return Err(InitError::EmptyName);
+        }
+        if !seen.insert(branch.name.as_str()) {
+            return Err(InitError::DuplicateName(branch.name.clone()));
+        }
+        let bad = || InitError::BadAddress {
+            name: branch.name.clone(),
+            ip: branch.ip.clone(),
+            port: branch.port,
+        };
+        let ip: std::net::IpAddr = branch.ip.parse().map_err(|_| bad())?;
+        let port = u16::try_from(branch.port)
+            .ok()
+            .filter(|&port| port != 0)
+            .ok_or_else(bad)?;
+        members.push(crate::config::BranchEntry {
+            name: branch.name.clone(),
+            addr: std::net::SocketAddr::new(ip, port),
+        });
+    }
+    if !seen.contains(self_name) {
+        return Err(InitError::SelfMissing(self_name.to_string()));
+    }
+    Ok(members)
+}
+
+/// The wire form of a branch list, for `InitBranch`.
+pub fn branch_list(entries: &[crate::config::BranchEntry]) -> Vec<pb::init_branch::Branch> {
+    entries
+        .iter()
+        .map(|entry| pb::init_branch::Branch {
+            name: entry.name.clone(),
+            ip: entry.addr.ip().to_string(),
+            port: u32::from(entry.addr.port()),
+        })
+        .collect()
+}
+
+/// Converts a wire amount that the protocol limits to u32, saturating: balances and channel sums
+/// of a bank whose total fits in u32 always fit, and a saturated value is still visibly wrong.
+pub fn to_wire_amount(amount: u64) -> u32 {
+    u32::try_from(amount).unwrap_or(u32::MAX)
+}
+
+/// The `LocalSnapshot` a branch answers `RetrieveSnapshot` with.
+pub fn local_snapshot(
+    record: &crate::core::SnapshotRecord,
+    status: pb::SnapshotStatus,
+    branch_name: &str,
+) -> pb::return_snapshot::LocalSnapshot {
+    pb::return_snapshot::LocalSnapshot {
+        snapshot_id: record.id(),
+        balance: to_wire_amount(record.balance()),
+        channel_state: record
+            .channel_state()
+            .iter()
+            .map(|&amount| to_wire_amount(amount))
+            .collect(),
+        status: status as i32,
+        branch_name: branch_name.to_string(),
+    }
+}
+
+/// The answer for a snapshot id the branch has no record of (never seen, or already retrieved).
+pub fn unknown_snapshot(id: u32, branch_name: &str) -> pb::return_snapshot::LocalSnapshot {
+    pb::return_snapshot::LocalSnapshot {
+        snapshot_id: id,
+        status: pb::SnapshotStatus::UnknownSnapshot as i32,
+        branch_name: branch_name.to_string(),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn decode_all(bytes: &[u8], max: usize) -> Vec<Result<pb::BranchMessage, String>> {
+        let mut codec = FrameCodec::new(max);
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        loop {
+            match codec.decode_eof(&mut buf) {
+                Ok(Some(frame)) => out.push(Ok(frame)),
+                Ok(None) => break,
+                Err(err) => {
+                    out.push(Err(err.to_string()));
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn frames_round_trip_and_match_protobufs_delimited_form() {
+        let mut bytes = Vec::new();
+        encode_frame(Body::Transfer(pb::Transfer { money: 300 }), &mut bytes);
+        encode_frame(Body::Marker(pb::Marker { snapshot_id: 2 }), &mut bytes);
+        // Same bytes as prost's own length-delimited encoding (what writeDelimitedTo produces).
+        let reference = pb::BranchMessage {
+            branch_message: Some(Body::Transfer(pb::Transfer { money: 300 })),
+        }
+        .encode_length_delimited_to_vec();
+        assert_eq!(&bytes[..reference.len()], &reference[..]);
+        let frames = decode_all(&bytes, DEFAULT_MAX_FRAME_BYTES);
+        assert_eq!(frames.len(), 2);
+        assert_eq!(
+            frames[1].as_ref().unwrap().branch_message,
+            Some(Body::Marker(pb::Marker { snapshot_id: 2 }))
+        );
+    }
+
+    #[test]
+    fn frames_split_across_reads_are_reassembled() {
+        let mut bytes = Vec::new();
+        encode_frame(
+            Body::Hello(pb::Hello {
+                name: "x".repeat(300),
+            }),
+            &mut bytes,
+        );
+        let mut codec = FrameCodec::default();
+        let mut buf = BytesMut::new();
+        for (i, byte) in bytes.iter().enumerate() {
+            buf.extend_from_slice(&[*byte]);
+            let frame = codec.decode(&mut buf).unwrap();
+            assert_eq!(frame.is_some(), i == bytes.len() - 1);
+        }
+    }
+
+    #[test]
+    fn oversized_frame_is_refused_before_buffering() {
+        let mut prefix = Vec::new();
+        prost::encoding::encode_varint(10_000, &mut prefix);
+        let frames = decode_all(&prefix, 1024);
+        assert_eq!(
+            frames,
+            vec![Err("frame of 10000 bytes exceeds the 1024-byte limit".into())]
+        );
+    }
+
+    #[test]
+    fn garbage_and_truncation_are_errors_not_panics() {
+        let frames = decode_all(&[0xff; 16], DEFAULT_MAX_FRAME_BYTES);
+        assert!(frames[0].as_ref().unwrap_err().contains("malformed length prefix"));
+        let frames = decode_all(&[5, 0x0a, 0x01], DEFAULT_MAX_FRAME_BYTES);
+        assert!(frames[0].as_ref().unwrap_err().contains("closed in the middle"));
+        let frames = decode_all(&[3, 0xff, 0xff, 0xff], DEFAULT_MAX_FRAME_BYTES);
+        assert!(frames[0].as_ref().unwrap_err().contains("undecodable"));
+    }
+
+    #[test]
+    fn init_branch_members_are_validated() {
+        let branch = |name: &str, ip: &str, port| pb::init_branch::Branch {
+            name: name.into(),
+            ip: ip.into(),
+            port,
+        };
+        let ok = [branch("a", "127.0.0.1", 1), branch("b", "::1", 2)];
+        assert_eq!(bank_members("b", &ok).unwrap().len(), 2);
+        assert_eq!(
+            bank_members("c", &ok),
+            Err(InitError::SelfMissing("c".into()))
+        );
+        let dup = [branch("a", "127.0.0.1", 1), branch("a", "127.0.0.1", 2)];
+        assert_eq!(
+            bank_members("a", &dup),
+            Err(InitError::DuplicateName("a".into()))
+        );
+        for bad in [branch("a", "host", 1), branch("a", "1.2.3.4", 0), branch("a", "1.2.3.4", 70000)] {
+            assert!(matches!(bank_members("a", &[bad]), Err(InitError::BadAddress { .. })));
+        }
+    }
+}
