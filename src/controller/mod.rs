@@ -1,1 +1,157 @@
+//! The controller: initialises a bank, schedules snapshots, collects and reports them.
+//!
+//! - [`actor`]: `ControllerActor`, which owns one persistent connection per branch.
+//! - [`report`]: [`SnapshotReport`], assembled from the branches' records, with its verdict and
+//!   text/JSON forms.
+//!
+//! Retrieval without blind sleeps: right after `InitSnapshot`, the controller sends every branch
+//! `RetrieveSnapshot` with `wait_ms` (a snapbank extension) set to the time left before the
+//! retrieve timeout; each branch answers as soon as its record is finished. A branch that only
+//! knows the original schema ignores `wait_ms` and answers at once.
+
 pub mod actor;
+pub mod report;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+pub use actor::ControllerActor;
+pub use report::{BranchRecord, BranchState, SnapshotReport, Verdict};
+
+use crate::config::BranchEntry;
+
+/// How the controller runs.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// The money the bank holds; split evenly among the branches.
+    pub total: u64,
+    /// The branches, in branches-file order (the order of `all_branches` and of channel states).
+    pub branches: Vec<BranchEntry>,
+    /// Pause between two snapshot starts; zero starts them back to back (needs `snapshots`).
+    pub interval: Duration,
+    /// Stop after this many snapshots; `None` runs until stopped.
+    pub snapshots: Option<u32>,
+    /// Give up on a snapshot's missing records after this long.
+    pub retrieve_timeout: Duration,
+    /// Give up connecting to the branches after this long.
+    pub connect_timeout: Duration,
+    /// Seed for choosing initiators, for repeatable runs.
+    pub seed: Option<u64>,
+    /// Largest frame accepted from a branch.
+    pub max_frame: usize,
+}
+
+impl ControllerConfig {
+    /// The defaults of the `controller` command.
+    pub fn new(total: u64, branches: Vec<BranchEntry>) -> Self {
+        Self {
+            total,
+            branches,
+            interval: Duration::from_secs(10),
+            snapshots: None,
+            retrieve_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            seed: None,
+            max_frame: crate::wire::DEFAULT_MAX_FRAME_BYTES,
+        }
+    }
+}
+
+/// How a finished run went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Snapshots reported.
+    pub snapshots: u32,
+    /// How many of them were complete and summed to the total.
+    pub ok: u32,
+    /// The most snapshots that were in progress at the same time.
+    pub max_in_flight: usize,
+}
+
+impl RunSummary {
+    /// Whether every snapshot was complete and summed to the total.
+    pub fn all_ok(&self) -> bool {
+        self.ok == self.snapshots
+    }
+}
+
+/// Why the controller could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("total {0} does not fit the protocol's 32-bit balances (at most {max})", max = u32::MAX)]
+    TotalTooLarge(u64),
+    #[error("--interval-ms 0 starts snapshots back to back and needs --snapshots")]
+    UnboundedBurst,
+    #[error("cannot reach branch {name} at {addr} within {waited_ms} ms: {last_error}")]
+    Connect {
+        name: String,
+        addr: SocketAddr,
+        waited_ms: u128,
+        last_error: String,
+    },
+    #[error("the controller stopped before finishing its snapshots")]
+    Stopped,
+}
+
+/// Connects to every branch, initialises the bank and takes snapshots, calling `on_report` for
+/// each in id order. Returns when `config.snapshots` have been reported (never, without a
+/// limit). Must run inside an actix system.
+pub async fn run_controller(
+    config: ControllerConfig,
+    on_report: Box<dyn FnMut(&SnapshotReport)>,
+) -> Result<RunSummary, ControllerError> {
+    if config.total > u64::from(u32::MAX) {
+        return Err(ControllerError::TotalTooLarge(config.total));
+    }
+    if config.interval.is_zero() && config.snapshots.is_none() {
+        return Err(ControllerError::UnboundedBurst);
+    }
+    let streams = connect_all(&config.branches, config.connect_timeout).await?;
+    let (done, finished) = oneshot::channel();
+    actor::start(config, streams, on_report, done);
+    finished.await.map_err(|_| ControllerError::Stopped)
+}
+
+async fn connect_all(
+    branches: &[BranchEntry],
+    timeout: Duration,
+) -> Result<Vec<TcpStream>, ControllerError> {
+    let deadline = Instant::now() + timeout;
+    let attempts = branches.iter().map(|branch| connect_one(branch, deadline));
+    futures_util::future::join_all(attempts)
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Dials one branch, retrying while it comes up, until `deadline`.
+async fn connect_one(branch: &BranchEntry, deadline: Instant) -> Result<TcpStream, ControllerError> {
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let error = match tokio::time::timeout(left, TcpStream::connect(branch.addr)).await {
+            Ok(Ok(stream)) => {
+                if let Err(err) = stream.set_nodelay(true) {
+                    log::debug!("cannot set TCP_NODELAY towards {}: {err}", branch.name);
+                }
+                return Ok(stream);
+            }
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => "connect timed out".to_string(),
+        };
+        if Instant::now() + delay >= deadline {
+            return Err(ControllerError::Connect {
+                name: branch.name.clone(),
+                addr: branch.addr,
+                waited_ms: started.elapsed().as_millis(),
+                last_error: error,
+            });
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(250));
+    }
+}

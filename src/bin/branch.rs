@@ -1,0 +1,86 @@
+//! `branch <name> <port>`: runs one bank branch until Ctrl-C or SIGTERM.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use snapbank::branch::{BranchConfig, start_branch};
+
+/// One branch of a snapbank bank. It waits for the controller's InitBranch, connects to the
+/// other branches, sends them random transfers and takes part in Chandy-Lamport snapshots.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// This branch's name, as it appears in the controller's branches file.
+    name: String,
+    /// TCP port to listen on (0 picks a free one and logs it).
+    port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    bind_ip: IpAddr,
+    /// Shortest pause between two outgoing transfers, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    min_interval_ms: u64,
+    /// Longest pause between two outgoing transfers, in milliseconds (0 with a minimum of 0:
+    /// as fast as the connections take them).
+    #[arg(long, default_value_t = 5000)]
+    max_interval_ms: u64,
+    /// Seed for the branch's random choices, for repeatable runs.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Largest frame accepted from a connection, in bytes.
+    #[arg(long, default_value_t = snapbank::wire::DEFAULT_MAX_FRAME_BYTES)]
+    max_frame_bytes: usize,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args = Args::parse();
+    if args.min_interval_ms > args.max_interval_ms {
+        eprintln!(
+            "error: --min-interval-ms {} is larger than --max-interval-ms {}",
+            args.min_interval_ms, args.max_interval_ms
+        );
+        return ExitCode::from(2);
+    }
+    let config = BranchConfig {
+        min_interval: Duration::from_millis(args.min_interval_ms),
+        max_interval: Duration::from_millis(args.max_interval_ms),
+        seed: args.seed,
+        max_frame: args.max_frame_bytes,
+        ..BranchConfig::new(args.name, SocketAddr::new(args.bind_ip, args.port))
+    };
+    let listen = config.listen;
+    let system = actix_rt::System::new();
+    let result = system.block_on(async move {
+        let _branch = start_branch(config).await?;
+        wait_for_shutdown().await;
+        Ok::<_, std::io::Error>(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: cannot listen on {listen}: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn wait_for_shutdown() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(err) => {
+                log::warn!("cannot listen for SIGTERM: {err}");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    log::info!("shutting down");
+}

@@ -1,0 +1,106 @@
+//! `controller <total> <branches-file>`: initialises a bank and prints its snapshots.
+//!
+//! Exit codes: 0 when every snapshot was complete and summed to the total, 1 otherwise (or when
+//! the branches cannot be reached), 2 for bad input.
+
+use std::cell::Cell;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use snapbank::config::load_branches;
+use snapbank::controller::{ControllerConfig, ControllerError, SnapshotReport, run_controller};
+
+/// The controller of a snapbank bank: splits <total> among the branches listed in
+/// <branches-file>, then takes a Chandy-Lamport snapshot every --interval-ms and prints it.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The money the bank holds, split evenly (in integers) among the branches.
+    total: u64,
+    /// File of `<name> <ip> <port>` lines; blank lines and `#` comments are allowed.
+    branches_file: PathBuf,
+    /// Milliseconds between two snapshot starts (0: all at once, needs --snapshots).
+    #[arg(long, default_value_t = 10_000)]
+    interval_ms: u64,
+    /// Stop after this many snapshots (default: run until Ctrl-C).
+    #[arg(long)]
+    snapshots: Option<u32>,
+    /// Give up on a snapshot's missing records after this many milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    retrieve_timeout_ms: u64,
+    /// Give up connecting to the branches after this many milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    connect_timeout_ms: u64,
+    /// Output format of the snapshot reports.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// Seed for choosing which branch starts each snapshot.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// The assignment's format plus a verdict line.
+    Text,
+    /// One JSON object per snapshot, one per line.
+    Json,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let args = Args::parse();
+    let branches = match load_branches(&args.branches_file) {
+        Ok(branches) => branches,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = ControllerConfig {
+        interval: Duration::from_millis(args.interval_ms),
+        snapshots: args.snapshots,
+        retrieve_timeout: Duration::from_millis(args.retrieve_timeout_ms),
+        connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+        seed: args.seed,
+        ..ControllerConfig::new(args.total, branches)
+    };
+    let all_ok = Rc::new(Cell::new(true));
+    let seen_ok = all_ok.clone();
+    let format = args.format;
+    let print = Box::new(move |report: &SnapshotReport| {
+        seen_ok.set(seen_ok.get() && report.is_ok());
+        let text = match format {
+            Format::Text => report.to_text(),
+            Format::Json => report.to_json() + "\n",
+        };
+        let mut stdout = std::io::stdout().lock();
+        // A closed stdout (e.g. piped into `head`) must not kill the bank's controller.
+        let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
+    });
+    let system = actix_rt::System::new();
+    let outcome = system.block_on(async move {
+        tokio::select! {
+            result = run_controller(config, print) => Some(result),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    match outcome {
+        Some(Ok(summary)) if summary.all_ok() => ExitCode::SUCCESS,
+        Some(Ok(_)) => ExitCode::FAILURE,
+        Some(Err(err @ (ControllerError::TotalTooLarge(_) | ControllerError::UnboundedBurst))) => {
+            eprintln!("error: {err}");
+            ExitCode::from(2)
+        }
+        Some(Err(err)) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+        None if all_ok.get() => ExitCode::SUCCESS,
+        None => ExitCode::FAILURE,
+    }
+}
