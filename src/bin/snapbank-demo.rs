@@ -1,0 +1,120 @@
+//! `snapbank-demo [branches] [total]` (run through `./demo`): starts a local bank on free
+//! loopback ports with fast transfers, runs the controller against it with its reports on
+//! stdout, and stops everything it started on Ctrl-C, SIGTERM or when the controller exits.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use snapbank::local_bank::LocalBank;
+
+/// Runs a whole snapbank bank on this machine and streams its snapshots.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// How many branches.
+    #[arg(default_value_t = 4)]
+    branches: usize,
+    /// The money in the bank.
+    #[arg(default_value_t = 4000)]
+    total: u64,
+    /// Milliseconds between snapshots.
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+    /// Longest pause between a branch's transfers, in milliseconds: small, so that money is
+    /// visibly in transit when a snapshot cuts.
+    #[arg(long, default_value_t = 2)]
+    max_interval_ms: u64,
+    /// Stop after this many snapshots (default: until Ctrl-C).
+    #[arg(long)]
+    snapshots: Option<u32>,
+    /// Print snapshots as JSON lines.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.branches < 2 {
+        eprintln!("error: a bank needs at least two branches, not {}", args.branches);
+        return ExitCode::from(2);
+    }
+    let bin_dir = match std::env::current_exe() {
+        Ok(exe) => exe.parent().map(PathBuf::from).unwrap_or_default(),
+        Err(err) => {
+            eprintln!("error: cannot locate the snapbank binaries: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let branch_args = vec![
+        "--max-interval-ms".to_string(),
+        args.max_interval_ms.to_string(),
+    ];
+    let mut bank = match LocalBank::start(&bin_dir.join("branch"), args.branches, &branch_args) {
+        Ok(bank) => bank,
+        Err(err) => {
+            eprintln!("error: cannot start the branches: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    bank.keep_dir();
+    eprintln!(
+        "demo: {} branches holding {} on loopback; branches file and logs in {}; Ctrl-C stops everything",
+        args.branches,
+        args.total,
+        bank.dir().display()
+    );
+    let mut controller = tokio::process::Command::new(bin_dir.join("controller"));
+    controller
+        .arg(args.total.to_string())
+        .arg(bank.branches_file())
+        .args(["--interval-ms", &args.interval_ms.to_string()])
+        .kill_on_drop(true);
+    if let Some(count) = args.snapshots {
+        controller.args(["--snapshots", &count.to_string()]);
+    }
+    if args.json {
+        controller.args(["--format", "json"]);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start a runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(async move {
+        let mut child = match controller.spawn() {
+            Ok(child) => child,
+            Err(err) => {
+                eprintln!("error: cannot start the controller: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(err) => {
+                    eprintln!("error: cannot listen for SIGTERM: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+        tokio::select! {
+            status = child.wait() => match status {
+                Ok(status) => ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1)),
+                Err(err) => {
+                    eprintln!("error: waiting for the controller: {err}");
+                    ExitCode::FAILURE
+                }
+            },
+            _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
+            _ = terminate.recv() => ExitCode::SUCCESS,
+        }
+    });
+    eprintln!("demo: stopping the bank");
+    drop(bank);
+    code
+}
