@@ -88,7 +88,10 @@ pub fn parse_branches(file: &str, text: &str) -> Result<Vec<BranchEntry>, Config
         };
         let addr = SocketAddr::new(ip, port);
         if !names.insert(name.to_string()) {
-            return Err(error(Some(number), format!("duplicate branch name {name:?}")));
+            return Err(error(
+                Some(number),
+                format!("duplicate branch name {name:?}"),
+            ));
         }
         if !addrs.insert(addr) {
             return Err(error(Some(number), format!("duplicate address {addr}")));
@@ -101,7 +104,10 @@ pub fn parse_branches(file: &str, text: &str) -> Result<Vec<BranchEntry>, Config
     if branches.len() < 2 {
         return Err(error(
             None,
-            format!("a bank needs at least two branches, found {}", branches.len()),
+            format!(
+                "a bank needs at least two branches, found {}",
+                branches.len()
+            ),
         ));
     }
     Ok(branches)
@@ -162,6 +168,9 @@ mod tests {
     #[test]
     fn missing_file_is_an_error_naming_it() {
         let err = load_branches(Path::new("/nonexistent/branches.txt")).unwrap_err();
-        assert!(err.to_string().starts_with("/nonexistent/branches.txt: cannot read"));
+        assert!(
+            err.to_string()
+                .starts_with("/nonexistent/branches.txt: cannot read")
+        );
     }
 }

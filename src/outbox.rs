@@ -98,7 +98,10 @@ impl Outbox {
 /// Writes everything pushed to `outbox` onto `writer`, a batch per system call, until the
 /// outbox is closed (then shuts the writer down) or marked dead. On a write error the outbox is
 /// marked dead and the error returned.
-pub async fn write_loop<W: AsyncWrite + Unpin>(outbox: Outbox, mut writer: W) -> std::io::Result<()> {
+pub async fn write_loop<W: AsyncWrite + Unpin>(
+    outbox: Outbox,
+    mut writer: W,
+) -> std::io::Result<()> {
     let mut batch: Vec<u8> = Vec::new();
     loop {
         let next = poll_fn(|cx| {

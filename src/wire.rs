@@ -299,16 +299,28 @@ mod tests {
         let frames = decode_all(&prefix, 1024);
         assert_eq!(
             frames,
-            vec![Err("frame of 10000 bytes exceeds the 1024-byte limit".into())]
+            vec![Err(
+                "frame of 10000 bytes exceeds the 1024-byte limit".into()
+            )]
         );
     }
 
     #[test]
     fn garbage_and_truncation_are_errors_not_panics() {
         let frames = decode_all(&[0xff; 16], DEFAULT_MAX_FRAME_BYTES);
-        assert!(frames[0].as_ref().unwrap_err().contains("malformed length prefix"));
+        assert!(
+            frames[0]
+                .as_ref()
+                .unwrap_err()
+                .contains("malformed length prefix")
+        );
         let frames = decode_all(&[5, 0x0a, 0x01], DEFAULT_MAX_FRAME_BYTES);
-        assert!(frames[0].as_ref().unwrap_err().contains("closed in the middle"));
+        assert!(
+            frames[0]
+                .as_ref()
+                .unwrap_err()
+                .contains("closed in the middle")
+        );
         let frames = decode_all(&[3, 0xff, 0xff, 0xff], DEFAULT_MAX_FRAME_BYTES);
         assert!(frames[0].as_ref().unwrap_err().contains("undecodable"));
     }
@@ -331,8 +343,15 @@ mod tests {
             bank_members("a", &dup),
             Err(InitError::DuplicateName("a".into()))
         );
-        for bad in [branch("a", "host", 1), branch("a", "1.2.3.4", 0), branch("a", "1.2.3.4", 70000)] {
-            assert!(matches!(bank_members("a", &[bad]), Err(InitError::BadAddress { .. })));
+        for bad in [
+            branch("a", "host", 1),
+            branch("a", "1.2.3.4", 0),
+            branch("a", "1.2.3.4", 70000),
+        ] {
+            assert!(matches!(
+                bank_members("a", &[bad]),
+                Err(InitError::BadAddress { .. })
+            ));
         }
     }
 }

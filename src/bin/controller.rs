@@ -80,7 +80,9 @@ fn main() -> ExitCode {
         };
         let mut stdout = std::io::stdout().lock();
         // A closed stdout (e.g. piped into `head`) must not kill the bank's controller.
-        let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
+        let _ = stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush());
     });
     let system = actix_rt::System::new();
     let outcome = system.block_on(async move {

@@ -36,7 +36,10 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     if args.branches < 2 {
-        eprintln!("error: a bank needs at least two branches, not {}", args.branches);
+        eprintln!(
+            "error: a bank needs at least two branches, not {}",
+            args.branches
+        );
         return ExitCode::from(2);
     }
     let bin_dir = match std::env::current_exe() {

@@ -206,7 +206,14 @@ impl BranchActor {
 
     // ---- connections -------------------------------------------------------------------
 
-    fn accept_controller(&mut self, first: Body, reader: FrameReader, writer: OwnedWriteHalf, remote: SocketAddr, ctx: &mut Context<Self>) {
+    fn accept_controller(
+        &mut self,
+        first: Body,
+        reader: FrameReader,
+        writer: OwnedWriteHalf,
+        remote: SocketAddr,
+        ctx: &mut Context<Self>,
+    ) {
         let conn = self.new_conn_id();
         let outbox = Outbox::new();
         info!("{}: controller connected from {remote}", self.name);
@@ -285,11 +292,14 @@ impl BranchActor {
             let mut last_warning = started;
             let mut delay = Duration::from_millis(10);
             loop {
-                let error = match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
-                    Ok(Ok(stream)) => return stream,
-                    Ok(Err(err)) => err.to_string(),
-                    Err(_) => "connect timed out".to_string(),
-                };
+                let error =
+                    match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+                        .await
+                    {
+                        Ok(Ok(stream)) => return stream,
+                        Ok(Err(err)) => err.to_string(),
+                        Err(_) => "connect timed out".to_string(),
+                    };
                 if last_warning.elapsed() >= Duration::from_secs(5) {
                     warn!(
                         "{me}: still trying to reach {name} at {addr} after {} s: {error}",
@@ -319,7 +329,10 @@ impl BranchActor {
         let (read_half, writer) = stream.into_split();
         let reader = FramedRead::new(read_half, FrameCodec::new(self.settings.max_frame));
         peer.conn = Some(conn);
-        info!("{}: connected to peer {} at {}", self.name, peer.name, peer.addr);
+        info!(
+            "{}: connected to peer {} at {}",
+            self.name, peer.name, peer.addr
+        );
         PeerConnection::start(
             reader,
             writer,
@@ -497,11 +510,21 @@ impl BranchActor {
 
     // ---- peer traffic ------------------------------------------------------------------
 
-    fn on_peer_frame(&mut self, channel: Channel, conn: ConnId, body: Body, ctx: &mut Context<Self>) {
+    fn on_peer_frame(
+        &mut self,
+        channel: Channel,
+        conn: ConnId,
+        body: Body,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(bank) = self.bank.as_mut() else {
             return;
         };
-        let Some(peer) = bank.peers.get(channel).filter(|peer| peer.conn == Some(conn)) else {
+        let Some(peer) = bank
+            .peers
+            .get(channel)
+            .filter(|peer| peer.conn == Some(conn))
+        else {
             return; // a frame from a connection that has since been replaced
         };
         let result = match body {
@@ -649,7 +672,7 @@ impl Handler<Accepted> for BranchActor {
                 if self.bank.is_some() {
                     self.admit_peer(parked, ctx);
                 } else if self.parked.len() < MAX_PARKED_PEERS {
-                    debug!(
+                    info!(
                         "{}: {} connected before InitBranch; holding its frames until then",
                         self.name, parked.name
                     );
@@ -695,7 +718,10 @@ impl Handler<ConnectionClosed> for BranchActor {
                 }
             }
             Source::Peer { channel, conn } => {
-                let Some(peer) = self.bank.as_mut().and_then(|bank| bank.peers.get_mut(channel))
+                let Some(peer) = self
+                    .bank
+                    .as_mut()
+                    .and_then(|bank| bank.peers.get_mut(channel))
                 else {
                     return;
                 };

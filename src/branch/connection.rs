@@ -82,7 +82,10 @@ impl StreamHandler<Result<pb::BranchMessage, FrameError>> for PeerConnection {
             }),
             Ok(pb::BranchMessage {
                 branch_message: None,
-            }) => warn!("{}: frame with no message this branch knows; ignored", self.label),
+            }) => warn!(
+                "{}: frame with no message this branch knows; ignored",
+                self.label
+            ),
             Err(err) => {
                 warn!("{}: {err}; closing the connection", self.label);
                 ctx.stop();

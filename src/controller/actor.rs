@@ -164,7 +164,11 @@ impl ControllerActor {
         let answers: Vec<_> = self
             .links
             .iter()
-            .map(|link| link.lost.as_ref().map(|why| Err(format!("unreachable: {why}"))))
+            .map(|link| {
+                link.lost
+                    .as_ref()
+                    .map(|why| Err(format!("unreachable: {why}")))
+            })
             .collect();
         let live: Vec<usize> = (0..self.links.len())
             .filter(|&i| self.links[i].lost.is_none())
@@ -259,7 +263,10 @@ impl ControllerActor {
                     "never took part in the snapshot within {} ms",
                     self.config.retrieve_timeout.as_millis()
                 ))),
-                Err(_) => Some(Err(format!("answered with unknown status {}", local.status))),
+                Err(_) => Some(Err(format!(
+                    "answered with unknown status {}",
+                    local.status
+                ))),
             }
         };
         if let Some(answer) = answer {
@@ -285,7 +292,10 @@ impl ControllerActor {
         if link.lost.is_some() {
             return;
         }
-        error!("lost the connection to branch {}: {reason}", self.names[index]);
+        error!(
+            "lost the connection to branch {}: {reason}",
+            self.names[index]
+        );
         link.outbox.mark_dead();
         link.lost = Some(reason.clone());
         let waiting: Vec<u32> = link.awaiting.drain(..).collect();

@@ -128,7 +128,10 @@ async fn connect_all(
 }
 
 /// Dials one branch, retrying while it comes up, until `deadline`.
-async fn connect_one(branch: &BranchEntry, deadline: Instant) -> Result<TcpStream, ControllerError> {
+async fn connect_one(
+    branch: &BranchEntry,
+    deadline: Instant,
+) -> Result<TcpStream, ControllerError> {
     let started = Instant::now();
     let mut delay = Duration::from_millis(10);
     loop {

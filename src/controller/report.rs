@@ -106,10 +106,12 @@ impl SnapshotReport {
 
     /// Branches without a usable record, with the reason.
     pub fn missing(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.branches.iter().filter_map(|branch| match &branch.record {
-            Ok(_) => None,
-            Err(reason) => Some((branch.name.as_str(), reason.as_str())),
-        })
+        self.branches
+            .iter()
+            .filter_map(|branch| match &branch.record {
+                Ok(_) => None,
+                Err(reason) => Some((branch.name.as_str(), reason.as_str())),
+            })
     }
 
     /// The assignment's text format, then a verdict line.
@@ -145,11 +147,7 @@ impl SnapshotReport {
                     .missing()
                     .map(|(name, reason)| format!("{name} {reason}"))
                     .collect();
-                let _ = writeln!(
-                    out,
-                    "total: unknown (INCOMPLETE: {})",
-                    missing.join("; ")
-                );
+                let _ = writeln!(out, "total: unknown (INCOMPLETE: {})", missing.join("; "));
             }
         }
         out
@@ -236,7 +234,11 @@ mod tests {
 
     #[test]
     fn complete_snapshot_prints_the_assignment_format() {
-        let answers = vec![local(1000, &[10, 0]), local(1000, &[0, 15]), local(960, &[15, 0])];
+        let answers = vec![
+            local(1000, &[10, 0]),
+            local(1000, &[0, 15]),
+            local(960, &[15, 0]),
+        ];
         let report =
             SnapshotReport::assemble(10, "branch2", &names(), answers, 3000, Duration::ZERO);
         assert!(report.is_ok());
@@ -252,25 +254,44 @@ mod tests {
 
     #[test]
     fn mismatch_and_incomplete_verdicts_are_explicit() {
-        let answers = vec![local(1000, &[0, 0]), local(1000, &[0, 0]), local(999, &[0, 0])];
-        let report = SnapshotReport::assemble(1, "branch1", &names(), answers, 3000, Duration::ZERO);
+        let answers = vec![
+            local(1000, &[0, 0]),
+            local(1000, &[0, 0]),
+            local(999, &[0, 0]),
+        ];
+        let report =
+            SnapshotReport::assemble(1, "branch1", &names(), answers, 3000, Duration::ZERO);
         assert_eq!(report.verdict, Verdict::Mismatch);
-        assert!(report.to_text().ends_with("total: 2999 (MISMATCH: expected 3000)\n"));
+        assert!(
+            report
+                .to_text()
+                .ends_with("total: 2999 (MISMATCH: expected 3000)\n")
+        );
 
         let answers = vec![
             local(1000, &[0, 0]),
             Err("did not answer within 50 ms".into()),
             local(1000, &[0]),
         ];
-        let report = SnapshotReport::assemble(2, "branch1", &names(), answers, 3000, Duration::ZERO);
+        let report =
+            SnapshotReport::assemble(2, "branch1", &names(), answers, 3000, Duration::ZERO);
         assert_eq!(report.verdict, Verdict::Incomplete);
         let text = report.to_text();
-        assert!(text.contains("branch2: no record (did not answer within 50 ms)"), "{text}");
-        assert!(text.contains("branch3 returned 1 channel states for 2 incoming channels"), "{text}");
+        assert!(
+            text.contains("branch2: no record (did not answer within 50 ms)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("branch3 returned 1 channel states for 2 incoming channels"),
+            "{text}"
+        );
         let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
         assert_eq!(json["verdict"], "incomplete");
         assert_eq!(json["total"], serde_json::Value::Null);
-        assert_eq!(json["branches"][1]["missing"], "did not answer within 50 ms");
+        assert_eq!(
+            json["branches"][1]["missing"],
+            "did not answer within 50 ms"
+        );
     }
 
     #[test]

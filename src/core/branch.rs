@@ -134,7 +134,11 @@ impl BranchCore {
     }
 
     /// The controller asked this branch to start snapshot `id`.
-    pub fn start_snapshot(&mut self, id: SnapshotId, out: &mut Vec<Effect>) -> Result<(), CoreError> {
+    pub fn start_snapshot(
+        &mut self,
+        id: SnapshotId,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), CoreError> {
         if self.knows(id) {
             return Err(CoreError::SnapshotAlreadyStarted(id));
         }
@@ -342,9 +346,15 @@ mod tests {
         core.receive_marker(1, 1, &mut out).unwrap(); // 1 finished
         book.apply_all(&out);
         let first = book.get(1).unwrap();
-        assert_eq!((first.balance(), first.channel_state()), (100, &[11, 20][..]));
+        assert_eq!(
+            (first.balance(), first.channel_state()),
+            (100, &[11, 20][..])
+        );
         let second = book.get(2).unwrap();
-        assert_eq!((second.balance(), second.channel_state()), (101, &[110, 0][..]));
+        assert_eq!(
+            (second.balance(), second.channel_state()),
+            (101, &[110, 0][..])
+        );
         assert!(first.is_finished() && second.is_finished());
         assert_eq!(core.snapshots_in_progress(), 0);
     }

@@ -34,9 +34,7 @@ impl IdSet {
             .and_then(|prev| self.ranges.range(..=prev).next_back())
             .filter(|&(_, &end)| end.checked_add(1) == Some(id))
             .map(|(&start, _)| start);
-        let right_end = id
-            .checked_add(1)
-            .and_then(|next| self.ranges.remove(&next));
+        let right_end = id.checked_add(1).and_then(|next| self.ranges.remove(&next));
         let start = joins_left.unwrap_or(id);
         let end = right_end.unwrap_or(id);
         self.ranges.insert(start, end);

@@ -1,0 +1,160 @@
+//! Frames that reach a branch before its own `InitBranch` are applied, in order, once it comes;
+//! a repeated `InitBranch` changes nothing. Drives real branch processes with a raw protocol
+//! client, so the controller's own pacing cannot hide a problem.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use snapbank::local_bank::LocalBank;
+use snapbank::wire::{self, Body, FrameCodec, pb};
+use tokio_util::codec::Decoder;
+
+const BRANCH: &str = env!("CARGO_BIN_EXE_branch");
+
+/// A blocking controller-side connection to one branch.
+struct RawController {
+    stream: TcpStream,
+    codec: FrameCodec,
+    buffer: BytesMut,
+}
+
+impl RawController {
+    fn connect(addr: SocketAddr) -> Self {
+        for _ in 0..200 {
+            if let Ok(stream) = TcpStream::connect(addr) {
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                return Self {
+                    stream,
+                    codec: FrameCodec::default(),
+                    buffer: BytesMut::new(),
+                };
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("branch at {addr} never listened");
+    }
+
+    fn send(&mut self, body: Body) {
+        let mut bytes = Vec::new();
+        wire::encode_frame(body, &mut bytes);
+        self.stream.write_all(&bytes).unwrap();
+    }
+
+    fn receive(&mut self) -> Body {
+        loop {
+            if let Some(frame) = self.codec.decode(&mut self.buffer).unwrap() {
+                return frame.branch_message.unwrap();
+            }
+            let mut chunk = [0u8; 4096];
+            let read = self.stream.read(&mut chunk).unwrap();
+            assert!(read > 0, "branch closed the controller connection");
+            self.buffer.extend_from_slice(&chunk[..read]);
+        }
+    }
+
+    fn retrieve(&mut self, id: u32) -> pb::return_snapshot::LocalSnapshot {
+        self.send(Body::RetrieveSnapshot(pb::RetrieveSnapshot {
+            snapshot_id: id,
+            wait_ms: 5000,
+        }));
+        match self.receive() {
+            Body::ReturnSnapshot(pb::ReturnSnapshot {
+                local_snapshot: Some(local),
+            }) => local,
+            other => panic!("expected ReturnSnapshot, got {other:?}"),
+        }
+    }
+}
+
+fn init(balance: u32, bank: &LocalBank) -> Body {
+    Body::InitBranch(pb::InitBranch {
+        balance,
+        all_branches: wire::branch_list(bank.entries()),
+    })
+}
+
+#[test]
+fn transfers_sent_before_the_receiver_is_initialised_are_all_applied() {
+    // As fast as possible, so branch1 has plenty to send while branch2 is not initialised.
+    let args = ["--max-interval-ms", "0"].map(String::from);
+    let bank = LocalBank::start(BRANCH.as_ref(), 2, &args).unwrap();
+    let mut first = RawController::connect(bank.entries()[0].addr);
+    let mut second = RawController::connect(bank.entries()[1].addr);
+    first.send(init(500, &bank));
+    std::thread::sleep(Duration::from_millis(300));
+    // A repeated InitBranch must not create money.
+    first.send(init(1_000_000, &bank));
+    second.send(init(500, &bank));
+    std::thread::sleep(Duration::from_millis(200));
+
+    for id in 1..=5 {
+        let initiator = if id % 2 == 0 { &mut first } else { &mut second };
+        initiator.send(Body::InitSnapshot(pb::InitSnapshot { snapshot_id: id }));
+        let a = first.retrieve(id);
+        let b = second.retrieve(id);
+        for local in [&a, &b] {
+            assert_eq!(
+                local.status,
+                pb::SnapshotStatus::Complete as i32,
+                "{local:?}"
+            );
+            assert_eq!(local.snapshot_id, id);
+            assert_eq!(local.channel_state.len(), 1);
+        }
+        let total: u64 = [&a, &b]
+            .iter()
+            .map(|l| {
+                u64::from(l.balance) + l.channel_state.iter().map(|&c| u64::from(c)).sum::<u64>()
+            })
+            .sum();
+        assert_eq!(total, 1000, "snapshot {id}: {a:?} {b:?}");
+    }
+    // Both sides really traded.
+    let log = std::fs::read_to_string(bank.log_path("branch2")).unwrap();
+    assert!(log.contains("initialised with balance 500"), "{log}");
+    assert!(
+        log.contains("branch1 connected before InitBranch; holding its frames"),
+        "{log}"
+    );
+    let log = std::fs::read_to_string(bank.log_path("branch1")).unwrap();
+    assert!(log.contains("second InitBranch refused"), "{log}");
+}
+
+#[test]
+fn retrieving_an_unknown_or_already_retrieved_snapshot_says_so() {
+    let bank = LocalBank::start(BRANCH.as_ref(), 2, &[]).unwrap();
+    let mut first = RawController::connect(bank.entries()[0].addr);
+    let mut second = RawController::connect(bank.entries()[1].addr);
+    first.send(init(10, &bank));
+    second.send(init(10, &bank));
+    // Never started: with no wait, the answer is immediate and says unknown.
+    first.send(Body::RetrieveSnapshot(pb::RetrieveSnapshot {
+        snapshot_id: 42,
+        wait_ms: 0,
+    }));
+    let Body::ReturnSnapshot(pb::ReturnSnapshot {
+        local_snapshot: Some(unknown),
+    }) = first.receive()
+    else {
+        panic!("expected ReturnSnapshot");
+    };
+    assert_eq!(unknown.status, pb::SnapshotStatus::UnknownSnapshot as i32);
+    assert_eq!(unknown.snapshot_id, 42);
+
+    first.send(Body::InitSnapshot(pb::InitSnapshot { snapshot_id: 1 }));
+    assert_eq!(
+        first.retrieve(1).status,
+        pb::SnapshotStatus::Complete as i32
+    );
+    assert_eq!(
+        second.retrieve(1).status,
+        pb::SnapshotStatus::Complete as i32
+    );
+    // A retrieved record is freed: asking again says unknown.
+    let again = first.retrieve(1);
+    assert_eq!(again.status, pb::SnapshotStatus::UnknownSnapshot as i32);
+}
