@@ -155,7 +155,7 @@ mod tests {
     async fn frames_pushed_before_the_writer_starts_go_out_first_and_in_order() {
         let outbox = Outbox::new();
         for money in 1..=3 {
-            assert!(outbox.push(Body::Transfer(pb::Transfer { money })));
+            assert!(outbox.push(Body::Transfer(pb::Transfer { money, seq: 0 })));
         }
         assert!(outbox.backlog() > 0);
         let (client, server) = tokio::io::duplex(64);
@@ -175,9 +175,9 @@ mod tests {
                 assert_eq!(
                     frames,
                     vec![
-                        Body::Transfer(pb::Transfer { money: 1 }),
-                        Body::Transfer(pb::Transfer { money: 2 }),
-                        Body::Transfer(pb::Transfer { money: 3 }),
+                        Body::Transfer(pb::Transfer { money: 1, seq: 0 }),
+                        Body::Transfer(pb::Transfer { money: 2, seq: 0 }),
+                        Body::Transfer(pb::Transfer { money: 3, seq: 0 }),
                         Body::Marker(pb::Marker { snapshot_id: 9 }),
                     ]
                 );

@@ -204,12 +204,32 @@ pub fn to_wire_amount(amount: u64) -> u32 {
     u32::try_from(amount).unwrap_or(u32::MAX)
 }
 
-/// The `LocalSnapshot` a branch answers `RetrieveSnapshot` with.
+/// The `LocalSnapshot` a branch answers `RetrieveSnapshot` with. `peers` names the channels
+/// (a live branch's channel `c` is peer `c` in both directions).
 pub fn local_snapshot(
     record: &crate::core::SnapshotRecord,
     status: pb::SnapshotStatus,
     branch_name: &str,
+    peers: &[String],
 ) -> pb::return_snapshot::LocalSnapshot {
+    let channels = peers
+        .iter()
+        .enumerate()
+        .map(|(channel, peer)| {
+            let sent = record.sent().get(channel).copied().unwrap_or_default();
+            let received = record.received().get(channel).copied().unwrap_or_default();
+            let in_transit = record.in_transit().iter().filter(|t| t.from == channel);
+            pb::return_snapshot::ChannelAudit {
+                peer: peer.clone(),
+                sent_count: sent.count,
+                sent_amount: sent.amount,
+                received_count: received.count,
+                received_amount: received.amount,
+                in_transit_seq: in_transit.clone().map(|t| t.seq).collect(),
+                in_transit_amount: in_transit.map(|t| to_wire_amount(t.amount)).collect(),
+            }
+        })
+        .collect();
     pb::return_snapshot::LocalSnapshot {
         snapshot_id: record.id(),
         balance: to_wire_amount(record.balance()),
@@ -220,6 +240,7 @@ pub fn local_snapshot(
             .collect(),
         status: status as i32,
         branch_name: branch_name.to_string(),
+        channels,
     }
 }
 
@@ -258,11 +279,14 @@ mod tests {
     #[test]
     fn frames_round_trip_and_match_protobufs_delimited_form() {
         let mut bytes = Vec::new();
-        encode_frame(Body::Transfer(pb::Transfer { money: 300 }), &mut bytes);
+        encode_frame(
+            Body::Transfer(pb::Transfer { money: 300, seq: 0 }),
+            &mut bytes,
+        );
         encode_frame(Body::Marker(pb::Marker { snapshot_id: 2 }), &mut bytes);
         // Same bytes as prost's own length-delimited encoding (what writeDelimitedTo produces).
         let reference = pb::BranchMessage {
-            branch_message: Some(Body::Transfer(pb::Transfer { money: 300 })),
+            branch_message: Some(Body::Transfer(pb::Transfer { money: 300, seq: 0 })),
         }
         .encode_length_delimited_to_vec();
         assert_eq!(&bytes[..reference.len()], &reference[..]);

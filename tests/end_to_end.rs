@@ -43,7 +43,10 @@ fn controller_prints_every_snapshot_ok_and_exits_zero() {
         .lines()
         .filter(|l| l.starts_with("total: "))
         .collect();
-    assert_eq!(totals, vec!["total: 4000 (ok)"; 30]);
+    assert_eq!(
+        totals,
+        vec!["total: 4000 (ok; consistent cut, 12 channels checked)"; 30]
+    );
     // Every branch line names its balance and the three channels into it.
     let branch_lines = stdout.lines().filter(|l| l.starts_with("branch")).count();
     assert_eq!(branch_lines, 30 * 4);
@@ -103,7 +106,7 @@ fn a_killed_branch_makes_snapshots_incomplete_and_the_exit_code_one() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(
-        stdout.contains("total: 999 (ok)"),
+        stdout.contains("total: 999 (ok; consistent cut, 6 channels checked)"),
         "snapshots before the kill are fine: {stdout}"
     );
     let last_total = stdout.lines().rfind(|l| l.starts_with("total: ")).unwrap();

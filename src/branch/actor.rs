@@ -26,7 +26,7 @@ use super::recorder::{self, Reply, SnapshotRecorder};
 use super::responses::ResponseQueue;
 use super::{BranchConfig, listener};
 use crate::config::BranchEntry;
-use crate::core::{BranchCore, Channel, Effect, SnapshotId, SnapshotRecord};
+use crate::core::{BranchCore, Channel, Effect, InTransit, SnapshotId, SnapshotRecord};
 use crate::outbox::Outbox;
 use crate::wire::{self, Body, FrameCodec, pb};
 
@@ -156,6 +156,8 @@ struct Bank {
     core: BranchCore,
     /// Peers in `all_branches` order without this branch: index = [`Channel`].
     peers: Vec<Peer>,
+    /// Peer names by channel, shared with every recorder to name channels in its answers.
+    peer_names: Rc<[String]>,
     by_name: HashMap<String, Channel>,
     /// The recorder of every snapshot begun here and not yet retrieved.
     recorders: HashMap<SnapshotId, Addr<SnapshotRecorder>>,
@@ -421,6 +423,7 @@ impl BranchActor {
         );
         self.bank = Some(Bank {
             core: BranchCore::new(balance, peers.len()),
+            peer_names: peers.iter().map(|peer| peer.name.clone()).collect(),
             by_name: peers
                 .iter()
                 .enumerate()
@@ -528,10 +531,12 @@ impl BranchActor {
             return; // a frame from a connection that has since been replaced
         };
         let result = match body {
-            Body::Transfer(pb::Transfer { money }) => {
-                bank.core
-                    .receive_transfer(channel, u64::from(money), &mut self.effects)
-            }
+            Body::Transfer(pb::Transfer { money, seq }) => bank.core.receive_transfer(
+                channel,
+                u64::from(money),
+                (seq != 0).then_some(seq),
+                &mut self.effects,
+            ),
             Body::Marker(pb::Marker { snapshot_id }) => {
                 bank.core
                     .receive_marker(channel, snapshot_id, &mut self.effects)
@@ -562,11 +567,17 @@ impl BranchActor {
                 Effect::BeginRecord {
                     id,
                     balance,
-                    channels,
+                    sent,
+                    received,
                 } => {
-                    let record = SnapshotRecord::new(id, balance, channels);
-                    let recorder =
-                        SnapshotRecorder::new(record, self.name.clone(), ctx.address()).start();
+                    let record = SnapshotRecord::new(id, balance, sent, received);
+                    let recorder = SnapshotRecorder::new(
+                        record,
+                        self.name.clone(),
+                        bank.peer_names.clone(),
+                        ctx.address(),
+                    )
+                    .start();
                     for waiter in self.early_waiters.remove(&id).into_iter().flatten() {
                         recorder.do_send(recorder::Retrieve {
                             wait: waiter.deadline.saturating_duration_since(Instant::now()),
@@ -580,9 +591,14 @@ impl BranchActor {
                         .outbox
                         .push(Body::Marker(pb::Marker { snapshot_id: id }));
                 }
-                Effect::RecordTransfer { id, from, amount } => {
+                Effect::RecordTransfer {
+                    id,
+                    from,
+                    seq,
+                    amount,
+                } => {
                     if let Some(recorder) = bank.recorders.get(&id) {
-                        recorder.do_send(recorder::InTransit { from, amount });
+                        recorder.do_send(recorder::Observed(InTransit { from, seq, amount }));
                     }
                 }
                 Effect::FinishRecord { id } => {
@@ -631,17 +647,20 @@ impl BranchActor {
         };
         let (low, high) = bank.amount_range;
         let amount = self.rng.random_range(low..=high);
-        if bank.core.withdraw(amount).is_err() {
-            return false; // no money, no transfer
-        }
-        let money = wire::to_wire_amount(amount);
-        if !bank.peers[channel]
-            .outbox
-            .push(Body::Transfer(pb::Transfer { money }))
-        {
-            // The connection died under us: the money never left.
-            bank.core.refund(amount);
+        let outbox = &bank.peers[channel].outbox;
+        if outbox.is_dead() {
             return false;
+        }
+        let Ok(seq) = bank.core.send_transfer(channel, amount) else {
+            return false; // no money, no transfer
+        };
+        let money = wire::to_wire_amount(amount);
+        // The outbox is alive and this actor is the only one touching it, so the push succeeds.
+        if !outbox.push(Body::Transfer(pb::Transfer { money, seq })) {
+            error!(
+                "{}: transfer #{seq} of {amount} to {} could not be queued",
+                self.name, bank.peers[channel].name
+            );
         }
         true
     }

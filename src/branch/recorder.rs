@@ -14,19 +14,16 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::actor::{BranchActor, RecorderRetired};
-use crate::core::{Channel, SnapshotRecord};
+use crate::core::{InTransit, SnapshotRecord};
 use crate::wire::{self, pb};
 
 /// Where a finished (or timed-out) answer goes: the slot of one `RetrieveSnapshot` request.
 pub type Reply = oneshot::Sender<pb::return_snapshot::LocalSnapshot>;
 
-/// Money found in transit on an incoming channel while it was recording.
+/// A transfer found in transit on an incoming channel while it was recording.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct InTransit {
-    pub from: Channel,
-    pub amount: u64,
-}
+pub struct Observed(pub InTransit);
 
 /// Every incoming channel has delivered its marker: the record is final.
 #[derive(Message)]
@@ -48,6 +45,8 @@ pub struct SnapshotRecorder {
     record: SnapshotRecord,
     /// The branch's name, stamped on every answer so the controller can check who answered.
     branch_name: Rc<str>,
+    /// The branch's peers, naming the channels in the answer.
+    peers: Rc<[String]>,
     /// Requests held until the record finishes, each with a token its timeout uses to find it.
     waiting: Vec<(u64, Reply)>,
     /// Next waiter token.
@@ -58,10 +57,16 @@ pub struct SnapshotRecorder {
 
 impl SnapshotRecorder {
     /// A recorder for `record`, owned by `branch`.
-    pub fn new(record: SnapshotRecord, branch_name: Rc<str>, branch: Addr<BranchActor>) -> Self {
+    pub fn new(
+        record: SnapshotRecord,
+        branch_name: Rc<str>,
+        peers: Rc<[String]>,
+        branch: Addr<BranchActor>,
+    ) -> Self {
         Self {
             record,
             branch_name,
+            peers,
             waiting: Vec::new(),
             next_token: 0,
             branch,
@@ -74,7 +79,7 @@ impl SnapshotRecorder {
         } else {
             pb::SnapshotStatus::Recording
         };
-        wire::local_snapshot(&self.record, status, &self.branch_name)
+        wire::local_snapshot(&self.record, status, &self.branch_name, &self.peers)
     }
 
     /// Hands the finished record over and stops: a retrieved record is not kept.
@@ -90,11 +95,11 @@ impl Actor for SnapshotRecorder {
     type Context = Context<Self>;
 }
 
-impl Handler<InTransit> for SnapshotRecorder {
+impl Handler<Observed> for SnapshotRecorder {
     type Result = ();
 
-    fn handle(&mut self, msg: InTransit, _ctx: &mut Context<Self>) {
-        self.record.add_in_transit(msg.from, msg.amount);
+    fn handle(&mut self, msg: Observed, _ctx: &mut Context<Self>) {
+        self.record.add_in_transit(msg.0);
     }
 }
 

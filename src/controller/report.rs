@@ -1,6 +1,7 @@
 //! What the controller learns from one snapshot, and how it is printed.
 //!
-//! [`SnapshotReport::assemble`] turns the branches' `LocalSnapshot`s into a report and a verdict;
+//! [`SnapshotReport::assemble`] turns the branches' `LocalSnapshot`s into a report, runs the
+//! consistent-cut checker ([`crate::core::audit`]) over them, and draws a verdict;
 //! [`SnapshotReport::to_text`] prints the assignment's format plus a verdict line, and
 //! [`SnapshotReport::to_json`] one JSON object for machines.
 
@@ -9,7 +10,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::wire::pb::return_snapshot::LocalSnapshot;
+use crate::core::ChannelCount;
+use crate::core::audit::{Audit, ChannelCounters, ChannelEvidence, CutEvidence};
+use crate::wire::pb::return_snapshot::{ChannelAudit, LocalSnapshot};
 
 /// One branch's part of a global snapshot, as the controller understood it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,14 +30,19 @@ pub struct BranchRecord {
     pub balance: u64,
     /// `(sender, amount)`: money in transit on the channel from `sender`, in branches-file order.
     pub incoming: Vec<(String, u64)>,
+    /// The branch's channel counters, one per other branch in file order, when it sent them.
+    pub audits: Option<Vec<ChannelAudit>>,
 }
 
 /// Whether a snapshot accounts for all the money.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Every branch returned a finished record and the money sums to the bank's total.
+    /// Every branch returned a finished record, every channel checked passed every rule, and the
+    /// money sums to the bank's total.
     Ok,
-    /// Every branch returned a finished record but the sum is wrong.
+    /// Every branch returned a finished record, but some channel broke a consistent-cut rule.
+    Inconsistent,
+    /// Every branch returned a finished record and the cut checks pass, but the sum is wrong.
     Mismatch,
     /// At least one branch has no usable record.
     Incomplete,
@@ -55,6 +63,8 @@ pub struct SnapshotReport {
     pub expected_total: u64,
     /// Balances plus money in transit, when every record is there.
     pub total: Option<u64>,
+    /// The consistent-cut check, when every record is there.
+    pub audit: Option<Audit>,
     /// The conclusion.
     pub verdict: Verdict,
 }
@@ -78,15 +88,12 @@ impl SnapshotReport {
                 record: answer.and_then(|local| name_channels(name, names, &local)),
             })
             .collect();
-        let total = branches.iter().try_fold(0u64, |sum, branch| {
-            let record = branch.record.as_ref().ok()?;
-            let in_transit: u64 = record.incoming.iter().map(|(_, amount)| amount).sum();
-            Some(sum + record.balance + in_transit)
-        });
-        let verdict = match total {
+        let audit = cut_evidence(&branches, expected_total).map(|evidence| Audit::check(&evidence));
+        let verdict = match &audit {
             None => Verdict::Incomplete,
-            Some(total) if total == expected_total => Verdict::Ok,
-            Some(_) => Verdict::Mismatch,
+            Some(audit) if !audit.is_consistent() => Verdict::Inconsistent,
+            Some(audit) if !audit.sums_to_total() => Verdict::Mismatch,
+            Some(_) => Verdict::Ok,
         };
         Self {
             id,
@@ -94,7 +101,8 @@ impl SnapshotReport {
             elapsed,
             branches,
             expected_total,
-            total,
+            total: audit.as_ref().map(|audit| audit.total),
+            audit,
             verdict,
         }
     }
@@ -131,26 +139,46 @@ impl SnapshotReport {
                 }
             }
         }
-        match (&self.verdict, self.total) {
-            (Verdict::Ok, Some(total)) => {
-                let _ = writeln!(out, "total: {total} (ok)");
+        let _ = writeln!(out, "total: {}", self.verdict_text());
+        out
+    }
+
+    /// The verdict line's text after `total: `.
+    fn verdict_text(&self) -> String {
+        let Some(audit) = &self.audit else {
+            let missing: Vec<String> = self
+                .missing()
+                .map(|(name, reason)| format!("{name} {reason}"))
+                .collect();
+            return format!("unknown (INCOMPLETE: {})", missing.join("; "));
+        };
+        let mut problems: Vec<String> = audit.violations.iter().map(ToString::to_string).collect();
+        if !audit.sums_to_total() {
+            problems.insert(0, format!("expected {}", self.expected_total));
+        }
+        match self.verdict {
+            Verdict::Inconsistent => {
+                format!("{} (INCONSISTENT: {})", audit.total, problems.join("; "))
             }
-            (Verdict::Mismatch, Some(total)) => {
-                let _ = writeln!(
-                    out,
-                    "total: {total} (MISMATCH: expected {})",
-                    self.expected_total
-                );
-            }
+            Verdict::Mismatch => format!("{} (MISMATCH: {})", audit.total, problems.join("; ")),
+            _ if audit.unchecked_channels.is_empty() => format!(
+                "{} (ok; consistent cut, {} channels checked)",
+                audit.total, audit.checked_channels
+            ),
             _ => {
-                let missing: Vec<String> = self
-                    .missing()
-                    .map(|(name, reason)| format!("{name} {reason}"))
+                let silent: Vec<&str> = self
+                    .branches
+                    .iter()
+                    .filter(|b| b.record.as_ref().is_ok_and(|r| r.audits.is_none()))
+                    .map(|b| b.name.as_str())
                     .collect();
-                let _ = writeln!(out, "total: unknown (INCOMPLETE: {})", missing.join("; "));
+                format!(
+                    "{} (ok; sum only, no channel counters from {})",
+                    audit.total,
+                    silent.join(", ")
+                )
             }
         }
-        out
     }
 
     /// One JSON object (a single line) with the same content.
@@ -171,9 +199,23 @@ impl SnapshotReport {
             .collect();
         let verdict = match self.verdict {
             Verdict::Ok => "ok",
+            Verdict::Inconsistent => "inconsistent",
             Verdict::Mismatch => "mismatch",
             Verdict::Incomplete => "incomplete",
         };
+        let consistency = self.audit.as_ref().map(|audit| {
+            json!({
+                "checked_channels": audit.checked_channels,
+                "unchecked_channels": audit.unchecked_channels
+                    .iter()
+                    .map(|(from, to)| json!({"from": from, "to": to}))
+                    .collect::<Vec<_>>(),
+                "violations": audit.violations
+                    .iter()
+                    .map(|v| json!({"from": v.from, "to": v.to, "rule": v.rule.name(), "detail": v.detail}))
+                    .collect::<Vec<_>>(),
+            })
+        });
         json!({
             "snapshot_id": self.id,
             "initiator": self.initiator,
@@ -182,6 +224,7 @@ impl SnapshotReport {
             "total": self.total,
             "expected_total": self.expected_total,
             "verdict": verdict,
+            "consistency": consistency,
         })
         .to_string()
     }
@@ -205,6 +248,19 @@ fn name_channels(
     if !local.branch_name.is_empty() && local.branch_name != name {
         return Err(format!("answered as {:?}", local.branch_name));
     }
+    let audits = if local.channels.is_empty() {
+        None
+    } else {
+        let well_formed = local.channels.len() == senders.len()
+            && local.channels.iter().zip(&senders).all(|(audit, sender)| {
+                audit.peer == **sender
+                    && audit.in_transit_seq.len() == audit.in_transit_amount.len()
+            });
+        if !well_formed {
+            return Err("returned malformed channel counters".to_string());
+        }
+        Some(local.channels.clone())
+    };
     Ok(BranchRecord {
         balance: u64::from(local.balance),
         incoming: senders
@@ -212,12 +268,66 @@ fn name_channels(
             .cloned()
             .zip(local.channel_state.iter().map(|&amount| u64::from(amount)))
             .collect(),
+        audits,
+    })
+}
+
+/// The checker's view of a complete snapshot of a full-mesh bank: every channel `i -> j`, with
+/// counters where both ends sent them. `None` when some record is missing.
+fn cut_evidence(branches: &[BranchState], expected_total: u64) -> Option<CutEvidence> {
+    let records: Vec<&BranchRecord> = branches
+        .iter()
+        .map(|branch| branch.record.as_ref().ok())
+        .collect::<Option<_>>()?;
+    // Position of branch `other` in branch `of`'s channel lists (which skip `of` itself).
+    let slot = |of: usize, other: usize| if other < of { other } else { other - 1 };
+    let mut channels = Vec::new();
+    for (to, receiver) in records.iter().enumerate() {
+        for from in (0..records.len()).filter(|&from| from != to) {
+            let incoming = slot(to, from);
+            let counters = match (&records[from].audits, &receiver.audits) {
+                (Some(sender_audits), Some(receiver_audits)) => {
+                    let sent = &sender_audits[slot(from, to)];
+                    let received = &receiver_audits[incoming];
+                    Some(ChannelCounters {
+                        sent: ChannelCount {
+                            count: sent.sent_count,
+                            amount: sent.sent_amount,
+                        },
+                        received: ChannelCount {
+                            count: received.received_count,
+                            amount: received.received_amount,
+                        },
+                        in_transit: received
+                            .in_transit_seq
+                            .iter()
+                            .zip(&received.in_transit_amount)
+                            .map(|(&seq, &amount)| (seq, u64::from(amount)))
+                            .collect(),
+                    })
+                }
+                _ => None,
+            };
+            channels.push(ChannelEvidence {
+                from,
+                to,
+                recorded_sum: receiver.incoming[incoming].1,
+                counters,
+            });
+        }
+    }
+    Some(CutEvidence {
+        names: branches.iter().map(|branch| branch.name.clone()).collect(),
+        balances: records.iter().map(|record| record.balance).collect(),
+        channels,
+        expected_total,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::pb::return_snapshot::ChannelAudit;
 
     fn names() -> Vec<String> {
         ["branch1", "branch2", "branch3"].map(String::from).to_vec()
@@ -248,8 +358,118 @@ mod tests {
              branch1: 1000, branch2->branch1: 10, branch3->branch1: 0\n\
              branch2: 1000, branch1->branch2: 0, branch3->branch2: 15\n\
              branch3: 960, branch1->branch3: 15, branch2->branch3: 0\n\
-             total: 3000 (ok)\n"
+             total: 3000 (ok; sum only, no channel counters from branch1, branch2, branch3)\n"
         );
+    }
+
+    /// Records with counters for a 3-branch bank where branch1 sent transfer #1 (10) to
+    /// branch2, which had not received it at its cut; nothing else moved. Total 3010.
+    fn audited() -> Vec<Result<LocalSnapshot, String>> {
+        let audit = |peer: &str, sent: (u64, u64), received: (u64, u64), transit: &[(u64, u32)]| {
+            ChannelAudit {
+                peer: peer.into(),
+                sent_count: sent.0,
+                sent_amount: sent.1,
+                received_count: received.0,
+                received_amount: received.1,
+                in_transit_seq: transit.iter().map(|t| t.0).collect(),
+                in_transit_amount: transit.iter().map(|t| t.1).collect(),
+            }
+        };
+        let record = |name: &str, balance, state: &[u32], channels| {
+            Ok(LocalSnapshot {
+                snapshot_id: 3,
+                balance,
+                channel_state: state.to_vec(),
+                branch_name: name.into(),
+                channels,
+                ..Default::default()
+            })
+        };
+        vec![
+            record(
+                "branch1",
+                990,
+                &[0, 0],
+                vec![
+                    audit("branch2", (1, 10), (0, 0), &[]),
+                    audit("branch3", (0, 0), (0, 0), &[]),
+                ],
+            ),
+            record(
+                "branch2",
+                1000,
+                &[10, 0],
+                vec![
+                    audit("branch1", (0, 0), (0, 0), &[(1, 10)]),
+                    audit("branch3", (0, 0), (0, 0), &[]),
+                ],
+            ),
+            record(
+                "branch3",
+                1010,
+                &[0, 0],
+                vec![
+                    audit("branch1", (0, 0), (0, 0), &[]),
+                    audit("branch2", (0, 0), (0, 0), &[]),
+                ],
+            ),
+        ]
+    }
+
+    #[test]
+    fn records_with_counters_are_proven_consistent() {
+        let report =
+            SnapshotReport::assemble(3, "branch1", &names(), audited(), 3010, Duration::ZERO);
+        assert!(report.is_ok(), "{}", report.to_text());
+        assert!(
+            report
+                .to_text()
+                .ends_with("total: 3010 (ok; consistent cut, 6 channels checked)\n")
+        );
+    }
+
+    #[test]
+    fn a_broken_record_gets_a_verdict_naming_channel_and_rule() {
+        // branch2 counts the in-transit transfer twice, and its sum follows.
+        let mut answers = audited();
+        let broken = answers[1].as_mut().unwrap();
+        broken.channel_state[0] = 20;
+        broken.channels[0].in_transit_seq = vec![1, 1];
+        broken.channels[0].in_transit_amount = vec![10, 10];
+        let report =
+            SnapshotReport::assemble(3, "branch1", &names(), answers, 3010, Duration::ZERO);
+        assert_eq!(report.verdict, Verdict::Inconsistent);
+        let text = report.to_text();
+        assert!(
+            text.ends_with(
+                "total: 3020 (INCONSISTENT: expected 3010; \
+                 branch1->branch2 in-transit-sequence: recorded transfers #1 #1 in transit, expected #1; \
+                 branch1->branch2 in-transit-amount: recorded 20 in transit, but branch1 sent 10 before its cut that branch2 received after its own)\n"
+            ),
+            "{text}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(json["verdict"], "inconsistent");
+        assert_eq!(
+            json["consistency"]["violations"][0]["rule"],
+            "in-transit-sequence"
+        );
+        assert_eq!(json["consistency"]["violations"][0]["from"], "branch1");
+
+        // branch3 closes its channel from branch1 early... there is nothing in transit there;
+        // instead branch2 drops the in-transit transfer: a channel closed too early.
+        let mut answers = audited();
+        let early = answers[1].as_mut().unwrap();
+        early.channel_state[0] = 0;
+        early.channels[0].in_transit_seq.clear();
+        early.channels[0].in_transit_amount.clear();
+        let report =
+            SnapshotReport::assemble(3, "branch1", &names(), answers, 3010, Duration::ZERO);
+        assert_eq!(report.verdict, Verdict::Inconsistent);
+        assert!(report.to_text().contains(
+            "branch1->branch2 in-transit-sequence: recorded transfers none in transit, expected #1"
+        ));
     }
 
     #[test]

@@ -11,6 +11,13 @@
 //!   add the amount to that channel's state.
 //!
 //! Snapshots are independent: each id has its own set of recording channels.
+//!
+//! Channels need not be symmetric: a branch has `incoming` channels (indexed `0..incoming`) and
+//! `outgoing` channels (indexed `0..outgoing`), so any directed topology can be simulated; a live
+//! bank is a full mesh where both are the peer list. Every transfer carries a sequence number per
+//! directed channel (1, 2, 3...), and when a branch records its state it also records how many
+//! transfers (and how much money) it had sent on each outgoing channel and received on each
+//! incoming one: the evidence [`super::audit`] uses to prove the cut consistent.
 
 use std::collections::HashMap;
 
@@ -19,26 +26,47 @@ use super::{IdSet, Ledger};
 /// A snapshot's id, as the controller numbers them.
 pub type SnapshotId = u32;
 
-/// An incoming or outgoing channel, named by the peer's index in the branch's peer list
-/// (`all_branches` order, skipping this branch): the same order `channel_state` uses on the wire.
+/// An incoming or outgoing channel, by index. In a live bank it is the peer's index in the
+/// branch's peer list (`all_branches` order, skipping this branch): the order `channel_state`
+/// uses on the wire.
 pub type Channel = usize;
+
+/// How many transfers, and how much money, went over one directed channel so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChannelCount {
+    /// Transfers so far; also the sequence number of the latest one.
+    pub count: u64,
+    /// Their total amount.
+    pub amount: u64,
+}
+
+impl ChannelCount {
+    fn add(&mut self, amount: u64) {
+        self.count += 1;
+        self.amount = self.amount.saturating_add(amount);
+    }
+}
 
 /// Something the caller must do as a result of a message: send a marker, or update a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    /// A new record for snapshot `id`: the branch's balance at the cut and one empty channel
-    /// state per peer. Always comes before any other effect for `id`.
+    /// A new record for snapshot `id`: the branch's balance at the cut and the per-channel
+    /// counts at the cut (`sent` per outgoing, `received` per incoming channel). Always comes
+    /// before any other effect for `id`.
     BeginRecord {
         id: SnapshotId,
         balance: u64,
-        channels: usize,
+        sent: Vec<ChannelCount>,
+        received: Vec<ChannelCount>,
     },
-    /// Send `Marker(id)` on the outgoing channel to peer `to`.
+    /// Send `Marker(id)` on outgoing channel `to`.
     SendMarker { to: Channel, id: SnapshotId },
-    /// `amount` arrived on channel `from` while it was recording for `id`: it was in transit.
+    /// Transfer number `seq` of `amount` arrived on channel `from` while it was recording for
+    /// `id`: it was in transit.
     RecordTransfer {
         id: SnapshotId,
         from: Channel,
+        seq: u64,
         amount: u64,
     },
     /// Every incoming channel has delivered its marker: the record of `id` is final.
@@ -54,30 +82,43 @@ pub enum CoreError {
     BalanceOverflow { balance: u64, amount: u64 },
     #[error("snapshot {0} was already started here")]
     SnapshotAlreadyStarted(SnapshotId),
-    #[error("second marker for snapshot {id} on the channel from peer #{from}")]
+    #[error("second marker for snapshot {id} on incoming channel #{from}")]
     DuplicateMarker { id: SnapshotId, from: Channel },
-    #[error("marker for snapshot {id} from peer #{from} after that snapshot finished here")]
+    #[error(
+        "marker for snapshot {id} on incoming channel #{from} after that snapshot finished here"
+    )]
     MarkerAfterFinish { id: SnapshotId, from: Channel },
-    #[error("no channel #{0}: the bank has fewer peers")]
+    #[error("no channel #{0}")]
     UnknownChannel(Channel),
+    #[error(
+        "transfer numbered {got} on incoming channel #{from}, expected {expected}: repeated or reordered"
+    )]
+    OutOfSequence {
+        from: Channel,
+        expected: u64,
+        got: u64,
+    },
 }
 
 /// Which incoming channels are still recording for one snapshot in progress.
 #[derive(Debug, Clone)]
 struct Recording {
-    /// `open[c]`: channel `c` has not delivered its marker yet.
+    /// `open[c]`: incoming channel `c` has not delivered its marker yet.
     open: Vec<bool>,
     /// How many entries of `open` are true; the record is finished at zero.
     open_count: usize,
 }
 
-/// One branch's state machine: its ledger and every snapshot it takes part in.
+/// One branch's state machine: its ledger, its channel counters and every snapshot it takes
+/// part in.
 #[derive(Debug, Clone)]
 pub struct BranchCore {
     /// The money this branch holds.
     ledger: Ledger,
-    /// How many peers (incoming and outgoing channels) the branch has.
-    peers: usize,
+    /// Transfers sent so far per outgoing channel.
+    sent: Vec<ChannelCount>,
+    /// Transfers received so far per incoming channel.
+    received: Vec<ChannelCount>,
     /// Snapshots whose record is not finished yet.
     recording: HashMap<SnapshotId, Recording>,
     /// Snapshots whose record is finished: a marker for one of these is a protocol error, not
@@ -86,11 +127,18 @@ pub struct BranchCore {
 }
 
 impl BranchCore {
-    /// A branch holding `balance` with `peers` peers.
+    /// A branch holding `balance` in a full mesh: `peers` incoming and `peers` outgoing
+    /// channels, channel `c` in both directions being peer `c`.
     pub fn new(balance: u64, peers: usize) -> Self {
+        Self::with_links(balance, peers, peers)
+    }
+
+    /// A branch holding `balance` with `incoming` and `outgoing` channels.
+    pub fn with_links(balance: u64, incoming: usize, outgoing: usize) -> Self {
         Self {
             ledger: Ledger::new(balance),
-            peers,
+            sent: vec![ChannelCount::default(); outgoing],
+            received: vec![ChannelCount::default(); incoming],
             recording: HashMap::new(),
             finished: IdSet::new(),
         }
@@ -101,9 +149,14 @@ impl BranchCore {
         &self.ledger
     }
 
-    /// How many peers the branch has.
-    pub fn peers(&self) -> usize {
-        self.peers
+    /// Number of incoming channels.
+    pub fn incoming(&self) -> usize {
+        self.received.len()
+    }
+
+    /// Number of outgoing channels.
+    pub fn outgoing(&self) -> usize {
+        self.sent.len()
     }
 
     /// Whether snapshot `id` has started here and is not finished.
@@ -121,16 +174,14 @@ impl BranchCore {
         self.recording.len()
     }
 
-    /// Takes `amount` out of the balance for a transfer the caller is about to send.
-    pub fn withdraw(&mut self, amount: u64) -> Result<(), CoreError> {
-        self.ledger.withdraw(amount)
-    }
-
-    /// Puts back `amount` that was withdrawn for a transfer that could not be sent after all.
-    pub fn refund(&mut self, amount: u64) {
-        if let Err(err) = self.ledger.deposit(amount) {
-            log::error!("refund failed: {err}");
-        }
+    /// Takes `amount` out of the balance for a transfer on outgoing channel `to`, which the
+    /// caller must then send with the returned sequence number. Refuses (changing nothing) when
+    /// the money is not there.
+    pub fn send_transfer(&mut self, to: Channel, amount: u64) -> Result<u64, CoreError> {
+        let sent = self.sent.get_mut(to).ok_or(CoreError::UnknownChannel(to))?;
+        self.ledger.withdraw(amount)?;
+        sent.add(amount);
+        Ok(sent.count)
     }
 
     /// The controller asked this branch to start snapshot `id`.
@@ -146,14 +197,14 @@ impl BranchCore {
         Ok(())
     }
 
-    /// A marker for snapshot `id` arrived on the channel from peer `from`.
+    /// A marker for snapshot `id` arrived on incoming channel `from`.
     pub fn receive_marker(
         &mut self,
         from: Channel,
         id: SnapshotId,
         out: &mut Vec<Effect>,
     ) -> Result<(), CoreError> {
-        self.check_channel(from)?;
+        self.check_incoming(from)?;
         if self.finished.contains(id) {
             return Err(CoreError::MarkerAfterFinish { id, from });
         }
@@ -172,40 +223,59 @@ impl BranchCore {
         Ok(())
     }
 
-    /// A transfer of `amount` arrived on the channel from peer `from`.
+    /// A transfer of `amount` arrived on incoming channel `from`. `seq` is its sequence number
+    /// when the sender numbers its transfers (a sender speaking the original schema does not):
+    /// anything but the next number is refused, so a repeated transfer cannot create money.
     pub fn receive_transfer(
         &mut self,
         from: Channel,
         amount: u64,
+        seq: Option<u64>,
         out: &mut Vec<Effect>,
     ) -> Result<(), CoreError> {
-        self.check_channel(from)?;
+        self.check_incoming(from)?;
+        let expected = self.received[from].count + 1;
+        if let Some(got) = seq.filter(|&got| got != expected) {
+            return Err(CoreError::OutOfSequence {
+                from,
+                expected,
+                got,
+            });
+        }
         self.ledger.deposit(amount)?;
+        self.received[from].add(amount);
         for (&id, recording) in &self.recording {
             if recording.open[from] {
-                out.push(Effect::RecordTransfer { id, from, amount });
+                out.push(Effect::RecordTransfer {
+                    id,
+                    from,
+                    seq: expected,
+                    amount,
+                });
             }
         }
         Ok(())
     }
 
-    fn check_channel(&self, channel: Channel) -> Result<(), CoreError> {
-        if channel < self.peers {
+    fn check_incoming(&self, channel: Channel) -> Result<(), CoreError> {
+        if channel < self.received.len() {
             Ok(())
         } else {
             Err(CoreError::UnknownChannel(channel))
         }
     }
 
-    /// Records the balance, sends markers everywhere, and opens every channel but `closed`.
+    /// Records the balance and counters, sends markers everywhere, and opens every incoming
+    /// channel but `closed`.
     fn begin(&mut self, id: SnapshotId, closed: Option<Channel>, out: &mut Vec<Effect>) {
         out.push(Effect::BeginRecord {
             id,
             balance: self.ledger.balance(),
-            channels: self.peers,
+            sent: self.sent.clone(),
+            received: self.received.clone(),
         });
-        out.extend((0..self.peers).map(|to| Effect::SendMarker { to, id }));
-        let mut open = vec![true; self.peers];
+        out.extend((0..self.sent.len()).map(|to| Effect::SendMarker { to, id }));
+        let mut open = vec![true; self.received.len()];
         if let Some(channel) = closed {
             open[channel] = false;
         }
@@ -249,7 +319,8 @@ mod tests {
             Effect::BeginRecord {
                 id: 7,
                 balance: 100,
-                channels: 3
+                sent: vec![ChannelCount::default(); 3],
+                received: vec![ChannelCount::default(); 3],
             }
         );
         assert_eq!(markers(&out), vec![0, 1, 2]);
@@ -265,26 +336,27 @@ mod tests {
         let mut core = BranchCore::new(50, 2);
         let mut out = Vec::new();
         core.receive_marker(0, 1, &mut out).unwrap();
-        assert_eq!(
+        assert!(matches!(
             out[0],
             Effect::BeginRecord {
                 id: 1,
                 balance: 50,
-                channels: 2
+                ..
             }
-        );
+        ));
         assert_eq!(markers(&out), vec![0, 1]);
         out.clear();
         // Channel 0 delivered its marker: what follows on it is after the cut.
-        core.receive_transfer(0, 5, &mut out).unwrap();
+        core.receive_transfer(0, 5, None, &mut out).unwrap();
         assert!(out.is_empty());
         // Channel 1 is still recording: this transfer was in transit.
-        core.receive_transfer(1, 3, &mut out).unwrap();
+        core.receive_transfer(1, 3, None, &mut out).unwrap();
         assert_eq!(
             out,
             vec![Effect::RecordTransfer {
                 id: 1,
                 from: 1,
+                seq: 1,
                 amount: 3
             }]
         );
@@ -318,10 +390,10 @@ mod tests {
         let mut book = RecordBook::new();
         let mut out = Vec::new();
         core.start_snapshot(1, &mut out).unwrap();
-        core.receive_transfer(0, 7, &mut out).unwrap();
-        core.receive_transfer(0, 2, &mut out).unwrap();
+        core.receive_transfer(0, 7, None, &mut out).unwrap();
+        core.receive_transfer(0, 2, None, &mut out).unwrap();
         core.receive_marker(0, 1, &mut out).unwrap();
-        core.receive_transfer(0, 100, &mut out).unwrap(); // after the marker: not in transit
+        core.receive_transfer(0, 100, None, &mut out).unwrap(); // after the marker: not in transit
         core.receive_marker(1, 1, &mut out).unwrap();
         book.apply_all(&out);
         let record = book.get(1).unwrap();
@@ -336,12 +408,12 @@ mod tests {
         let mut book = RecordBook::new();
         let mut out = Vec::new();
         core.start_snapshot(1, &mut out).unwrap(); // records channels 0 and 1
-        core.receive_transfer(0, 1, &mut out).unwrap(); // in transit for 1
+        core.receive_transfer(0, 1, None, &mut out).unwrap(); // in transit for 1
         core.receive_marker(1, 2, &mut out).unwrap(); // snapshot 2 starts: 1 empty, 0 recording
-        core.receive_transfer(0, 10, &mut out).unwrap(); // in transit for 1 and 2
-        core.receive_transfer(1, 20, &mut out).unwrap(); // in transit for 1 only
+        core.receive_transfer(0, 10, None, &mut out).unwrap(); // in transit for 1 and 2
+        core.receive_transfer(1, 20, None, &mut out).unwrap(); // in transit for 1 only
         core.receive_marker(0, 1, &mut out).unwrap();
-        core.receive_transfer(0, 100, &mut out).unwrap(); // in transit for 2 only
+        core.receive_transfer(0, 100, None, &mut out).unwrap(); // in transit for 2 only
         core.receive_marker(0, 2, &mut out).unwrap(); // 2 finished
         core.receive_marker(1, 1, &mut out).unwrap(); // 1 finished
         book.apply_all(&out);
@@ -373,16 +445,80 @@ mod tests {
         let mut core = BranchCore::new(5, 2);
         let mut out = Vec::new();
         assert_eq!(
-            core.receive_transfer(2, 1, &mut out),
+            core.receive_transfer(2, 1, None, &mut out),
             Err(CoreError::UnknownChannel(2))
         );
         assert_eq!(
             core.receive_marker(9, 1, &mut out),
             Err(CoreError::UnknownChannel(9))
         );
-        assert!(core.withdraw(6).is_err());
+        assert!(core.send_transfer(0, 6).is_err());
+        assert_eq!(core.send_transfer(2, 1), Err(CoreError::UnknownChannel(2)));
         assert!(out.is_empty());
         assert_eq!(core.ledger().balance(), 5);
         assert!(!core.knows(1));
+    }
+
+    #[test]
+    fn transfers_are_numbered_per_channel_and_a_repeat_is_refused() {
+        let mut core = BranchCore::new(100, 2);
+        assert_eq!(core.send_transfer(1, 10), Ok(1));
+        assert_eq!(core.send_transfer(1, 10), Ok(2));
+        assert_eq!(core.send_transfer(0, 10), Ok(1));
+        let mut out = Vec::new();
+        core.receive_transfer(0, 5, Some(1), &mut out).unwrap();
+        assert_eq!(
+            core.receive_transfer(0, 5, Some(1), &mut out),
+            Err(CoreError::OutOfSequence {
+                from: 0,
+                expected: 2,
+                got: 1
+            })
+        );
+        assert_eq!(
+            core.receive_transfer(0, 5, Some(3), &mut out),
+            Err(CoreError::OutOfSequence {
+                from: 0,
+                expected: 2,
+                got: 3
+            })
+        );
+        // An original-schema sender does not number its transfers.
+        core.receive_transfer(0, 5, None, &mut out).unwrap();
+        core.receive_transfer(0, 5, Some(3), &mut out).unwrap();
+        assert_eq!(core.ledger().balance(), 100 - 30 + 15);
+    }
+
+    #[test]
+    fn the_cut_records_channel_counters() {
+        let mut core = BranchCore::with_links(100, 1, 2);
+        core.send_transfer(1, 7).unwrap();
+        core.receive_transfer(0, 3, Some(1), &mut Vec::new())
+            .unwrap();
+        let mut out = Vec::new();
+        core.start_snapshot(0, &mut out).unwrap();
+        assert_eq!(
+            out[0],
+            Effect::BeginRecord {
+                id: 0,
+                balance: 96,
+                sent: vec![
+                    ChannelCount::default(),
+                    ChannelCount {
+                        count: 1,
+                        amount: 7
+                    }
+                ],
+                received: vec![ChannelCount {
+                    count: 1,
+                    amount: 3
+                }],
+            }
+        );
+        // Markers on both outgoing channels, recording on the single incoming one.
+        assert_eq!(markers(&out), vec![0, 1]);
+        out.clear();
+        core.receive_marker(0, 0, &mut out).unwrap();
+        assert_eq!(out, vec![Effect::FinishRecord { id: 0 }]);
     }
 }

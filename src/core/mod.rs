@@ -6,18 +6,22 @@
 //! - [`record`]: [`SnapshotRecord`], what one branch recorded for one snapshot, and
 //!   [`RecordBook`], the records of many snapshots driven straight from effects (used by tests and
 //!   simulations; the real branch keeps each record in its own recorder actor instead).
+//! - [`audit`]: the consistent-cut checker: from every branch's record of one snapshot, proves
+//!   (or refutes, naming channel and rule) that the snapshot is a consistent cut.
 //! - [`id_set`]: a compact set of snapshot ids, so remembering every finished snapshot costs
 //!   memory proportional to the gaps between ids, not to their number.
 //!
 //! Actors in [`crate::branch`] feed these structs and move their effects onto sockets; every rule
 //! of the algorithm is here, where it is unit-tested directly.
 
+pub mod audit;
 pub mod branch;
 pub mod id_set;
 pub mod ledger;
 pub mod record;
 
-pub use branch::{BranchCore, Channel, CoreError, Effect, SnapshotId};
+pub use audit::{Audit, ChannelEvidence, CutEvidence, Rule, Violation};
+pub use branch::{BranchCore, Channel, ChannelCount, CoreError, Effect, SnapshotId};
 pub use id_set::IdSet;
 pub use ledger::{Ledger, split_total};
-pub use record::{RecordBook, SnapshotRecord};
+pub use record::{InTransit, RecordBook, SnapshotRecord};

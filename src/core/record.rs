@@ -2,39 +2,81 @@
 
 use std::collections::HashMap;
 
-use super::{Channel, Effect, SnapshotId};
+use super::{Channel, ChannelCount, Effect, SnapshotId};
 
-/// One branch's part of one global snapshot: its balance at the cut and the money it found in
-/// transit on each incoming channel.
+/// One transfer found in transit: it arrived on a channel that was still recording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InTransit {
+    /// The incoming channel it arrived on.
+    pub from: Channel,
+    /// Its sequence number on that channel.
+    pub seq: u64,
+    /// Its amount.
+    pub amount: u64,
+}
+
+/// One branch's part of one global snapshot: its balance at the cut, the money it found in
+/// transit on each incoming channel, and the channel counters that let a checker prove the cut
+/// consistent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotRecord {
     /// The snapshot this record belongs to.
     id: SnapshotId,
     /// The branch's balance when it recorded its state.
     balance: u64,
-    /// Money in transit per incoming channel, indexed like the branch's peer list.
+    /// Money in transit per incoming channel.
     channel_state: Vec<u64>,
+    /// Every transfer found in transit, in the order it arrived.
+    in_transit: Vec<InTransit>,
+    /// Transfers sent per outgoing channel before the cut.
+    sent: Vec<ChannelCount>,
+    /// Transfers received per incoming channel before the cut.
+    received: Vec<ChannelCount>,
     /// Whether every incoming channel has delivered its marker.
     finished: bool,
 }
 
 impl SnapshotRecord {
-    /// A fresh record: balance at the cut, every channel empty, not finished.
-    pub fn new(id: SnapshotId, balance: u64, channels: usize) -> Self {
+    /// A fresh record: balance and counters at the cut, every channel empty, not finished.
+    pub fn new(
+        id: SnapshotId,
+        balance: u64,
+        sent: Vec<ChannelCount>,
+        received: Vec<ChannelCount>,
+    ) -> Self {
         Self {
             id,
             balance,
-            channel_state: vec![0; channels],
+            channel_state: vec![0; received.len()],
+            in_transit: Vec::new(),
+            sent,
+            received,
             finished: false,
         }
     }
 
-    /// Adds money found in transit on `from`. Saturates: a sum past u64 cannot come from a bank
-    /// whose total fits in u32, and a record must never wrap around to a small number.
-    pub fn add_in_transit(&mut self, from: Channel, amount: u64) {
-        if let Some(state) = self.channel_state.get_mut(from) {
-            *state = state.saturating_add(amount);
+    /// Adds a transfer found in transit. The channel sum saturates: a sum past u64 cannot come
+    /// from a bank whose total fits in u32, and a record must never wrap around to a small number.
+    pub fn add_in_transit(&mut self, transfer: InTransit) {
+        if let Some(state) = self.channel_state.get_mut(transfer.from) {
+            *state = state.saturating_add(transfer.amount);
+            self.in_transit.push(transfer);
         }
+    }
+
+    /// Transfers found in transit, in arrival order.
+    pub fn in_transit(&self) -> &[InTransit] {
+        &self.in_transit
+    }
+
+    /// Transfers sent per outgoing channel before the cut.
+    pub fn sent(&self) -> &[ChannelCount] {
+        &self.sent
+    }
+
+    /// Transfers received per incoming channel before the cut.
+    pub fn received(&self) -> &[ChannelCount] {
+        &self.received
     }
 
     /// Marks the record final.
@@ -83,14 +125,22 @@ impl RecordBook {
             Effect::BeginRecord {
                 id,
                 balance,
-                channels,
+                ref sent,
+                ref received,
             } => {
-                self.records
-                    .insert(id, SnapshotRecord::new(id, balance, channels));
+                self.records.insert(
+                    id,
+                    SnapshotRecord::new(id, balance, sent.clone(), received.clone()),
+                );
             }
-            Effect::RecordTransfer { id, from, amount } => {
+            Effect::RecordTransfer {
+                id,
+                from,
+                seq,
+                amount,
+            } => {
                 if let Some(record) = self.records.get_mut(&id) {
-                    record.add_in_transit(from, amount);
+                    record.add_in_transit(InTransit { from, seq, amount });
                 }
             }
             Effect::FinishRecord { id } => {
@@ -105,6 +155,11 @@ impl RecordBook {
     /// Applies effects in order.
     pub fn apply_all(&mut self, effects: &[Effect]) {
         effects.iter().for_each(|effect| self.apply(effect));
+    }
+
+    /// Every record, by snapshot id.
+    pub fn records(&self) -> &HashMap<SnapshotId, SnapshotRecord> {
+        &self.records
     }
 
     /// The record of snapshot `id`, if it has begun.
