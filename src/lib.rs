@@ -24,4 +24,5 @@ pub mod controller;
 pub mod core;
 pub mod local_bank;
 pub mod outbox;
+pub mod sim;
 pub mod wire;

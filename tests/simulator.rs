@@ -1,0 +1,361 @@
+//! The deterministic simulator: shipped scenarios replay to their expected output, the
+//! `snapbank-sim` binary reports bad input by line, and randomized scenarios (proptest) always
+//! produce snapshots the consistent-cut checker proves, while the checker rejects every
+//! corruption of them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use proptest::prelude::*;
+use snapbank::core::{Audit, SnapshotId};
+use snapbank::sim::{Delays, Event, RunOptions, Simulator, Topology, run_scenario};
+
+const SIM: &str = env!("CARGO_BIN_EXE_snapbank-sim");
+
+fn scenarios_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+}
+
+/// A scenario's delays: `<name>.delays` if present, else `--seed N` from `<name>.args`.
+fn delays_of(dir: &Path, name: &str) -> Delays {
+    let list = dir.join(format!("{name}.delays"));
+    if list.exists() {
+        return Delays::parse_list(&list.display().to_string(), &read(&list)).unwrap();
+    }
+    let args = read(&dir.join(format!("{name}.args")));
+    let seed = args
+        .trim()
+        .strip_prefix("--seed ")
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or_else(|| panic!("{name}.args: expected `--seed N`, found {args:?}"));
+    Delays::seeded(seed)
+}
+
+#[test]
+fn shipped_scenarios_replay_to_their_expected_output_and_pass_the_checker() {
+    let dir = scenarios_dir();
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|entry| {
+            let path = entry.unwrap().path();
+            (path.extension()? == "topo").then(|| path.file_stem()?.to_str().map(String::from))?
+        })
+        .collect();
+    names.sort();
+    assert!(names.len() >= 4, "scenarios found: {names:?}");
+    for name in &names {
+        let topology = dir.join(format!("{name}.topo"));
+        let events = dir.join(format!("{name}.events"));
+        let run = |options: &RunOptions| {
+            run_scenario(
+                &topology.display().to_string(),
+                &read(&topology),
+                &events.display().to_string(),
+                &read(&events),
+                delays_of(&dir, name),
+                options,
+            )
+            .unwrap_or_else(|err| panic!("{name}: {err}"))
+        };
+        let output = run(&RunOptions::default());
+        assert_eq!(
+            output,
+            read(&dir.join(format!("{name}.expected"))),
+            "{name}"
+        );
+        let checked = run(&RunOptions {
+            check: true,
+            trace: false,
+        });
+        let verdicts: Vec<&str> = checked
+            .lines()
+            .filter(|l| l.starts_with("check: "))
+            .collect();
+        assert!(!verdicts.is_empty(), "{name}");
+        assert!(
+            verdicts
+                .iter()
+                .all(|v| v.starts_with("check: ok (consistent cut")),
+            "{name}: {verdicts:?}"
+        );
+    }
+}
+
+/// The scenario in `fifo_marker` worked out by hand: a's marker waits behind its slow transfer,
+/// b's transfer to a arrives while a records that channel.
+#[test]
+fn the_binary_replays_a_scenario_with_a_delays_file_and_traces_it() {
+    let dir = scenarios_dir();
+    let output = Command::new(SIM)
+        .arg(dir.join("fifo_marker.topo"))
+        .arg(dir.join("fifo_marker.events"))
+        .arg("--delays")
+        .arg(dir.join("fifo_marker.delays"))
+        .arg("--trace")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(
+        stdout,
+        "tick 0: send a -> b transfer #1 (10), due at tick 2\n\
+         tick 0: send a -> b marker 0, due at tick 1\n\
+         tick 1: send b -> a transfer #1 (5), due at tick 2\n\
+         tick 2: deliver a -> b transfer #1 (10)\n\
+         tick 2: deliver b -> a transfer #1 (5)\n\
+         tick 3: deliver a -> b marker 0\n\
+         tick 3: send b -> a marker 0, due at tick 4\n\
+         tick 4: deliver b -> a marker 0\n\
+         snapshot 0\n\
+         a 90\n\
+         b 55\n\
+         b a token(5)\n"
+    );
+}
+
+#[test]
+fn bad_scenarios_are_errors_naming_the_line() {
+    let dir = std::env::temp_dir().join(format!("snapbank-sim-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let topology = dir.join("t.topo");
+    std::fs::write(&topology, "2\na 10\nb 10\na b\n").unwrap();
+    let cases = [
+        ("send b a 1\n", "e.events:1: there is no link b -> a"),
+        (
+            "tick\nsend a b 11\n",
+            "e.events:2: a has 10, cannot send 11",
+        ),
+        ("snapshot z\n", "e.events:1: unknown branch \"z\""),
+        (
+            "tick\n\nfly a\n",
+            "e.events:3: expected `send <src> <dst> <amount>`",
+        ),
+    ];
+    for (events, expected) in cases {
+        let path = dir.join("e.events");
+        std::fs::write(&path, events).unwrap();
+        let output = Command::new(SIM)
+            .arg(&topology)
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{events:?}: {stderr}");
+        assert!(stderr.contains(expected), "{events:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1);
+    }
+    // Running out of listed delays is named too.
+    std::fs::write(dir.join("e.events"), "send a b 1\nsnapshot a\n").unwrap();
+    std::fs::write(dir.join("d"), "1\n").unwrap();
+    let output = Command::new(SIM)
+        .arg(&topology)
+        .arg(dir.join("e.events"))
+        .arg("--delays")
+        .arg(dir.join("d"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("e.events:2: the delays list has 1 entries; message #2 needs another"),
+        "{stderr}"
+    );
+    // b can never record: no link reaches it from... it has no way to send a marker back to a.
+    std::fs::write(dir.join("e.events"), "snapshot b\n").unwrap();
+    let output = Command::new(SIM)
+        .arg(&topology)
+        .arg(dir.join("e.events"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("snapshot 0 can never complete"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A randomly generated scenario step, resolved against the topology when applied.
+#[derive(Debug, Clone)]
+enum Op {
+    /// `src % n` sends `1 + amount % 25` on its `link`-th outgoing link (if it has the money).
+    Send {
+        src: usize,
+        link: usize,
+        amount: u64,
+    },
+    /// Branch `b % n` starts a snapshot.
+    Snapshot(usize),
+    /// Advance 1-3 ticks.
+    Tick(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => (0..8usize, 0..8usize, 0..100u64).prop_map(|(src, link, amount)| Op::Send { src, link, amount }),
+        1 => (0..8usize).prop_map(Op::Snapshot),
+        3 => (1..=3u64).prop_map(Op::Tick),
+    ]
+}
+
+/// A strongly connected topology (a one-way ring plus random chords), a script with at least one
+/// snapshot, and a delay seed.
+#[derive(Debug, Clone)]
+struct Scenario {
+    balances: Vec<u64>,
+    chords: Vec<(usize, usize)>,
+    ops: Vec<Op>,
+    snapshot_at: (usize, usize),
+    seed: u64,
+}
+
+fn scenario() -> impl Strategy<Value = Scenario> {
+    (2..=5usize)
+        .prop_flat_map(|n| {
+            (
+                proptest::collection::vec(0..80u64, n),
+                proptest::collection::vec((0..n, 0..n), 0..10),
+                proptest::collection::vec(op(), 0..40),
+                (0..n, 0..41usize),
+                any::<u64>(),
+            )
+        })
+        .prop_map(|(balances, chords, ops, snapshot_at, seed)| Scenario {
+            balances,
+            chords,
+            ops,
+            snapshot_at,
+            seed,
+        })
+}
+
+impl Scenario {
+    fn topology(&self) -> Topology {
+        let n = self.balances.len();
+        let mut links: Vec<(usize, usize)> = (0..n).map(|i| (i, (i + 1) % n)).collect();
+        for &(src, dst) in &self.chords {
+            if src != dst && !links.contains(&(src, dst)) {
+                links.push((src, dst));
+            }
+        }
+        Topology {
+            names: (0..n).map(|i| format!("b{i}")).collect(),
+            balances: self.balances.clone(),
+            links,
+        }
+    }
+
+    /// Runs the scenario; returns the simulator and the script actually applied (sends a
+    /// branch cannot afford are left out), as script text.
+    fn run(&self) -> (Simulator, String) {
+        let topology = self.topology();
+        let n = topology.names.len();
+        let mut ops = self.ops.clone();
+        let position = self.snapshot_at.1.min(ops.len());
+        ops.insert(position, Op::Snapshot(self.snapshot_at.0));
+        let mut sim = Simulator::new(topology.clone(), Delays::seeded(self.seed));
+        let mut script = String::new();
+        for op in ops {
+            let event = match op {
+                Op::Send { src, link, amount } => {
+                    let src = src % n;
+                    let outgoing: Vec<usize> = topology
+                        .links
+                        .iter()
+                        .filter(|(s, _)| *s == src)
+                        .map(|&(_, d)| d)
+                        .collect();
+                    let dst = outgoing[link % outgoing.len()];
+                    let amount = 1 + amount % 25;
+                    if amount > sim.balance(src) {
+                        continue;
+                    }
+                    sim.send(src, dst, amount).unwrap();
+                    Event::Send { src, dst, amount }
+                }
+                Op::Snapshot(branch) => {
+                    sim.start_snapshot(branch % n).unwrap();
+                    Event::Snapshot { branch: branch % n }
+                }
+                Op::Tick(ticks) => {
+                    (0..ticks).for_each(|_| sim.step().unwrap());
+                    Event::Tick(ticks)
+                }
+            };
+            script.push_str(&event.to_line(&topology));
+            script.push('\n');
+        }
+        sim.finish().unwrap();
+        (sim, script)
+    }
+
+    /// The scenario in the files' formats, for a person to replay with `snapbank-sim`.
+    fn describe(&self, script: &str) -> String {
+        format!(
+            "--- topology ---\n{}--- events ---\n{script}--- replay with: snapbank-sim TOPO EVENTS --seed {} ---",
+            self.topology().to_text(),
+            self.seed
+        )
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4000))]
+
+    #[test]
+    fn every_simulated_snapshot_is_a_proven_consistent_cut(scenario in scenario()) {
+        let (sim, script) = scenario.run();
+        prop_assert!(sim.snapshot_count() >= 1);
+        for id in 0..sim.snapshot_count() as SnapshotId {
+            let evidence = sim.evidence(id).expect("finish() completes every snapshot");
+            let audit = Audit::check(&evidence);
+            prop_assert!(
+                audit.is_proven(),
+                "snapshot {id} failed the check: {:?}\n{}\n{}",
+                audit,
+                sim.report(id),
+                scenario.describe(&script)
+            );
+        }
+    }
+
+    #[test]
+    fn the_checker_rejects_every_corrupted_record(scenario in scenario(), pick in any::<usize>(), how in 0..4u8) {
+        let (sim, script) = scenario.run();
+        let mut evidence = sim.evidence(0).expect("snapshot 0 completes");
+        let channel = pick % evidence.channels.len();
+        let target = &mut evidence.channels[channel];
+        let counters = target.counters.as_mut().unwrap();
+        match (how, counters.in_transit.first().copied()) {
+            // A transfer counted twice (its amount lands in the sum too).
+            (0, Some(first)) => {
+                counters.in_transit.insert(0, first);
+                target.recorded_sum += first.1;
+            }
+            // A channel closed early: the last transfer in transit is lost from the record.
+            (1, Some(_)) => {
+                let (_, amount) = counters.in_transit.pop().unwrap();
+                target.recorded_sum -= amount;
+            }
+            // Two in-transit transfers swapped (same sum, wrong order) when there are two
+            // different ones; else a reported sum that disagrees with the list.
+            (2, _) if counters.in_transit.len() >= 2 && counters.in_transit[0] != counters.in_transit[1] => {
+                counters.in_transit.swap(0, 1);
+            }
+            (2, _) => target.recorded_sum += 1,
+            // A receipt from the future: the receiver counts one more transfer than was sent
+            // before the sender's cut, and the balance follows so the sum still holds.
+            _ => {
+                counters.received.count = counters.sent.count + 1;
+                counters.received.amount = counters.sent.amount + 1;
+            }
+        }
+        let audit = Audit::check(&evidence);
+        prop_assert!(
+            !audit.is_proven(),
+            "corruption {how} of channel {channel} went unnoticed\n{}",
+            scenario.describe(&script)
+        );
+    }
+}
