@@ -71,7 +71,7 @@ impl SimError {
 #[derive(Debug)]
 pub enum Delays {
     /// Uniform in 1..=5 from a seeded RNG.
-    Seeded(StdRng),
+    Seeded(Box<StdRng>),
     /// A fixed list, used in order; running out is an error.
     Listed { values: Vec<u64>, next: usize },
 }
@@ -79,7 +79,7 @@ pub enum Delays {
 impl Delays {
     /// Delays drawn uniformly from 1..=5 by an RNG seeded with `seed`.
     pub fn seeded(seed: u64) -> Self {
-        Delays::Seeded(StdRng::seed_from_u64(seed))
+        Delays::Seeded(Box::new(StdRng::seed_from_u64(seed)))
     }
 
     /// Parses a delays file: one integer (at least 1) per line; blank lines and `#` comments are
