@@ -70,9 +70,11 @@ impl Outbox {
         shared.pending.len() + shared.in_flight
     }
 
-    /// Whether the connection behind this outbox has failed or been closed.
-    pub fn is_dead(&self) -> bool {
-        self.shared.borrow().dead
+    /// Whether frames pushed now will be sent: the connection has neither failed nor been
+    /// asked to close.
+    pub fn is_open(&self) -> bool {
+        let shared = self.shared.borrow();
+        !shared.dead && !shared.closing
     }
 
     /// Asks the writer to finish what is queued and then shut the connection down.

@@ -11,6 +11,19 @@ use snapbank::local_bank::LocalBank;
 const BRANCH: &str = env!("CARGO_BIN_EXE_branch");
 const CONTROLLER: &str = env!("CARGO_BIN_EXE_controller");
 
+/// Runs a command to completion within a minute, so a hung process fails the test instead of
+/// hanging the suite.
+trait RunLimited {
+    fn run_limited(&mut self) -> std::process::Output;
+}
+
+impl RunLimited for Command {
+    fn run_limited(&mut self) -> std::process::Output {
+        snapbank::local_bank::output_within(self, std::time::Duration::from_secs(60))
+            .expect("the command finishes within 60 s")
+    }
+}
+
 /// Writes `text` to a fresh file and returns its path.
 fn branches_file(tag: &str, text: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("snapbank-bad-{}-{tag}.txt", std::process::id()));
@@ -20,10 +33,7 @@ fn branches_file(tag: &str, text: &str) -> PathBuf {
 
 /// Runs the controller and returns (exit code, stderr).
 fn controller_error(args: &[&str]) -> (Option<i32>, String) {
-    let output = Command::new(CONTROLLER)
-        .args(args)
-        .output()
-        .expect("run the controller");
+    let output = Command::new(CONTROLLER).args(args).run_limited();
     assert!(output.stdout.is_empty(), "no report for bad input");
     (
         output.status.code(),
@@ -110,22 +120,26 @@ fn missing_file_bad_total_and_bad_flags_exit_two() {
     assert!(stderr.contains("needs --snapshots"), "{stderr}");
     let (code, _) = controller_error(&["-5", file]);
     assert_eq!(code, Some(2));
+    let (code, stderr) = controller_error(&["100", file, "--snapshots", "0"]);
+    assert_eq!(code, Some(2), "{stderr}");
     std::fs::remove_file(&path).unwrap();
 }
 
 #[test]
 fn unreachable_branches_time_out_with_a_clear_error() {
+    // 127.0.0.2: no test's branch listens there, so nothing can take these ports meanwhile.
     let ports = snapbank::local_bank::free_ports(2).unwrap();
     let path = branches_file(
         "unreachable",
-        &format!("b1 127.0.0.1 {}\nb2 127.0.0.1 {}\n", ports[0], ports[1]),
+        &format!("b1 127.0.0.2 {}\nb2 127.0.0.2 {}\n", ports[0], ports[1]),
     );
     let (code, stderr) =
         controller_error(&["100", path.to_str().unwrap(), "--connect-timeout-ms", "300"]);
     std::fs::remove_file(&path).unwrap();
     assert_eq!(code, Some(1));
     assert!(
-        stderr.starts_with("error: cannot reach branch b1 at 127.0.0.1:"),
+        stderr.starts_with("error: cannot reach branch b1 at 127.0.0.2:")
+            && stderr.contains("within 300 ms"),
         "{stderr}"
     );
 }
@@ -170,8 +184,7 @@ fn garbage_and_oversized_frames_drop_the_connection_and_the_bank_works_on() {
         .arg("3000")
         .arg(bank.branches_file())
         .args(["--interval-ms", "30", "--snapshots", "10"])
-        .output()
-        .unwrap();
+        .run_limited();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
     assert_eq!(

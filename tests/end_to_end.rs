@@ -8,6 +8,19 @@ use snapbank::local_bank::LocalBank;
 const BRANCH: &str = env!("CARGO_BIN_EXE_branch");
 const CONTROLLER: &str = env!("CARGO_BIN_EXE_controller");
 
+/// Runs a command to completion within a minute, so a hung process fails the test instead of
+/// hanging the suite.
+trait RunLimited {
+    fn run_limited(&mut self) -> std::process::Output;
+}
+
+impl RunLimited for Command {
+    fn run_limited(&mut self) -> std::process::Output {
+        snapbank::local_bank::output_within(self, std::time::Duration::from_secs(60))
+            .expect("the command finishes within 60 s")
+    }
+}
+
 fn fast_bank(count: usize) -> LocalBank {
     let args = ["--max-interval-ms", "1"].map(String::from);
     LocalBank::start(BRANCH.as_ref(), count, &args).expect("start the branches")
@@ -18,8 +31,7 @@ fn controller(bank: &LocalBank, total: &str, args: &[&str]) -> Output {
         .arg(total)
         .arg(bank.branches_file())
         .args(args)
-        .output()
-        .expect("run the controller")
+        .run_limited()
 }
 
 #[test]
@@ -92,17 +104,16 @@ fn json_reports_carry_the_same_facts() {
 #[test]
 fn a_killed_branch_makes_snapshots_incomplete_and_the_exit_code_one() {
     let mut bank = fast_bank(3);
-    let child = Command::new(CONTROLLER)
+    let mut command = Command::new(CONTROLLER);
+    command
         .arg("999")
         .arg(bank.branches_file())
         .args(["--interval-ms", "100", "--snapshots", "8"])
-        .args(["--retrieve-timeout-ms", "1000"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("run the controller");
+        .args(["--retrieve-timeout-ms", "1000"]);
+    let controller = std::thread::spawn(move || command.run_limited());
     std::thread::sleep(Duration::from_millis(300));
     bank.kill(2);
-    let output = child.wait_with_output().expect("controller finishes");
+    let output = controller.join().expect("controller thread");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(

@@ -12,6 +12,19 @@ use snapbank::sim::{Delays, Event, RunOptions, Simulator, Topology, run_scenario
 
 const SIM: &str = env!("CARGO_BIN_EXE_snapbank-sim");
 
+/// Runs a command to completion within a minute, so a hung process fails the test instead of
+/// hanging the suite.
+trait RunLimited {
+    fn run_limited(&mut self) -> std::process::Output;
+}
+
+impl RunLimited for Command {
+    fn run_limited(&mut self) -> std::process::Output {
+        snapbank::local_bank::output_within(self, std::time::Duration::from_secs(60))
+            .expect("the command finishes within 60 s")
+    }
+}
+
 fn scenarios_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios")
 }
@@ -96,8 +109,7 @@ fn the_binary_replays_a_scenario_with_a_delays_file_and_traces_it() {
         .arg("--delays")
         .arg(dir.join("fifo_marker.delays"))
         .arg("--trace")
-        .output()
-        .unwrap();
+        .run_limited();
     assert!(output.status.success());
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert_eq!(
@@ -138,11 +150,7 @@ fn bad_scenarios_are_errors_naming_the_line() {
     for (events, expected) in cases {
         let path = dir.join("e.events");
         std::fs::write(&path, events).unwrap();
-        let output = Command::new(SIM)
-            .arg(&topology)
-            .arg(&path)
-            .output()
-            .unwrap();
+        let output = Command::new(SIM).arg(&topology).arg(&path).run_limited();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{events:?}: {stderr}");
         assert!(stderr.contains(expected), "{events:?}: {stderr}");
@@ -156,8 +164,7 @@ fn bad_scenarios_are_errors_naming_the_line() {
         .arg(dir.join("e.events"))
         .arg("--delays")
         .arg(dir.join("d"))
-        .output()
-        .unwrap();
+        .run_limited();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("e.events:2: the delays list has 1 entries; message #2 needs another"),
@@ -168,8 +175,7 @@ fn bad_scenarios_are_errors_naming_the_line() {
     let output = Command::new(SIM)
         .arg(&topology)
         .arg(dir.join("e.events"))
-        .output()
-        .unwrap();
+        .run_limited();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("snapshot 0 can never complete"), "{stderr}");

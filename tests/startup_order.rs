@@ -158,3 +158,66 @@ fn retrieving_an_unknown_or_already_retrieved_snapshot_says_so() {
     let again = first.retrieve(1);
     assert_eq!(again.status, pb::SnapshotStatus::UnknownSnapshot as i32);
 }
+
+/// Resident memory of a process, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_controller_that_never_reads_its_answers_is_cut_off_with_memory_bounded() {
+    let bank = LocalBank::start(BRANCH.as_ref(), 2, &[]).unwrap();
+    let target = bank.entries()[0].addr;
+    let mut flooder = RawController::connect(target);
+    flooder
+        .stream
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut request = Vec::new();
+    for id in 0..1000u32 {
+        wire::encode_frame(
+            Body::RetrieveSnapshot(pb::RetrieveSnapshot {
+                snapshot_id: id,
+                wait_ms: 0,
+            }),
+            &mut request,
+        );
+    }
+    // Up to ~1.5 million requests (about 9 MB), never reading a single answer; the branch may
+    // cut us off before we are done, so write errors are expected.
+    for _ in 0..1500 {
+        if flooder.stream.write_all(&request).is_err() {
+            break;
+        }
+    }
+    let mut drained = 0usize;
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        match flooder.stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(read) => drained += read,
+        }
+    }
+    let rss = rss_kib(bank.pids()[0]);
+    assert!(rss < 64 * 1024, "branch1 holds {rss} KiB after the flood");
+    let log = std::fs::read_to_string(bank.log_path("branch1")).unwrap();
+    assert!(
+        log.contains("is not reading its answers"),
+        "drained {drained} bytes; log:\n{log}"
+    );
+    // The branch still serves a real controller.
+    let mut first = RawController::connect(target);
+    let mut second = RawController::connect(bank.entries()[1].addr);
+    first.send(init(10, &bank));
+    second.send(init(10, &bank));
+    second.send(Body::InitSnapshot(pb::InitSnapshot { snapshot_id: 1 }));
+    assert_eq!(
+        first.retrieve(1).status,
+        pb::SnapshotStatus::Complete as i32
+    );
+}

@@ -27,7 +27,7 @@ struct Args {
     #[arg(long, default_value_t = 10_000)]
     interval_ms: u64,
     /// Stop after this many snapshots (default: run until Ctrl-C).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     snapshots: Option<u32>,
     /// Give up on a snapshot's missing records after this many milliseconds.
     #[arg(long, default_value_t = 10_000)]
@@ -41,6 +41,10 @@ struct Args {
     /// Seed for choosing which branch starts each snapshot.
     #[arg(long)]
     seed: Option<u64>,
+    /// Largest frame accepted from a branch, in bytes (a record lists the transfers it found
+    /// in transit, so this is larger than a branch's own limit).
+    #[arg(long, default_value_t = snapbank::controller::DEFAULT_MAX_RECORD_BYTES)]
+    max_frame_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
         retrieve_timeout: Duration::from_millis(args.retrieve_timeout_ms),
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
         seed: args.seed,
+        max_frame: args.max_frame_bytes,
         ..ControllerConfig::new(args.total, branches)
     };
     let all_ok = Rc::new(Cell::new(true));
@@ -94,7 +99,11 @@ fn main() -> ExitCode {
     match outcome {
         Some(Ok(summary)) if summary.all_ok() => ExitCode::SUCCESS,
         Some(Ok(_)) => ExitCode::FAILURE,
-        Some(Err(err @ (ControllerError::TotalTooLarge(_) | ControllerError::UnboundedBurst))) => {
+        Some(Err(
+            err @ (ControllerError::TotalTooLarge(_)
+            | ControllerError::UnboundedBurst
+            | ControllerError::NoSnapshots),
+        )) => {
             eprintln!("error: {err}");
             ExitCode::from(2)
         }

@@ -26,7 +26,7 @@ use super::recorder::{self, Reply, SnapshotRecorder};
 use super::responses::ResponseQueue;
 use super::{BranchConfig, listener};
 use crate::config::BranchEntry;
-use crate::core::{BranchCore, Channel, Effect, InTransit, SnapshotId, SnapshotRecord};
+use crate::core::{BranchCore, Channel, CoreError, Effect, InTransit, SnapshotId, SnapshotRecord};
 use crate::outbox::Outbox;
 use crate::wire::{self, Body, FrameCodec, pb};
 
@@ -47,6 +47,15 @@ const MAX_PARKED_PEERS: usize = 4096;
 
 /// Upper bound on requests waiting for a snapshot this branch has not begun yet.
 const MAX_EARLY_WAITERS: usize = 4096;
+
+/// Upper bound on snapshot records kept (recording, or finished and not yet retrieved). Beyond
+/// it the oldest is discarded, so a flood of markers with fresh ids cannot exhaust memory.
+const MAX_KEPT_RECORDS: usize = 1024;
+
+/// A controller connection with this many unanswered requests, or this many unwritten bytes of
+/// answers, is not reading them: it is closed rather than allowed to pin memory.
+const MAX_PENDING_ANSWERS: usize = 4096;
+const MAX_ANSWER_BACKLOG: usize = 4 << 20;
 
 /// How long the transfer generator pauses when it found nothing to send (no connected peer with
 /// room, or no money), so an as-fast-as-possible branch does not spin.
@@ -256,6 +265,14 @@ impl BranchActor {
             return;
         };
         let peer = &mut bank.peers[channel];
+        let expected = peer.addr.ip();
+        if remote.ip() != expected && !(remote.ip().is_loopback() && expected.is_loopback()) {
+            warn!(
+                "{}: connection from {remote} claims to be {name}, which is at {expected}; closing",
+                self.name
+            );
+            return;
+        }
         if peer.we_dial {
             warn!(
                 "{}: {name} connected from {remote}, but this branch is the one that dials {name}; closing",
@@ -455,6 +472,19 @@ impl BranchActor {
         let Some(link) = self.controllers.get_mut(&conn) else {
             return;
         };
+        if link.responses.len() >= MAX_PENDING_ANSWERS
+            || link.outbox.backlog() >= MAX_ANSWER_BACKLOG
+        {
+            warn!(
+                "{}: the controller connection is not reading its answers ({} pending, {} bytes unsent); closing it",
+                self.name,
+                link.responses.len(),
+                link.outbox.backlog()
+            );
+            link.outbox.mark_dead();
+            self.controllers.remove(&conn);
+            return;
+        }
         let seq = link.responses.reserve();
         let (reply, answer) = oneshot::channel();
         let wait = Duration::from_millis(u64::from(wait_ms)).min(MAX_RETRIEVE_WAIT);
@@ -530,6 +560,7 @@ impl BranchActor {
         else {
             return; // a frame from a connection that has since been replaced
         };
+        let peer_name = peer.name.clone();
         let result = match body {
             Body::Transfer(pb::Transfer { money, seq }) => bank.core.receive_transfer(
                 channel,
@@ -553,7 +584,23 @@ impl BranchActor {
         };
         match result {
             Ok(()) => self.apply_effects(ctx),
-            Err(err) => warn!("{}: from peer {}: {err}; ignored", self.name, peer.name),
+            // A transfer that cannot be applied leaves the channel's numbering broken for good:
+            // the channel cannot be trusted, so it is closed rather than left to refuse
+            // everything that follows.
+            Err(
+                err @ (CoreError::OutOfSequence { .. }
+                | CoreError::BalanceOverflow { .. }
+                | CoreError::UnknownChannel(_)),
+            ) => {
+                warn!(
+                    "{}: from peer {peer_name}: {err}; closing the connection",
+                    self.name
+                );
+                let peer = &mut bank.peers[channel];
+                peer.conn = None;
+                peer.outbox.mark_dead();
+            }
+            Err(err) => warn!("{}: from peer {peer_name}: {err}; ignored", self.name),
         }
     }
 
@@ -570,6 +617,18 @@ impl BranchActor {
                     sent,
                     received,
                 } => {
+                    if bank.recorders.len() >= MAX_KEPT_RECORDS
+                        && let Some(&oldest) = bank.recorders.keys().min()
+                    {
+                        warn!(
+                            "{}: more than {MAX_KEPT_RECORDS} snapshot records kept; discarding snapshot {oldest}",
+                            self.name
+                        );
+                        if let Some(recorder) = bank.recorders.remove(&oldest) {
+                            recorder.do_send(recorder::Discard);
+                        }
+                        bank.core.abandon(oldest);
+                    }
                     let record = SnapshotRecord::new(id, balance, sent, received);
                     let recorder = SnapshotRecorder::new(
                         record,
@@ -648,7 +707,7 @@ impl BranchActor {
         let (low, high) = bank.amount_range;
         let amount = self.rng.random_range(low..=high);
         let outbox = &bank.peers[channel].outbox;
-        if outbox.is_dead() {
+        if !outbox.is_open() {
             return false;
         }
         let Ok(seq) = bank.core.send_transfer(channel, amount) else {
@@ -762,6 +821,8 @@ impl Handler<RecorderRetired> for BranchActor {
     fn handle(&mut self, msg: RecorderRetired, _ctx: &mut Context<Self>) {
         if let Some(bank) = self.bank.as_mut() {
             bank.recorders.remove(&msg.id);
+            // A record discarded unfinished must not go on collecting transfers.
+            bank.core.abandon(msg.id);
         }
     }
 }

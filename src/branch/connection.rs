@@ -5,7 +5,11 @@
 //! the [`BranchActor`], whose single mailbox keeps them in arrival order (FIFO is the correctness
 //! condition of Chandy-Lamport). Its write half is an [`Outbox`] drained by a writer task that
 //! lives and dies with the actor. A framing error, a write error or the end of the stream stops
-//! the actor, and stopping tells the branch the connection is gone.
+//! the actor, and stopping tells the branch the connection is gone. When the other side closes
+//! its half, what is already queued is still written (a controller may half-close after its
+//! last request and still expects the answers), for at most [`DRAIN_TIMEOUT`].
+
+use std::time::Duration;
 
 use actix::prelude::*;
 use log::{info, warn};
@@ -15,6 +19,9 @@ use tokio_util::codec::FramedRead;
 use super::actor::{BranchActor, ConnectionClosed, Inbound, Source};
 use crate::outbox::{Outbox, write_loop};
 use crate::wire::{FrameCodec, FrameError, pb};
+
+/// After the other side closes its half, queued frames get this long to be written.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The read half of a connection, decoding delimited frames.
 pub type FrameReader = FramedRead<OwnedReadHalf, FrameCodec>;
@@ -95,6 +102,8 @@ impl StreamHandler<Result<pb::BranchMessage, FrameError>> for PeerConnection {
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
         info!("{}: connection closed by the other side", self.label);
-        ctx.stop();
+        // The writer finishes what is queued, shuts the socket down and then stops the actor.
+        self.outbox.close();
+        ctx.run_later(DRAIN_TIMEOUT, |_connection, ctx| ctx.stop());
     }
 }

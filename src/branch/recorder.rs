@@ -5,7 +5,8 @@
 //! FIFO mailbox, so the recorder sees them in exactly the order the core decided them. The
 //! recorder answers `RetrieveSnapshot` requests, holding a request until the record is finished
 //! when the controller asked to wait, and retires once a finished record has been handed over,
-//! so memory stays bounded however long the bank runs.
+//! so memory stays bounded however long the bank runs. A record nobody retrieves is discarded
+//! after [`RECORD_TTL`].
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -16,6 +17,9 @@ use tokio::sync::oneshot;
 use super::actor::{BranchActor, RecorderRetired};
 use crate::core::{InTransit, SnapshotRecord};
 use crate::wire::{self, pb};
+
+/// How long a record is kept when nobody retrieves it (the controller gave up, or went away).
+pub const RECORD_TTL: Duration = Duration::from_secs(600);
 
 /// Where a finished (or timed-out) answer goes: the slot of one `RetrieveSnapshot` request.
 pub type Reply = oneshot::Sender<pb::return_snapshot::LocalSnapshot>;
@@ -29,6 +33,11 @@ pub struct Observed(pub InTransit);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct FinishRecord;
+
+/// The branch dropped this record (too many kept): stop without answering.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Discard;
 
 /// A `RetrieveSnapshot` for this recorder's snapshot: answer on `reply`, at once if the record is
 /// finished or `wait` is zero, else when it finishes or `wait` runs out, whichever comes first.
@@ -93,6 +102,26 @@ impl SnapshotRecorder {
 
 impl Actor for SnapshotRecorder {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_later(RECORD_TTL, |recorder, ctx| {
+            log::warn!(
+                "{}: snapshot {} was not retrieved within {} s; discarding its record",
+                recorder.branch_name,
+                recorder.record.id(),
+                RECORD_TTL.as_secs()
+            );
+            recorder.retire(ctx);
+        });
+    }
+}
+
+impl Handler<Discard> for SnapshotRecorder {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Discard, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
 }
 
 impl Handler<Observed> for SnapshotRecorder {

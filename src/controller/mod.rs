@@ -23,6 +23,10 @@ pub use report::{BranchRecord, BranchState, SnapshotReport, Verdict};
 
 use crate::config::BranchEntry;
 
+/// Largest frame the controller accepts by default: records list the transfers found in
+/// transit, which backpressure bounds to far less than this.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 16 << 20;
+
 /// How the controller runs.
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -55,7 +59,7 @@ impl ControllerConfig {
             retrieve_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             seed: None,
-            max_frame: crate::wire::DEFAULT_MAX_FRAME_BYTES,
+            max_frame: DEFAULT_MAX_RECORD_BYTES,
         }
     }
 }
@@ -85,6 +89,8 @@ pub enum ControllerError {
     TotalTooLarge(u64),
     #[error("--interval-ms 0 starts snapshots back to back and needs --snapshots")]
     UnboundedBurst,
+    #[error("--snapshots must be at least 1")]
+    NoSnapshots,
     #[error("cannot reach branch {name} at {addr} within {waited_ms} ms: {last_error}")]
     Connect {
         name: String,
@@ -109,6 +115,9 @@ pub async fn run_controller(
     if config.interval.is_zero() && config.snapshots.is_none() {
         return Err(ControllerError::UnboundedBurst);
     }
+    if config.snapshots == Some(0) {
+        return Err(ControllerError::NoSnapshots);
+    }
     let streams = connect_all(&config.branches, config.connect_timeout).await?;
     let (done, finished) = oneshot::channel();
     actor::start(config, streams, on_report, done);
@@ -120,19 +129,21 @@ async fn connect_all(
     timeout: Duration,
 ) -> Result<Vec<TcpStream>, ControllerError> {
     let deadline = Instant::now() + timeout;
-    let attempts = branches.iter().map(|branch| connect_one(branch, deadline));
+    let attempts = branches
+        .iter()
+        .map(|branch| connect_one(branch, deadline, timeout));
     futures_util::future::join_all(attempts)
         .await
         .into_iter()
         .collect()
 }
 
-/// Dials one branch, retrying while it comes up, until `deadline`.
+/// Dials one branch, retrying while it comes up, until `deadline` (`timeout` from the start).
 async fn connect_one(
     branch: &BranchEntry,
     deadline: Instant,
+    timeout: Duration,
 ) -> Result<TcpStream, ControllerError> {
-    let started = Instant::now();
     let mut delay = Duration::from_millis(10);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -146,15 +157,16 @@ async fn connect_one(
             Ok(Err(err)) => err.to_string(),
             Err(_) => "connect timed out".to_string(),
         };
-        if Instant::now() + delay >= deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             return Err(ControllerError::Connect {
                 name: branch.name.clone(),
                 addr: branch.addr,
-                waited_ms: started.elapsed().as_millis(),
+                waited_ms: timeout.as_millis(),
                 last_error: error,
             });
         }
-        tokio::time::sleep(delay).await;
+        tokio::time::sleep(delay.min(left)).await;
         delay = (delay * 2).min(Duration::from_millis(250));
     }
 }

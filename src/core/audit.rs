@@ -213,7 +213,7 @@ fn check_channel(
             ),
         ));
     } else {
-        let expected = received.count + 1..=sent.count;
+        let expected = received.count.saturating_add(1)..=sent.count;
         let in_order = in_transit.len() as u64 == sent.count - received.count
             && in_transit.iter().map(|&(seq, _)| seq).eq(expected.clone());
         if !in_order {

@@ -184,6 +184,14 @@ impl BranchCore {
         Ok(sent.count)
     }
 
+    /// Gives up snapshot `id` (its record was discarded): its channels stop recording, and a
+    /// later marker for it is an error rather than the start of a new snapshot.
+    pub fn abandon(&mut self, id: SnapshotId) {
+        if self.recording.remove(&id).is_some() {
+            self.finished.insert(id);
+        }
+    }
+
     /// The controller asked this branch to start snapshot `id`.
     pub fn start_snapshot(
         &mut self,
