@@ -23,8 +23,11 @@ use crate::wire::{self, Body};
 /// not pin memory for the rest of the run.
 const MAX_RETAINED_BATCH: usize = 1 << 20;
 
+/// The backlog at or below which an outbox counts as drained (see [`Outbox::on_drained`]).
+pub const DRAINED: usize = 4 * 1024;
+
 /// The queue shared between the owner pushing frames and the writer task draining them.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Shared {
     /// Encoded frames not yet taken by the writer.
     pending: Vec<u8>,
@@ -36,6 +39,20 @@ struct Shared {
     closing: bool,
     /// The connection is gone: pushes are dropped instead of queueing forever.
     dead: bool,
+    /// Called once, after a write, when the backlog has fallen to `DRAINED` or below: how a
+    /// producer paused by backpressure learns it may go on.
+    on_drained: Option<Box<dyn FnOnce()>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("pending", &self.pending.len())
+            .field("in_flight", &self.in_flight)
+            .field("closing", &self.closing)
+            .field("dead", &self.dead)
+            .finish()
+    }
 }
 
 /// The sending side of one connection. Cloning gives another handle to the same queue.
@@ -75,6 +92,18 @@ impl Outbox {
     pub fn is_open(&self) -> bool {
         let shared = self.shared.borrow();
         !shared.dead && !shared.closing
+    }
+
+    /// Calls `callback` once, after a write, when the backlog is at most [`DRAINED`] bytes
+    /// (at once if it already is). Replaces an earlier callback not yet called.
+    pub fn on_drained(&self, callback: Box<dyn FnOnce()>) {
+        let mut shared = self.shared.borrow_mut();
+        if shared.pending.len() + shared.in_flight <= DRAINED {
+            drop(shared);
+            callback();
+        } else {
+            shared.on_drained = Some(callback);
+        }
     }
 
     /// Asks the writer to finish what is queued and then shut the connection down.
@@ -132,7 +161,18 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
             }
             Some(true) => {
                 let result = writer.write_all(&batch).await;
-                outbox.shared.borrow_mut().in_flight = 0;
+                let drained = {
+                    let mut shared = outbox.shared.borrow_mut();
+                    shared.in_flight = 0;
+                    if shared.pending.len() <= DRAINED {
+                        shared.on_drained.take()
+                    } else {
+                        None
+                    }
+                };
+                if let Some(callback) = drained {
+                    callback();
+                }
                 if let Err(err) = result {
                     outbox.mark_dead();
                     return Err(err);

@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use log::{debug, error, info, warn};
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::oneshot;
@@ -24,6 +22,7 @@ use tokio_util::codec::FramedRead;
 use super::connection::{FrameReader, PeerConnection};
 use super::recorder::{self, Reply, SnapshotRecorder};
 use super::responses::ResponseQueue;
+use super::traffic::{Pause, Traffic};
 use super::{BranchConfig, listener};
 use crate::config::BranchEntry;
 use crate::core::{BranchCore, Channel, CoreError, Effect, InTransit, SnapshotId, SnapshotRecord};
@@ -37,7 +36,7 @@ pub type ConnId = u64;
 /// A peer whose outbox holds more than this many unwritten bytes is not sent new transfers until
 /// it drains: the sender slows to the pace the connection takes, and a marker never waits behind
 /// more than this much traffic.
-const TRANSFER_HIGH_WATER: usize = 64 * 1024;
+const TRANSFER_HIGH_WATER: usize = 16 * 1024;
 
 /// Upper bound on how long a `RetrieveSnapshot` may be held waiting for its record.
 const MAX_RETRIEVE_WAIT: Duration = Duration::from_secs(60);
@@ -57,9 +56,6 @@ const MAX_KEPT_RECORDS: usize = 1024;
 const MAX_PENDING_ANSWERS: usize = 4096;
 const MAX_ANSWER_BACKLOG: usize = 4 << 20;
 
-/// How long the transfer generator pauses when it found nothing to send (no connected peer with
-/// room, or no money), so an as-fast-as-possible branch does not spin.
-const IDLE_PAUSE: Duration = Duration::from_millis(1);
 
 /// Which connection a frame came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,10 +98,24 @@ pub struct RecorderRetired {
     pub id: SnapshotId,
 }
 
+/// Decoded frames from one connection, in arrival order: whatever one read produced, so a busy
+/// connection costs one actor message per read rather than per frame.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InboundBatch {
+    pub source: Source,
+    pub bodies: Vec<Body>,
+}
+
 /// Time to send the next random transfer.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct SendTransfer;
+
+/// What a parked transfer generator was waiting for has arrived.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Resume(Pause);
 
 /// A snapshot of the branch's state for tests and diagnostics.
 #[derive(Message)]
@@ -170,15 +180,14 @@ struct Bank {
     by_name: HashMap<String, Channel>,
     /// The recorder of every snapshot begun here and not yet retrieved.
     recorders: HashMap<SnapshotId, Addr<SnapshotRecorder>>,
-    /// Transfer amounts are drawn from this inclusive range (1-5 % of the initial balance).
-    amount_range: (u64, u64),
 }
 
 /// The actor that owns one branch.
 pub struct BranchActor {
     name: Rc<str>,
     settings: BranchConfig,
-    rng: StdRng,
+    /// The random transfer generator.
+    traffic: Traffic,
     /// `None` until `InitBranch`.
     bank: Option<Bank>,
     /// Peers that connected before `InitBranch`, admitted in arrival order once it comes.
@@ -193,14 +202,11 @@ pub struct BranchActor {
 impl BranchActor {
     /// A branch that has not been initialised yet.
     pub fn new(settings: BranchConfig) -> Self {
-        let rng = match settings.seed {
-            Some(seed) => StdRng::seed_from_u64(seed),
-            None => rand::make_rng(),
-        };
+        let traffic = Traffic::new(settings.min_interval, settings.max_interval, settings.seed);
         Self {
             name: settings.name.as_str().into(),
             settings,
-            rng,
+            traffic,
             bank: None,
             parked: Vec::new(),
             controllers: HashMap::new(),
@@ -297,6 +303,7 @@ impl BranchActor {
             format!("peer {name}"),
             ctx.address(),
         );
+        self.resume(Pause::Peer, ctx);
     }
 
     /// Dials peer `channel`, retrying until it answers; the connection's first frame (`Hello`)
@@ -360,6 +367,7 @@ impl BranchActor {
             format!("peer {}", peer.name),
             ctx.address(),
         );
+        self.resume(Pause::Peer, ctx);
     }
 
     // ---- controller commands -----------------------------------------------------------
@@ -431,8 +439,6 @@ impl BranchActor {
                 }
             })
             .collect();
-        let low = (balance / 100).max(1);
-        let high = (balance * 5 / 100).max(low);
         info!(
             "{}: initialised with balance {balance} and {} peers",
             self.name,
@@ -448,7 +454,6 @@ impl BranchActor {
                 .collect(),
             peers,
             recorders: HashMap::new(),
-            amount_range: (low, high),
         });
         for parked in std::mem::take(&mut self.parked) {
             self.admit_peer(parked, ctx);
@@ -463,8 +468,9 @@ impl BranchActor {
         for channel in to_dial {
             self.dial(channel, ctx);
         }
+        self.traffic.set_initial_balance(balance);
         if balance > 0 {
-            self.schedule_transfer(true, ctx);
+            self.generate(ctx);
         }
     }
 
@@ -542,6 +548,13 @@ impl BranchActor {
     }
 
     // ---- peer traffic ------------------------------------------------------------------
+
+    fn on_frame(&mut self, source: Source, body: Body, ctx: &mut Context<Self>) {
+        match source {
+            Source::Controller(conn) => self.on_controller_frame(conn, body, ctx),
+            Source::Peer { channel, conn } => self.on_peer_frame(channel, conn, body, ctx),
+        }
+    }
 
     fn on_peer_frame(
         &mut self,
@@ -670,58 +683,94 @@ impl BranchActor {
         }
     }
 
-    fn schedule_transfer(&mut self, sent: bool, ctx: &mut Context<Self>) {
-        let (min, max) = (self.settings.min_interval, self.settings.max_interval);
-        let mut delay = if max > min {
-            self.rng.random_range(min..=max)
-        } else {
-            max
-        };
-        if !sent {
-            delay = delay.max(IDLE_PAUSE);
+    /// One turn of the transfer generator: a burst (flat out) or a single transfer, then the
+    /// next turn is scheduled, or the generator parks until what it lacks arrives.
+    fn generate(&mut self, ctx: &mut Context<Self>) {
+        self.traffic.run();
+        let mut outcome = Ok(());
+        for _ in 0..self.traffic.burst() {
+            outcome = self.send_random_transfer();
+            if outcome.is_err() {
+                break;
+            }
         }
-        if delay.is_zero() {
-            ctx.notify(SendTransfer);
-        } else {
+        if !self.traffic.flat_out() {
+            let delay = self.traffic.next_delay();
             ctx.notify_later(SendTransfer, delay);
+            return;
+        }
+        match outcome {
+            Ok(()) => self.schedule_burst(ctx),
+            Err(pause) => {
+                self.traffic.park(pause);
+                if pause == Pause::Room {
+                    self.resume_on_drain(ctx);
+                }
+            }
         }
     }
 
-    /// Sends one random transfer to a random connected peer with room in its outbox. Returns
-    /// whether one was sent.
-    fn send_random_transfer(&mut self) -> bool {
-        let Some(bank) = self.bank.as_mut() else {
-            return false;
-        };
-        let count = bank.peers.len();
-        if count == 0 {
-            return false;
-        }
-        let start = self.rng.random_range(0..count);
-        let Some(channel) = (0..count).map(|i| (start + i) % count).find(|&c| {
-            let peer = &bank.peers[c];
-            peer.conn.is_some() && peer.outbox.backlog() < TRANSFER_HIGH_WATER
-        }) else {
-            return false;
-        };
-        let (low, high) = bank.amount_range;
-        let amount = self.rng.random_range(low..=high);
-        let outbox = &bank.peers[channel].outbox;
-        if !outbox.is_open() {
-            return false;
-        }
-        let Ok(seq) = bank.core.send_transfer(channel, amount) else {
-            return false; // no money, no transfer
-        };
-        let money = wire::to_wire_amount(amount);
-        // The outbox is alive and this actor is the only one touching it, so the push succeeds.
-        if !outbox.push(Body::Transfer(pb::Transfer { money, seq })) {
-            error!(
-                "{}: transfer #{seq} of {amount} to {} could not be queued",
-                self.name, bank.peers[channel].name
+    /// Schedules the next burst after yielding to the event loop, so that reads and writes run
+    /// between bursts.
+    fn schedule_burst(&mut self, ctx: &mut Context<Self>) {
+        if self.traffic.schedule() {
+            ctx.spawn(
+                actix::fut::wrap_future::<_, Self>(tokio::task::yield_now())
+                    .map(|(), branch, ctx| branch.generate(ctx)),
             );
         }
-        true
+    }
+
+    /// Resumes a generator parked for `pause`.
+    fn resume(&mut self, pause: Pause, ctx: &mut Context<Self>) {
+        if self.traffic.unpark(pause) {
+            self.schedule_burst(ctx);
+        }
+    }
+
+    /// Asks every connected peer's outbox to report when it drains.
+    fn resume_on_drain(&self, ctx: &mut Context<Self>) {
+        let Some(bank) = self.bank.as_ref() else {
+            return;
+        };
+        for peer in bank.peers.iter().filter(|peer| peer.conn.is_some()) {
+            let branch = ctx.address();
+            peer.outbox
+                .on_drained(Box::new(move || branch.do_send(Resume(Pause::Room))));
+        }
+    }
+
+    /// Sends one random transfer to a random connected peer with room in its outbox, or says
+    /// what is missing.
+    fn send_random_transfer(&mut self) -> Result<(), Pause> {
+        let Some(bank) = self.bank.as_mut() else {
+            return Err(Pause::Peer);
+        };
+        let count = bank.peers.len();
+        let start = self.traffic.start_index(count);
+        let mut connected = false;
+        let channel = (0..count).map(|i| (start + i) % count).find(|&c| {
+            let peer = &bank.peers[c];
+            connected |= peer.conn.is_some();
+            peer.conn.is_some() && peer.outbox.is_open() && peer.outbox.backlog() < TRANSFER_HIGH_WATER
+        });
+        let Some(channel) = channel else {
+            return Err(if connected { Pause::Room } else { Pause::Peer });
+        };
+        let amount = self.traffic.amount();
+        let Ok(seq) = bank.core.send_transfer(channel, amount) else {
+            return Err(Pause::Funds); // no money, no transfer
+        };
+        let peer = &bank.peers[channel];
+        let money = wire::to_wire_amount(amount);
+        // The outbox is open and this actor is the only one touching it, so the push succeeds.
+        if !peer.outbox.push(Body::Transfer(pb::Transfer { money, seq })) {
+            error!(
+                "{}: transfer #{seq} of {amount} to {} could not be queued",
+                self.name, peer.name
+            );
+        }
+        Ok(())
     }
 }
 
@@ -778,10 +827,7 @@ impl Handler<Inbound> for BranchActor {
     type Result = ();
 
     fn handle(&mut self, msg: Inbound, ctx: &mut Context<Self>) {
-        match msg.source {
-            Source::Controller(conn) => self.on_controller_frame(conn, msg.body, ctx),
-            Source::Peer { channel, conn } => self.on_peer_frame(channel, conn, msg.body, ctx),
-        }
+        self.on_frame(msg.source, msg.body, ctx);
     }
 }
 
@@ -831,8 +877,28 @@ impl Handler<SendTransfer> for BranchActor {
     type Result = ();
 
     fn handle(&mut self, _msg: SendTransfer, ctx: &mut Context<Self>) {
-        let sent = self.send_random_transfer();
-        self.schedule_transfer(sent, ctx);
+        self.generate(ctx);
+    }
+}
+
+impl Handler<Resume> for BranchActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Resume, ctx: &mut Context<Self>) {
+        self.resume(msg.0, ctx);
+    }
+}
+
+impl Handler<InboundBatch> for BranchActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: InboundBatch, ctx: &mut Context<Self>) {
+        for body in msg.bodies {
+            self.on_frame(msg.source, body, ctx);
+        }
+        if matches!(msg.source, Source::Peer { .. }) {
+            self.resume(Pause::Funds, ctx);
+        }
     }
 }
 

@@ -16,9 +16,14 @@ use log::{info, warn};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::codec::FramedRead;
 
-use super::actor::{BranchActor, ConnectionClosed, Inbound, Source};
+use futures_util::StreamExt;
+
+use super::actor::{BranchActor, ConnectionClosed, InboundBatch, Source};
 use crate::outbox::{Outbox, write_loop};
 use crate::wire::{FrameCodec, FrameError, pb};
+
+/// Most frames forwarded in one batch.
+const MAX_BATCH: usize = 1024;
 
 /// After the other side closes its half, queued frames get this long to be written.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,7 +54,8 @@ impl PeerConnection {
         branch: Addr<BranchActor>,
     ) -> Addr<Self> {
         PeerConnection::create(move |ctx| {
-            ctx.add_stream(reader);
+            // Every frame already decodable after a read goes to the branch as one message.
+            ctx.add_stream(reader.ready_chunks(MAX_BATCH));
             let writing = actix::fut::wrap_future::<_, Self>(write_loop(outbox.clone(), writer));
             ctx.spawn(writing.map(|result, connection, ctx| {
                 if let Err(err) = result {
@@ -78,25 +84,33 @@ impl Actor for PeerConnection {
     }
 }
 
-impl StreamHandler<Result<pb::BranchMessage, FrameError>> for PeerConnection {
-    fn handle(&mut self, item: Result<pb::BranchMessage, FrameError>, ctx: &mut Context<Self>) {
-        match item {
-            Ok(pb::BranchMessage {
-                branch_message: Some(body),
-            }) => self.branch.do_send(Inbound {
-                source: self.source,
-                body,
-            }),
-            Ok(pb::BranchMessage {
-                branch_message: None,
-            }) => warn!(
-                "{}: frame with no message this branch knows; ignored",
-                self.label
-            ),
-            Err(err) => {
-                warn!("{}: {err}; closing the connection", self.label);
-                ctx.stop();
+impl StreamHandler<Vec<Result<pb::BranchMessage, FrameError>>> for PeerConnection {
+    fn handle(&mut self, items: Vec<Result<pb::BranchMessage, FrameError>>, ctx: &mut Context<Self>) {
+        let mut bodies = Vec::with_capacity(items.len());
+        let mut failure = None;
+        for item in items {
+            match item {
+                Ok(pb::BranchMessage {
+                    branch_message: Some(body),
+                }) => bodies.push(body),
+                Ok(pb::BranchMessage {
+                    branch_message: None,
+                }) => warn!("{}: frame with no message this branch knows; ignored", self.label),
+                Err(err) => {
+                    failure = Some(err);
+                    break;
+                }
             }
+        }
+        if !bodies.is_empty() {
+            self.branch.do_send(InboundBatch {
+                source: self.source,
+                bodies,
+            });
+        }
+        if let Some(err) = failure {
+            warn!("{}: {err}; closing the connection", self.label);
+            ctx.stop();
         }
     }
 

@@ -7,6 +7,7 @@
 //!   the controller retrieves it.
 //! - [`listener`]: the accept loop and the first-frame deadline.
 //! - [`responses`]: answers to the controller released in request order.
+//! - [`traffic`]: the random transfer generator's decisions (pacing, amounts, parking).
 //!
 //! Who dials whom: of each pair, the branch whose name sorts lower dials the other and sends
 //! `Hello` (naming itself) as its first frame, so every pair has exactly one connection, used in
@@ -17,6 +18,7 @@ pub mod connection;
 pub mod listener;
 pub mod recorder;
 pub mod responses;
+pub mod traffic;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -34,6 +34,23 @@ pub struct BranchRecord {
     pub audits: Option<Vec<ChannelAudit>>,
 }
 
+impl BranchRecord {
+    /// Transfers the branch had sent, to all peers, before its cut (when it sent counters).
+    pub fn transfers_sent(&self) -> Option<u64> {
+        self.audits
+            .as_ref()
+            .map(|audits| audits.iter().map(|a| a.sent_count).sum())
+    }
+
+    /// Transfers the branch had received, from all peers, before its cut (when it sent
+    /// counters).
+    pub fn transfers_received(&self) -> Option<u64> {
+        self.audits
+            .as_ref()
+            .map(|audits| audits.iter().map(|a| a.received_count).sum())
+    }
+}
+
 /// Whether a snapshot accounts for all the money.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -193,6 +210,8 @@ impl SnapshotReport {
                     "channels": record.incoming.iter()
                         .map(|(from, amount)| json!({"from": from, "amount": amount}))
                         .collect::<Vec<_>>(),
+                    "transfers_sent": record.transfers_sent(),
+                    "transfers_received": record.transfers_received(),
                 }),
                 Err(reason) => json!({"name": branch.name, "missing": reason}),
             })
