@@ -56,7 +56,9 @@ enum Format {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp_micros()
+        .init();
     let args = Args::parse();
     let branches = match load_branches(&args.branches_file) {
         Ok(branches) => branches,
