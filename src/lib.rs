@@ -17,7 +17,10 @@
 //!   records and turns them into [`controller::SnapshotReport`]s.
 //! - [`local_bank`]: starts real `branch` processes on free loopback ports and kills them on drop;
 //!   used by `./demo` and the end-to-end tests.
+//! - [`bench`]: the pure half of `./bench`: latency percentiles, transfer rates from snapshot
+//!   counters, `/proc` figures, and the sweep's CSV and SVG files.
 
+pub mod bench;
 pub mod branch;
 pub mod config;
 pub mod controller;

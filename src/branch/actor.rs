@@ -1,6 +1,6 @@
 //! [`BranchActor`]: owns a branch's [`BranchCore`] and carries its decisions to the network.
 //!
-//! Every frame from every connection arrives here as an [`Inbound`] message through the actor's
+//! Every frame from every connection arrives here in an [`InboundBatch`] through the actor's
 //! one mailbox, so per-connection FIFO order reaches the core intact. The actor classifies
 //! connections (controller or peer), parks peers that arrive before `InitBranch` (their frames
 //! wait unread in the socket, so nothing is lost or reordered), dials the peers it is responsible
@@ -56,7 +56,6 @@ const MAX_KEPT_RECORDS: usize = 1024;
 const MAX_PENDING_ANSWERS: usize = 4096;
 const MAX_ANSWER_BACKLOG: usize = 4 << 20;
 
-
 /// Which connection a frame came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -74,14 +73,6 @@ pub struct Accepted {
     pub reader: FrameReader,
     pub writer: OwnedWriteHalf,
     pub remote: SocketAddr,
-}
-
-/// A decoded frame from an established connection.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Inbound {
-    pub source: Source,
-    pub body: Body,
 }
 
 /// A connection's actor stopped.
@@ -197,6 +188,9 @@ pub struct BranchActor {
     next_conn: ConnId,
     /// Reused buffer for the core's effects, so handling a message allocates nothing.
     effects: Vec<Effect>,
+    /// Transfers found in transit and not yet handed to their recorder: sent as one message per
+    /// snapshot at the end of each inbound batch (and before anything else for that recorder).
+    observed: HashMap<SnapshotId, Vec<InTransit>>,
 }
 
 impl BranchActor {
@@ -213,6 +207,7 @@ impl BranchActor {
             early_waiters: HashMap::new(),
             next_conn: 0,
             effects: Vec::new(),
+            observed: HashMap::new(),
         }
     }
 
@@ -475,6 +470,8 @@ impl BranchActor {
     }
 
     fn retrieve(&mut self, conn: ConnId, id: SnapshotId, wait_ms: u32, ctx: &mut Context<Self>) {
+        // A record still recording answers with what it holds so far: hand it everything first.
+        self.flush_observed();
         let Some(link) = self.controllers.get_mut(&conn) else {
             return;
         };
@@ -617,6 +614,21 @@ impl BranchActor {
         }
     }
 
+    /// Hands every recorder the transfers found in transit for it since the last flush.
+    fn flush_observed(&mut self) {
+        if self.observed.is_empty() {
+            return;
+        }
+        let Some(bank) = self.bank.as_ref() else {
+            return;
+        };
+        for (id, observed) in self.observed.drain() {
+            if let Some(recorder) = bank.recorders.get(&id) {
+                recorder.do_send(recorder::Observed(observed));
+            }
+        }
+    }
+
     /// Carries out the effects the core just produced, in order.
     fn apply_effects(&mut self, ctx: &mut Context<Self>) {
         let Some(bank) = self.bank.as_mut() else {
@@ -669,13 +681,17 @@ impl BranchActor {
                     seq,
                     amount,
                 } => {
-                    if let Some(recorder) = bank.recorders.get(&id) {
-                        recorder.do_send(recorder::Observed(InTransit { from, seq, amount }));
-                    }
+                    self.observed
+                        .entry(id)
+                        .or_default()
+                        .push(InTransit { from, seq, amount });
                 }
                 Effect::FinishRecord { id } => {
                     debug!("{}: finished recording snapshot {id}", self.name);
                     if let Some(recorder) = bank.recorders.get(&id) {
+                        if let Some(observed) = self.observed.remove(&id) {
+                            recorder.do_send(recorder::Observed(observed));
+                        }
                         recorder.do_send(recorder::FinishRecord);
                     }
                 }
@@ -752,7 +768,9 @@ impl BranchActor {
         let channel = (0..count).map(|i| (start + i) % count).find(|&c| {
             let peer = &bank.peers[c];
             connected |= peer.conn.is_some();
-            peer.conn.is_some() && peer.outbox.is_open() && peer.outbox.backlog() < TRANSFER_HIGH_WATER
+            peer.conn.is_some()
+                && peer.outbox.is_open()
+                && peer.outbox.backlog() < TRANSFER_HIGH_WATER
         });
         let Some(channel) = channel else {
             return Err(if connected { Pause::Room } else { Pause::Peer });
@@ -764,7 +782,10 @@ impl BranchActor {
         let peer = &bank.peers[channel];
         let money = wire::to_wire_amount(amount);
         // The outbox is open and this actor is the only one touching it, so the push succeeds.
-        if !peer.outbox.push(Body::Transfer(pb::Transfer { money, seq })) {
+        if !peer
+            .outbox
+            .push(Body::Transfer(pb::Transfer { money, seq }))
+        {
             error!(
                 "{}: transfer #{seq} of {amount} to {} could not be queued",
                 self.name, peer.name
@@ -820,14 +841,6 @@ impl Handler<Accepted> for BranchActor {
                 wire::body_kind(&other)
             ),
         }
-    }
-}
-
-impl Handler<Inbound> for BranchActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Inbound, ctx: &mut Context<Self>) {
-        self.on_frame(msg.source, msg.body, ctx);
     }
 }
 
@@ -896,6 +909,7 @@ impl Handler<InboundBatch> for BranchActor {
         for body in msg.bodies {
             self.on_frame(msg.source, body, ctx);
         }
+        self.flush_observed();
         if matches!(msg.source, Source::Peer { .. }) {
             self.resume(Pause::Funds, ctx);
         }

@@ -85,7 +85,11 @@ impl Actor for PeerConnection {
 }
 
 impl StreamHandler<Vec<Result<pb::BranchMessage, FrameError>>> for PeerConnection {
-    fn handle(&mut self, items: Vec<Result<pb::BranchMessage, FrameError>>, ctx: &mut Context<Self>) {
+    fn handle(
+        &mut self,
+        items: Vec<Result<pb::BranchMessage, FrameError>>,
+        ctx: &mut Context<Self>,
+    ) {
         let mut bodies = Vec::with_capacity(items.len());
         let mut failure = None;
         for item in items {
@@ -95,7 +99,10 @@ impl StreamHandler<Vec<Result<pb::BranchMessage, FrameError>>> for PeerConnectio
                 }) => bodies.push(body),
                 Ok(pb::BranchMessage {
                     branch_message: None,
-                }) => warn!("{}: frame with no message this branch knows; ignored", self.label),
+                }) => warn!(
+                    "{}: frame with no message this branch knows; ignored",
+                    self.label
+                ),
                 Err(err) => {
                     failure = Some(err);
                     break;

@@ -24,10 +24,12 @@ pub const RECORD_TTL: Duration = Duration::from_secs(600);
 /// Where a finished (or timed-out) answer goes: the slot of one `RetrieveSnapshot` request.
 pub type Reply = oneshot::Sender<pb::return_snapshot::LocalSnapshot>;
 
-/// A transfer found in transit on an incoming channel while it was recording.
+/// Transfers found in transit on incoming channels while they were recording, in arrival
+/// order. Batched per inbound read, so recording under load costs one message per read, not
+/// one per transfer.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Observed(pub InTransit);
+pub struct Observed(pub Vec<InTransit>);
 
 /// Every incoming channel has delivered its marker: the record is final.
 #[derive(Message)]
@@ -128,7 +130,9 @@ impl Handler<Observed> for SnapshotRecorder {
     type Result = ();
 
     fn handle(&mut self, msg: Observed, _ctx: &mut Context<Self>) {
-        self.record.add_in_transit(msg.0);
+        for transfer in msg.0 {
+            self.record.add_in_transit(transfer);
+        }
     }
 }
 

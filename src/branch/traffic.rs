@@ -147,7 +147,10 @@ mod tests {
             assert!(delay >= Duration::from_millis(5) && delay <= Duration::from_millis(9));
         }
         assert_eq!(traffic.burst(), 1);
-        assert_eq!(Traffic::new(Duration::ZERO, Duration::ZERO, None).burst(), BURST);
+        assert_eq!(
+            Traffic::new(Duration::ZERO, Duration::ZERO, None).burst(),
+            BURST
+        );
     }
 
     #[test]
