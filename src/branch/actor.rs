@@ -159,6 +159,10 @@ struct ControllerLink {
 struct EarlyWaiter {
     deadline: Instant,
     reply: Reply,
+    /// The timer that answers "unknown" at the deadline; cancelled when the snapshot begins
+    /// here, so timers do not pile up in the actor's context (every one of them is polled
+    /// whenever the actor wakes).
+    timer: SpawnHandle,
 }
 
 /// Everything that exists once `InitBranch` has arrived.
@@ -500,11 +504,12 @@ impl BranchActor {
             // Already retrieved, or never seen and the controller will not wait for it.
             let _ = reply.send(wire::unknown_snapshot(id, &self.name));
         } else {
+            let timer = ctx.run_later(wait, move |branch, _ctx| branch.expire_early_waiters(id));
             self.early_waiters.entry(id).or_default().push(EarlyWaiter {
                 deadline: Instant::now() + wait,
                 reply,
+                timer,
             });
-            ctx.run_later(wait, move |branch, _ctx| branch.expire_early_waiters(id));
         }
         let name = self.name.clone();
         ctx.spawn(
@@ -663,6 +668,7 @@ impl BranchActor {
                     )
                     .start();
                     for waiter in self.early_waiters.remove(&id).into_iter().flatten() {
+                        ctx.cancel_future(waiter.timer);
                         recorder.do_send(recorder::Retrieve {
                             wait: waiter.deadline.saturating_duration_since(Instant::now()),
                             reply: waiter.reply,

@@ -53,6 +53,9 @@ struct InFlight {
     initiator: usize,
     started: Instant,
     deadline: Instant,
+    /// The retrieve-timeout timer, cancelled when the snapshot is reported so that timers do
+    /// not accumulate in the actor's context.
+    timer: Option<SpawnHandle>,
     /// One slot per branch: `Some(Ok)` a finished record, `Some(Err)` why there is none.
     answers: Vec<Option<Result<LocalSnapshot, String>>>,
 }
@@ -184,6 +187,7 @@ impl ControllerActor {
                 initiator,
                 started: now,
                 deadline: now + timeout,
+                timer: None,
                 answers,
             },
         );
@@ -198,7 +202,10 @@ impl ControllerActor {
                 self.request_record(index, id, wait_ms);
             }
         }
-        ctx.run_later(timeout, move |controller, ctx| controller.expire(id, ctx));
+        let timer = ctx.run_later(timeout, move |controller, ctx| controller.expire(id, ctx));
+        if let Some(snapshot) = self.in_flight.get_mut(&id) {
+            snapshot.timer = Some(timer);
+        }
         self.try_finish(id, ctx);
     }
 
@@ -319,6 +326,9 @@ impl ControllerActor {
         let Some(snapshot) = self.in_flight.remove(&id) else {
             return;
         };
+        if let Some(timer) = snapshot.timer {
+            ctx.cancel_future(timer);
+        }
         let answers = snapshot.answers.into_iter().flatten().collect();
         let report = SnapshotReport::assemble(
             id,
