@@ -71,8 +71,11 @@ const IDLE: &[&str] = &[
     "--max-interval-ms",
     "3600000",
 ];
-/// Idle runs: a snapshot every 10 ms for 2 s.
-const IDLE_INTERVAL: Duration = Duration::from_millis(10);
+/// Idle runs: 200 snapshots, one every 10 ms (more for large banks, below). Snapshots of the idle runs follow each other this closely, per branch (at least 10 ms): one
+/// snapshot of N branches is N*(N-1) markers, so at N=64 a 10 ms pace would overlap a dozen
+/// snapshots and measure their own load rather than the latency of one.
+const IDLE_INTERVAL_PER_BRANCH: Duration = Duration::from_millis(2);
+/// How many snapshots an idle run takes.
 const IDLE_SNAPSHOTS: u32 = 200;
 /// Cost runs: a snapshot this often, against none in between.
 const COST_INTERVAL: Duration = Duration::from_millis(10);
@@ -438,7 +441,7 @@ async fn sweep(args: &Args, bin_dir: &Path, progress: &RefCell<Progress>) -> Res
             let plan = Plan {
                 label: format!("N={n} idle"),
                 branch_args: IDLE,
-                interval: IDLE_INTERVAL,
+                interval: (IDLE_INTERVAL_PER_BRANCH * n as u32).max(Duration::from_millis(10)),
                 snapshots: IDLE_SNAPSHOTS,
                 ..plan
             };
