@@ -5,6 +5,8 @@
 //!
 //! - [`wire`]: the protobuf types generated from `proto/bank.proto`, the delimited frame codec,
 //!   and frame builders. The only module that knows about bytes.
+//! - [`auth`]: the cluster secret and the HMAC challenge-response proofs of the handshakes.
+//! - [`handshake`]: the peer and controller handshakes as async steps over a connection.
 //! - [`config`]: the branches file (`<name> <ip> <port>` lines), parsed and validated.
 //! - [`core`]: the algorithm with no I/O. [`core::BranchCore`] applies transfers and markers to a
 //!   ledger and returns effects; [`core::SnapshotRecord`] is one branch's part of a snapshot.
@@ -20,11 +22,13 @@
 //! - [`bench`]: the pure half of `./bench`: latency percentiles, transfer rates from snapshot
 //!   counters, `/proc` figures, and the sweep's CSV and SVG files.
 
+pub mod auth;
 pub mod bench;
 pub mod branch;
 pub mod config;
 pub mod controller;
 pub mod core;
+pub mod handshake;
 pub mod local_bank;
 pub mod outbox;
 pub mod sim;

@@ -134,6 +134,9 @@ pub fn body_kind(body: &Body) -> &'static str {
         Body::RetrieveSnapshot(_) => "RetrieveSnapshot",
         Body::ReturnSnapshot(_) => "ReturnSnapshot",
         Body::Hello(_) => "Hello",
+        Body::Welcome(_) => "Welcome",
+        Body::Auth(_) => "Auth",
+        Body::ControllerHello(_) => "ControllerHello",
     }
 }
 
@@ -241,6 +244,11 @@ pub fn local_snapshot(
         status: status as i32,
         branch_name: branch_name.to_string(),
         channels,
+        lost_peers: record
+            .lost()
+            .iter()
+            .filter_map(|&channel| peers.get(channel).cloned())
+            .collect(),
     }
 }
 
@@ -304,6 +312,7 @@ mod tests {
         encode_frame(
             Body::Hello(pb::Hello {
                 name: "x".repeat(300),
+                nonce: vec![7; 16],
             }),
             &mut bytes,
         );

@@ -201,7 +201,7 @@ fn garbage_and_oversized_frames_drop_the_connection_and_the_bank_works_on() {
         "malformed length prefix",
         "frame of 2147483648 bytes exceeds the 1048576-byte limit",
         "undecodable frame",
-        "opened with Transfer, not Hello or a controller command; closing",
+        "opened with Transfer; a connection must start with Hello, InitBranch or ControllerHello; closing",
     ] {
         assert!(log.contains(expected), "log lacks {expected:?}:\n{log}");
     }

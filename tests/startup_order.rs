@@ -7,6 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use snapbank::auth::Role;
 use snapbank::local_bank::LocalBank;
 use snapbank::wire::{self, Body, FrameCodec, pb};
 use tokio_util::codec::Decoder;
@@ -36,6 +37,24 @@ impl RawController {
             std::thread::sleep(Duration::from_millis(25));
         }
         panic!("branch at {addr} never listened");
+    }
+
+    /// Runs the controller handshake (with the empty key of a bank initialised without a
+    /// secret), as an attaching controller does.
+    fn attach(addr: SocketAddr, branch: &str) -> Self {
+        let mut controller = Self::connect(addr);
+        let nonce = snapbank::auth::nonce();
+        controller.send(Body::ControllerHello(pb::ControllerHello {
+            nonce: nonce.clone(),
+        }));
+        let Body::Welcome(welcome) = controller.receive() else {
+            panic!("expected Welcome");
+        };
+        let secret = snapbank::auth::Secret::none();
+        assert!(secret.verify(&welcome.proof, Role::Branch, &nonce, branch, ""));
+        let proof = secret.prove(Role::Controller, &welcome.nonce, branch, "");
+        controller.send(Body::Auth(pb::Auth { proof }));
+        controller
     }
 
     fn send(&mut self, body: Body) {
@@ -71,9 +90,11 @@ impl RawController {
 }
 
 fn init(balance: u32, bank: &LocalBank) -> Body {
+    // No secret: what a controller speaking only the original schema sends.
     Body::InitBranch(pb::InitBranch {
         balance,
         all_branches: wire::branch_list(bank.entries()),
+        ..Default::default()
     })
 }
 
@@ -121,7 +142,10 @@ fn transfers_sent_before_the_receiver_is_initialised_are_all_applied() {
         "{log}"
     );
     let log = std::fs::read_to_string(bank.log_path("branch1")).unwrap();
-    assert!(log.contains("second InitBranch refused"), "{log}");
+    assert!(
+        log.contains("InitBranch refused: this branch is already initialised"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -174,6 +198,8 @@ fn a_controller_that_never_reads_its_answers_is_cut_off_with_memory_bounded() {
     let bank = LocalBank::start(BRANCH.as_ref(), 2, &[]).unwrap();
     let target = bank.entries()[0].addr;
     let mut flooder = RawController::connect(target);
+    // A real controller connection (it initialised the branch) that then misbehaves.
+    flooder.send(init(10, &bank));
     flooder
         .stream
         .set_write_timeout(Some(Duration::from_secs(10)))
@@ -210,14 +236,17 @@ fn a_controller_that_never_reads_its_answers_is_cut_off_with_memory_bounded() {
         log.contains("is not reading its answers"),
         "drained {drained} bytes; log:\n{log}"
     );
-    // The branch still serves a real controller.
-    let mut first = RawController::connect(target);
+    // The branch still serves a controller: one attaching with the bank's (empty) secret.
+    let mut first = RawController::attach(target, "branch1");
     let mut second = RawController::connect(bank.entries()[1].addr);
-    first.send(init(10, &bank));
     second.send(init(10, &bank));
     second.send(Body::InitSnapshot(pb::InitSnapshot { snapshot_id: 1 }));
     assert_eq!(
         first.retrieve(1).status,
+        pb::SnapshotStatus::Complete as i32
+    );
+    assert_eq!(
+        second.retrieve(1).status,
         pb::SnapshotStatus::Complete as i32
     );
 }

@@ -32,6 +32,15 @@ struct Args {
     /// Largest frame accepted from a connection, in bytes.
     #[arg(long, default_value_t = snapbank::wire::DEFAULT_MAX_FRAME_BYTES)]
     max_frame_bytes: usize,
+    /// File holding the bank's cluster secret (at least 16 bytes; trailing whitespace is
+    /// ignored). The branch then accepts only an InitBranch carrying the same secret, and a
+    /// controller can attach with it later.
+    #[arg(long)]
+    secret_file: Option<std::path::PathBuf>,
+    /// How long a new connection may take to send its first frame, and the other side of a
+    /// handshake to answer, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    handshake_timeout_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -46,7 +55,21 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    let secret = match args
+        .secret_file
+        .as_deref()
+        .map(snapbank::auth::Secret::load)
+    {
+        None => None,
+        Some(Ok(secret)) => Some(secret),
+        Some(Err(err)) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
     let config = BranchConfig {
+        secret,
+        handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
         min_interval: Duration::from_millis(args.min_interval_ms),
         max_interval: Duration::from_millis(args.max_interval_ms),
         seed: args.seed,
@@ -56,8 +79,9 @@ fn main() -> ExitCode {
     let listen = config.listen;
     let system = actix_rt::System::new();
     let result = system.block_on(async move {
-        let _branch = start_branch(config).await?;
+        let branch = start_branch(config).await?;
         wait_for_shutdown().await;
+        flush_and_stop(&branch).await;
         Ok::<_, std::io::Error>(())
     });
     match result {
@@ -67,6 +91,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Stops the branch's transfers and waits (at most 3 s) until what it already sent is written,
+/// so the money in its outboxes reaches its peers instead of vanishing with the process.
+async fn flush_and_stop(branch: &snapbank::branch::BranchHandle) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        match branch.actor.send(snapbank::branch::Shutdown).await {
+            Ok(0) | Err(_) => break,
+            Ok(bytes) if tokio::time::Instant::now() >= deadline => {
+                log::warn!("{bytes} bytes still unsent after 3 s; exiting anyway");
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    log::info!("stopped");
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -41,6 +41,14 @@ struct Args {
     /// Seed for choosing which branch starts each snapshot.
     #[arg(long)]
     seed: Option<u64>,
+    /// File holding the bank's cluster secret (at least 16 bytes; trailing whitespace ignored).
+    /// Without it a fresh random secret is made for the bank.
+    #[arg(long)]
+    secret_file: Option<PathBuf>,
+    /// Attach to a running bank instead of initialising one: authenticate with --secret-file,
+    /// skip InitBranch, and number snapshots after every id the branches have seen.
+    #[arg(long)]
+    attach: bool,
     /// Largest frame accepted from a branch, in bytes (a record lists the transfers it found
     /// in transit, so this is larger than a branch's own limit).
     #[arg(long, default_value_t = snapbank::controller::DEFAULT_MAX_RECORD_BYTES)]
@@ -67,7 +75,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let secret = match args
+        .secret_file
+        .as_deref()
+        .map(snapbank::auth::Secret::load)
+    {
+        None => None,
+        Some(Ok(secret)) => Some(secret),
+        Some(Err(err)) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
     let config = ControllerConfig {
+        secret,
+        attach: args.attach,
         interval: Duration::from_millis(args.interval_ms),
         snapshots: args.snapshots,
         retrieve_timeout: Duration::from_millis(args.retrieve_timeout_ms),
@@ -104,7 +126,8 @@ fn main() -> ExitCode {
         Some(Err(
             err @ (ControllerError::TotalTooLarge(_)
             | ControllerError::UnboundedBurst
-            | ControllerError::NoSnapshots),
+            | ControllerError::NoSnapshots
+            | ControllerError::AttachNeedsSecret),
         )) => {
             eprintln!("error: {err}");
             ExitCode::from(2)

@@ -23,7 +23,7 @@ pub mod traffic;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use actor::{BranchActor, BranchStatus, GetStatus};
+pub use actor::{BranchActor, BranchStatus, GetStatus, Shutdown};
 
 /// How to run one branch.
 #[derive(Debug, Clone)]
@@ -41,6 +41,12 @@ pub struct BranchConfig {
     pub seed: Option<u64>,
     /// Largest frame accepted from any connection.
     pub max_frame: usize,
+    /// The cluster secret from `--secret-file`: the branch then knows it before `InitBranch`
+    /// (so a controller can attach), and refuses an `InitBranch` with another one.
+    pub secret: Option<crate::auth::Secret>,
+    /// How long a new connection may take to send its first frame, and the other side of a
+    /// handshake to answer: a silent connection is dropped after this.
+    pub handshake_timeout: Duration,
 }
 
 impl BranchConfig {
@@ -53,6 +59,8 @@ impl BranchConfig {
             max_interval: Duration::from_secs(5),
             seed: None,
             max_frame: crate::wire::DEFAULT_MAX_FRAME_BYTES,
+            secret: None,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -31,6 +31,11 @@ pub type Reply = oneshot::Sender<pb::return_snapshot::LocalSnapshot>;
 #[rtype(result = "()")]
 pub struct Observed(pub Vec<InTransit>);
 
+/// An incoming channel's connection was lost before its marker came.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LoseChannel(pub usize);
+
 /// Every incoming channel has delivered its marker: the record is final.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -85,10 +90,10 @@ impl SnapshotRecorder {
     }
 
     fn answer(&self) -> pb::return_snapshot::LocalSnapshot {
-        let status = if self.record.is_finished() {
-            pb::SnapshotStatus::Complete
-        } else {
-            pb::SnapshotStatus::Recording
+        let status = match (self.record.is_finished(), self.record.lost().is_empty()) {
+            (true, true) => pb::SnapshotStatus::Complete,
+            (true, false) => pb::SnapshotStatus::CutShort,
+            (false, _) => pb::SnapshotStatus::Recording,
         };
         wire::local_snapshot(&self.record, status, &self.branch_name, &self.peers)
     }
@@ -133,6 +138,14 @@ impl Handler<Observed> for SnapshotRecorder {
         for transfer in msg.0 {
             self.record.add_in_transit(transfer);
         }
+    }
+}
+
+impl Handler<LoseChannel> for SnapshotRecorder {
+    type Result = ();
+
+    fn handle(&mut self, msg: LoseChannel, _ctx: &mut Context<Self>) {
+        self.record.lose(msg.0);
     }
 }
 

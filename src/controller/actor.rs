@@ -14,15 +14,15 @@ use futures_util::StreamExt;
 use log::{debug, error, warn};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
-use tokio_util::codec::FramedRead;
 
 use super::{ControllerConfig, RunSummary, SnapshotReport};
+use crate::auth::Secret;
 use crate::core::split_total;
+use crate::handshake::Authenticated;
 use crate::outbox::{Outbox, write_loop};
 use crate::wire::pb::return_snapshot::LocalSnapshot;
-use crate::wire::{self, Body, FrameCodec, FrameError, pb};
+use crate::wire::{self, Body, FrameError, pb};
 
 /// Pause before asking again a branch that answered "still recording" without waiting (an
 /// original-schema branch ignores `wait_ms`).
@@ -67,8 +67,13 @@ pub struct ControllerActor {
     names: Vec<String>,
     links: Vec<Link>,
     rng: StdRng,
-    /// Id of the next snapshot to start (ids start at 1).
+    /// Id of the next snapshot to start (1 for a new bank; past every id the branches have
+    /// seen when attaching).
     next_id: u32,
+    /// Snapshots started so far.
+    started: u32,
+    /// The cluster secret, handed to the branches in `InitBranch`.
+    secret: Secret,
     in_flight: BTreeMap<u32, InFlight>,
     /// Finished reports waiting for a lower id to finish, so reports come out in id order.
     finished: BTreeMap<u32, SnapshotReport>,
@@ -79,18 +84,24 @@ pub struct ControllerActor {
     done: Option<oneshot::Sender<RunSummary>>,
 }
 
-/// Starts the actor on connected streams (one per branch, in file order).
+/// Starts the actor on connected (and, when attaching, authenticated) connections, one per
+/// branch in file order; snapshot ids start at `first_id`.
 pub(super) fn start(
     config: ControllerConfig,
-    streams: Vec<TcpStream>,
+    streams: Vec<Authenticated>,
+    secret: Secret,
+    first_id: u32,
     on_report: Box<dyn FnMut(&SnapshotReport)>,
     done: oneshot::Sender<RunSummary>,
 ) -> Addr<ControllerActor> {
     ControllerActor::create(move |ctx| {
         let mut links = Vec::with_capacity(streams.len());
         for (index, stream) in streams.into_iter().enumerate() {
-            let (read_half, write_half) = stream.into_split();
-            let frames = FramedRead::new(read_half, FrameCodec::new(config.max_frame))
+            let Authenticated {
+                reader,
+                writer: write_half,
+            } = stream;
+            let frames = reader
                 .map(move |frame| LinkEvent::Frame(index, frame))
                 .chain(futures_util::stream::once(async move {
                     LinkEvent::Closed(index)
@@ -123,10 +134,12 @@ pub(super) fn start(
             config,
             links,
             rng,
-            next_id: 1,
+            next_id: first_id,
+            started: 0,
+            secret,
             in_flight: BTreeMap::new(),
             finished: BTreeMap::new(),
-            next_to_emit: 1,
+            next_to_emit: first_id,
             summary: RunSummary {
                 snapshots: 0,
                 ok: 0,
@@ -144,6 +157,7 @@ impl ControllerActor {
         let all_branches = wire::branch_list(&self.config.branches);
         for (link, balance) in self.links.iter().zip(balances) {
             link.outbox.push(Body::InitBranch(pb::InitBranch {
+                secret: self.secret.as_bytes().to_vec(),
                 balance: wire::to_wire_amount(balance),
                 all_branches: all_branches.clone(),
             }));
@@ -153,7 +167,7 @@ impl ControllerActor {
     fn started_all(&self) -> bool {
         self.config
             .snapshots
-            .is_some_and(|limit| self.next_id > limit)
+            .is_some_and(|limit| self.started >= limit)
     }
 
     fn start_snapshot(&mut self, ctx: &mut Context<Self>) {
@@ -161,7 +175,8 @@ impl ControllerActor {
             return;
         }
         let id = self.next_id;
-        self.next_id += 1;
+        self.next_id = self.next_id.wrapping_add(1);
+        self.started += 1;
         let now = Instant::now();
         let timeout = self.config.retrieve_timeout;
         let answers: Vec<_> = self
@@ -266,6 +281,10 @@ impl ControllerActor {
                         )))
                     }
                 }
+                Ok(pb::SnapshotStatus::CutShort) => Some(Err(format!(
+                    "lost its connection to {} before their marker came",
+                    local.lost_peers.join(", ")
+                ))),
                 Ok(pb::SnapshotStatus::UnknownSnapshot) => Some(Err(format!(
                     "never took part in the snapshot within {} ms",
                     self.config.retrieve_timeout.as_millis()
@@ -358,7 +377,9 @@ impl Actor for ControllerActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.init_bank();
+        if !self.config.attach {
+            self.init_bank();
+        }
         if self.config.interval.is_zero() {
             while !self.started_all() {
                 self.start_snapshot(ctx);

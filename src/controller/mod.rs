@@ -21,7 +21,9 @@ use tokio::sync::oneshot;
 pub use actor::ControllerActor;
 pub use report::{BranchRecord, BranchState, SnapshotReport, Verdict};
 
+use crate::auth::Secret;
 use crate::config::BranchEntry;
+use crate::handshake;
 
 /// Largest frame the controller accepts by default: records list the transfers found in
 /// transit, which backpressure bounds to far less than this.
@@ -46,6 +48,11 @@ pub struct ControllerConfig {
     pub seed: Option<u64>,
     /// Largest frame accepted from a branch.
     pub max_frame: usize,
+    /// The cluster secret (`--secret-file`); a fresh random one is made when absent.
+    pub secret: Option<Secret>,
+    /// Attach to a running bank: authenticate with `secret`, skip `InitBranch`, and number
+    /// snapshots after every id the branches have seen.
+    pub attach: bool,
 }
 
 impl ControllerConfig {
@@ -60,6 +67,8 @@ impl ControllerConfig {
             connect_timeout: Duration::from_secs(10),
             seed: None,
             max_frame: DEFAULT_MAX_RECORD_BYTES,
+            secret: None,
+            attach: false,
         }
     }
 }
@@ -91,6 +100,14 @@ pub enum ControllerError {
     UnboundedBurst,
     #[error("--snapshots must be at least 1")]
     NoSnapshots,
+    #[error("--attach needs --secret-file: the running bank's secret")]
+    AttachNeedsSecret,
+    #[error("cannot attach to branch {name} at {addr}: {reason}")]
+    Attach {
+        name: String,
+        addr: SocketAddr,
+        reason: String,
+    },
     #[error("cannot reach branch {name} at {addr} within {waited_ms} ms: {last_error}")]
     Connect {
         name: String,
@@ -118,9 +135,43 @@ pub async fn run_controller(
     if config.snapshots == Some(0) {
         return Err(ControllerError::NoSnapshots);
     }
+    if config.attach && config.secret.is_none() {
+        return Err(ControllerError::AttachNeedsSecret);
+    }
+    let secret = config.secret.clone().unwrap_or_else(Secret::generate);
     let streams = connect_all(&config.branches, config.connect_timeout).await?;
+    let mut links = Vec::with_capacity(streams.len());
+    let mut first_id = 1u32;
+    for (stream, branch) in streams.into_iter().zip(&config.branches) {
+        if config.attach {
+            let (link, next_id) = handshake::attach_to_branch(
+                stream,
+                &secret,
+                &branch.name,
+                config.max_frame,
+                config.connect_timeout,
+            )
+            .await
+            .map_err(|err| ControllerError::Attach {
+                name: branch.name.clone(),
+                addr: branch.addr,
+                reason: err.to_string(),
+            })?;
+            first_id = first_id.max(next_id);
+            links.push(link);
+        } else {
+            let (reader, writer) = stream.into_split();
+            links.push(handshake::Authenticated {
+                reader: tokio_util::codec::FramedRead::new(
+                    reader,
+                    crate::wire::FrameCodec::new(config.max_frame),
+                ),
+                writer,
+            });
+        }
+    }
     let (done, finished) = oneshot::channel();
-    actor::start(config, streams, on_report, done);
+    actor::start(config, links, secret, first_id, on_report, done);
     finished.await.map_err(|_| ControllerError::Stopped)
 }
 

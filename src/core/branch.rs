@@ -69,7 +69,11 @@ pub enum Effect {
         seq: u64,
         amount: u64,
     },
-    /// Every incoming channel has delivered its marker: the record of `id` is final.
+    /// The connection carrying incoming channel `from` is gone before its marker for `id`
+    /// arrived: the channel stops recording and its state is unknown.
+    ChannelLost { id: SnapshotId, from: Channel },
+    /// Every incoming channel has delivered its marker (or been lost): the record of `id` is
+    /// final.
     FinishRecord { id: SnapshotId },
 }
 
@@ -119,6 +123,8 @@ pub struct BranchCore {
     sent: Vec<ChannelCount>,
     /// Transfers received so far per incoming channel.
     received: Vec<ChannelCount>,
+    /// Incoming channels whose connection is gone: no marker will ever come on them.
+    lost: Vec<bool>,
     /// Snapshots whose record is not finished yet.
     recording: HashMap<SnapshotId, Recording>,
     /// Snapshots whose record is finished: a marker for one of these is a protocol error, not
@@ -139,6 +145,7 @@ impl BranchCore {
             ledger: Ledger::new(balance),
             sent: vec![ChannelCount::default(); outgoing],
             received: vec![ChannelCount::default(); incoming],
+            lost: vec![false; incoming],
             recording: HashMap::new(),
             finished: IdSet::new(),
         }
@@ -190,6 +197,34 @@ impl BranchCore {
         if self.recording.remove(&id).is_some() {
             self.finished.insert(id);
         }
+    }
+
+    /// The connection carrying incoming channel `from` is gone: every snapshot still waiting for
+    /// its marker stops waiting (the channel's state is unknown), and snapshots begun later do
+    /// not wait for it either.
+    pub fn lose_channel(&mut self, from: Channel, out: &mut Vec<Effect>) -> Result<(), CoreError> {
+        self.check_incoming(from)?;
+        if std::mem::replace(&mut self.lost[from], true) {
+            return Ok(());
+        }
+        let mut ids: Vec<SnapshotId> = self
+            .recording
+            .iter()
+            .filter(|(_, recording)| recording.open[from])
+            .map(|(&id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        for id in ids {
+            out.push(Effect::ChannelLost { id, from });
+            if let Some(recording) = self.recording.get_mut(&id) {
+                recording.open[from] = false;
+                recording.open_count -= 1;
+                if recording.open_count == 0 {
+                    self.finish(id, out);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The controller asked this branch to start snapshot `id`.
@@ -286,6 +321,11 @@ impl BranchCore {
         let mut open = vec![true; self.received.len()];
         if let Some(channel) = closed {
             open[channel] = false;
+        }
+        for (from, _) in self.lost.iter().enumerate().filter(|(_, lost)| **lost) {
+            if std::mem::replace(&mut open[from], false) {
+                out.push(Effect::ChannelLost { id, from });
+            }
         }
         let open_count = open.iter().filter(|&&o| o).count();
         if open_count == 0 {
@@ -528,5 +568,35 @@ mod tests {
         out.clear();
         core.receive_marker(0, 0, &mut out).unwrap();
         assert_eq!(out, vec![Effect::FinishRecord { id: 0 }]);
+    }
+
+    #[test]
+    fn a_lost_channel_ends_waiting_for_its_marker_now_and_later() {
+        let mut core = BranchCore::new(10, 2);
+        let mut out = Vec::new();
+        core.start_snapshot(1, &mut out).unwrap();
+        core.receive_marker(0, 1, &mut out).unwrap();
+        out.clear();
+        core.lose_channel(1, &mut out).unwrap();
+        assert_eq!(
+            out,
+            vec![
+                Effect::ChannelLost { id: 1, from: 1 },
+                Effect::FinishRecord { id: 1 }
+            ]
+        );
+        out.clear();
+        core.lose_channel(1, &mut out).unwrap();
+        assert!(out.is_empty(), "losing a channel twice changes nothing");
+        core.start_snapshot(2, &mut out).unwrap();
+        assert!(out.contains(&Effect::ChannelLost { id: 2, from: 1 }));
+        assert!(core.is_recording(2), "channel 0 still records");
+        out.clear();
+        core.receive_marker(0, 2, &mut out).unwrap();
+        assert_eq!(out, vec![Effect::FinishRecord { id: 2 }]);
+        assert_eq!(
+            core.lose_channel(5, &mut out),
+            Err(CoreError::UnknownChannel(5))
+        );
     }
 }

@@ -32,7 +32,9 @@ pub struct SnapshotRecord {
     sent: Vec<ChannelCount>,
     /// Transfers received per incoming channel before the cut.
     received: Vec<ChannelCount>,
-    /// Whether every incoming channel has delivered its marker.
+    /// Incoming channels lost before their marker came: their state is unknown.
+    lost: Vec<Channel>,
+    /// Whether every incoming channel has delivered its marker (or been lost).
     finished: bool,
 }
 
@@ -51,8 +53,19 @@ impl SnapshotRecord {
             in_transit: Vec::new(),
             sent,
             received,
+            lost: Vec::new(),
             finished: false,
         }
+    }
+
+    /// Notes that incoming channel `from` was lost before its marker came.
+    pub fn lose(&mut self, from: Channel) {
+        self.lost.push(from);
+    }
+
+    /// Incoming channels lost before their marker came.
+    pub fn lost(&self) -> &[Channel] {
+        &self.lost
     }
 
     /// Adds a transfer found in transit. The channel sum saturates: a sum past u64 cannot come
@@ -146,6 +159,11 @@ impl RecordBook {
             Effect::FinishRecord { id } => {
                 if let Some(record) = self.records.get_mut(&id) {
                     record.finish();
+                }
+            }
+            Effect::ChannelLost { id, from } => {
+                if let Some(record) = self.records.get_mut(&id) {
+                    record.lose(from);
                 }
             }
             Effect::SendMarker { .. } => {}

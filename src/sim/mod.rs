@@ -434,7 +434,9 @@ impl Simulator {
                         snapshot.in_transit.push((src, branch, amount));
                     }
                 }
-                Effect::BeginRecord { .. } | Effect::FinishRecord { .. } => {}
+                Effect::BeginRecord { .. }
+                | Effect::FinishRecord { .. }
+                | Effect::ChannelLost { .. } => {}
             }
         }
         self.effects = effects;

@@ -6,6 +6,11 @@
 //! wait unread in the socket, so nothing is lost or reordered), dials the peers it is responsible
 //! for, generates random transfers, and routes the core's effects: markers to outboxes, record
 //! updates to the snapshot's [`SnapshotRecorder`]. It contains no algorithm of its own.
+//!
+//! [`admission`] holds the connection side: what a new connection's first frame makes it, the
+//! handshakes, parking before `InitBranch`, dialling, and shutting down.
+
+mod admission;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,20 +19,19 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use log::{debug, error, info, warn};
-use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::oneshot;
-use tokio_util::codec::FramedRead;
 
-use super::connection::{FrameReader, PeerConnection};
+use super::connection::FrameReader;
 use super::recorder::{self, Reply, SnapshotRecorder};
 use super::responses::ResponseQueue;
 use super::traffic::{Pause, Traffic};
 use super::{BranchConfig, listener};
+use crate::auth::Secret;
 use crate::config::BranchEntry;
 use crate::core::{BranchCore, Channel, CoreError, Effect, InTransit, SnapshotId, SnapshotRecord};
 use crate::outbox::Outbox;
-use crate::wire::{self, Body, FrameCodec, pb};
+use crate::wire::{self, Body, pb};
 
 /// Identifies one accepted or dialled TCP stream, so that frames or a close from a connection
 /// that has since been replaced are recognised as stale.
@@ -40,9 +44,6 @@ const TRANSFER_HIGH_WATER: usize = 16 * 1024;
 
 /// Upper bound on how long a `RetrieveSnapshot` may be held waiting for its record.
 const MAX_RETRIEVE_WAIT: Duration = Duration::from_secs(60);
-
-/// Upper bound on peer connections parked before `InitBranch`: more than any bank's peer count.
-const MAX_PARKED_PEERS: usize = 4096;
 
 /// Upper bound on requests waiting for a snapshot this branch has not begun yet.
 const MAX_EARLY_WAITERS: usize = 4096;
@@ -108,6 +109,12 @@ struct SendTransfer;
 #[rtype(result = "()")]
 struct Resume(Pause);
 
+/// Ctrl-C or SIGTERM: stop sending, flush, close. Answers how many bytes are still queued, so
+/// the caller can wait for the flush.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Shutdown;
+
 /// A snapshot of the branch's state for tests and diagnostics.
 #[derive(Message)]
 #[rtype(result = "Option<BranchStatus>")]
@@ -129,6 +136,8 @@ pub struct BranchStatus {
 /// A peer connection that identified itself before this branch was initialised.
 struct ParkedPeer {
     name: String,
+    /// The nonce from its `Hello`, which this branch's proof must cover.
+    nonce: Vec<u8>,
     reader: FrameReader,
     writer: OwnedWriteHalf,
     remote: SocketAddr,
@@ -147,6 +156,8 @@ struct Peer {
     /// Whether this branch opens the connection (its name sorts lower), so that each pair has
     /// exactly one connection.
     we_dial: bool,
+    /// A handshake with this peer is in progress: a second connection is refused meanwhile.
+    handshaking: bool,
 }
 
 /// A controller connection and the answers owed on it.
@@ -195,12 +206,22 @@ pub struct BranchActor {
     /// Transfers found in transit and not yet handed to their recorder: sent as one message per
     /// snapshot at the end of each inbound batch (and before anything else for that recorder).
     observed: HashMap<SnapshotId, Vec<InTransit>>,
+    /// The cluster secret: from `--secret-file`, else from `InitBranch`. `None` until known.
+    secret: Option<Secret>,
+    /// Controller handshakes in progress (capped: each holds a connection).
+    controller_handshakes: usize,
+    /// The highest snapshot id this branch has recorded, so an attaching controller can pick
+    /// fresh ids.
+    highest_snapshot: Option<SnapshotId>,
+    /// Ctrl-C or SIGTERM: no new transfers; what is queued is flushed and the connections closed.
+    shutting_down: bool,
 }
 
 impl BranchActor {
     /// A branch that has not been initialised yet.
     pub fn new(settings: BranchConfig) -> Self {
         let traffic = Traffic::new(settings.min_interval, settings.max_interval, settings.seed);
+        let settings_secret = settings.secret.clone();
         Self {
             name: settings.name.as_str().into(),
             settings,
@@ -212,6 +233,10 @@ impl BranchActor {
             next_conn: 0,
             effects: Vec::new(),
             observed: HashMap::new(),
+            secret: settings_secret,
+            controller_handshakes: 0,
+            highest_snapshot: None,
+            shutting_down: false,
         }
     }
 
@@ -222,158 +247,20 @@ impl BranchActor {
 
     // ---- connections -------------------------------------------------------------------
 
-    fn accept_controller(
-        &mut self,
-        first: Body,
-        reader: FrameReader,
-        writer: OwnedWriteHalf,
-        remote: SocketAddr,
-        ctx: &mut Context<Self>,
-    ) {
-        let conn = self.new_conn_id();
-        let outbox = Outbox::new();
-        info!("{}: controller connected from {remote}", self.name);
-        PeerConnection::start(
-            reader,
-            writer,
-            outbox.clone(),
-            Source::Controller(conn),
-            format!("controller at {remote}"),
-            ctx.address(),
-        );
-        self.controllers.insert(
-            conn,
-            ControllerLink {
-                outbox,
-                responses: ResponseQueue::default(),
-            },
-        );
-        self.on_controller_frame(conn, first, ctx);
-    }
-
-    fn admit_peer(&mut self, parked: ParkedPeer, ctx: &mut Context<Self>) {
-        let ParkedPeer {
-            name,
-            reader,
-            writer,
-            remote,
-        } = parked;
-        let conn = self.new_conn_id();
-        let Some(bank) = self.bank.as_mut() else {
-            return;
-        };
-        let Some(&channel) = bank.by_name.get(&name) else {
-            warn!(
-                "{}: connection from {remote} claims to be {name:?}, which is not a peer in this bank; closing",
-                self.name
-            );
-            return;
-        };
-        let peer = &mut bank.peers[channel];
-        let expected = peer.addr.ip();
-        if remote.ip() != expected && !(remote.ip().is_loopback() && expected.is_loopback()) {
-            warn!(
-                "{}: connection from {remote} claims to be {name}, which is at {expected}; closing",
-                self.name
-            );
-            return;
-        }
-        if peer.we_dial {
-            warn!(
-                "{}: {name} connected from {remote}, but this branch is the one that dials {name}; closing",
-                self.name
-            );
-            return;
-        }
-        if peer.conn.is_some() {
-            warn!(
-                "{}: second connection from {name} (from {remote}); closing it, the first stays",
-                self.name
-            );
-            return;
-        }
-        peer.conn = Some(conn);
-        info!("{}: peer {name} connected from {remote}", self.name);
-        PeerConnection::start(
-            reader,
-            writer,
-            peer.outbox.clone(),
-            Source::Peer { channel, conn },
-            format!("peer {name}"),
-            ctx.address(),
-        );
-        self.resume(Pause::Peer, ctx);
-    }
-
-    /// Dials peer `channel`, retrying until it answers; the connection's first frame (`Hello`)
-    /// is already at the front of its outbox.
-    fn dial(&self, channel: Channel, ctx: &mut Context<Self>) {
-        let Some(peer) = self.bank.as_ref().map(|bank| &bank.peers[channel]) else {
-            return;
-        };
-        let (name, addr, me) = (peer.name.clone(), peer.addr, self.name.clone());
-        let dialling = async move {
-            let started = Instant::now();
-            let mut last_warning = started;
-            let mut delay = Duration::from_millis(10);
-            loop {
-                let error =
-                    match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
-                        .await
-                    {
-                        Ok(Ok(stream)) => return stream,
-                        Ok(Err(err)) => err.to_string(),
-                        Err(_) => "connect timed out".to_string(),
-                    };
-                if last_warning.elapsed() >= Duration::from_secs(5) {
-                    warn!(
-                        "{me}: still trying to reach {name} at {addr} after {} s: {error}",
-                        started.elapsed().as_secs()
-                    );
-                    last_warning = Instant::now();
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(500));
-            }
-        };
-        ctx.spawn(
-            actix::fut::wrap_future::<_, Self>(dialling).map(move |stream, branch, ctx| {
-                branch.dialled(channel, stream, ctx);
-            }),
-        );
-    }
-
-    fn dialled(&mut self, channel: Channel, stream: TcpStream, ctx: &mut Context<Self>) {
-        let conn = self.new_conn_id();
-        let Some(peer) = self.bank.as_mut().map(|bank| &mut bank.peers[channel]) else {
-            return;
-        };
-        if let Err(err) = stream.set_nodelay(true) {
-            debug!("cannot set TCP_NODELAY towards {}: {err}", peer.name);
-        }
-        let (read_half, writer) = stream.into_split();
-        let reader = FramedRead::new(read_half, FrameCodec::new(self.settings.max_frame));
-        peer.conn = Some(conn);
-        info!(
-            "{}: connected to peer {} at {}",
-            self.name, peer.name, peer.addr
-        );
-        PeerConnection::start(
-            reader,
-            writer,
-            peer.outbox.clone(),
-            Source::Peer { channel, conn },
-            format!("peer {}", peer.name),
-            ctx.address(),
-        );
-        self.resume(Pause::Peer, ctx);
-    }
-
     // ---- controller commands -----------------------------------------------------------
 
     fn on_controller_frame(&mut self, conn: ConnId, body: Body, ctx: &mut Context<Self>) {
         match body {
-            Body::InitBranch(init) => self.init(init, ctx),
+            Body::InitBranch(init) => {
+                // Only reachable on an attached (authenticated) controller connection to a
+                // branch that has a --secret-file and no bank yet.
+                let result = self
+                    .secret_for(&init)
+                    .and_then(|secret| self.init(init, secret, ctx));
+                if let Err(reason) = result {
+                    warn!("{}: InitBranch refused: {reason}", self.name);
+                }
+            }
             Body::InitSnapshot(pb::InitSnapshot { snapshot_id }) => {
                 let Some(bank) = self.bank.as_mut() else {
                     warn!(
@@ -402,40 +289,31 @@ impl BranchActor {
         }
     }
 
-    fn init(&mut self, init: pb::InitBranch, ctx: &mut Context<Self>) {
+    /// Initialises the bank from `InitBranch` with its `secret`: peers, ledger, dialling,
+    /// parked peers, the transfer generator. Refuses (changing nothing) a second one or a bad
+    /// member list.
+    fn init(
+        &mut self,
+        init: pb::InitBranch,
+        secret: Secret,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), String> {
         if self.bank.is_some() {
-            warn!(
-                "{}: second InitBranch refused: this branch is already initialised",
-                self.name
-            );
-            return;
+            return Err("this branch is already initialised".to_string());
         }
-        let members = match wire::bank_members(&self.name, &init.all_branches) {
-            Ok(members) => members,
-            Err(err) => {
-                error!("{}: InitBranch refused: {err}", self.name);
-                return;
-            }
-        };
+        let members =
+            wire::bank_members(&self.name, &init.all_branches).map_err(|err| err.to_string())?;
         let balance = u64::from(init.balance);
         let peers: Vec<Peer> = members
             .into_iter()
             .filter(|member| *member.name != *self.name)
-            .map(|BranchEntry { name, addr }| {
-                let we_dial = *self.name < *name;
-                let outbox = Outbox::new();
-                if we_dial {
-                    outbox.push(Body::Hello(pb::Hello {
-                        name: self.name.to_string(),
-                    }));
-                }
-                Peer {
-                    name,
-                    addr,
-                    outbox,
-                    conn: None,
-                    we_dial,
-                }
+            .map(|BranchEntry { name, addr }| Peer {
+                we_dial: *self.name < *name,
+                name,
+                addr,
+                outbox: Outbox::new(),
+                conn: None,
+                handshaking: false,
             })
             .collect();
         info!(
@@ -443,6 +321,7 @@ impl BranchActor {
             self.name,
             peers.len()
         );
+        self.secret = Some(secret);
         self.bank = Some(Bank {
             core: BranchCore::new(balance, peers.len()),
             peer_names: peers.iter().map(|peer| peer.name.clone()).collect(),
@@ -471,6 +350,7 @@ impl BranchActor {
         if balance > 0 {
             self.generate(ctx);
         }
+        Ok(())
     }
 
     fn retrieve(&mut self, conn: ConnId, id: SnapshotId, wait_ms: u32, ctx: &mut Context<Self>) {
@@ -659,6 +539,7 @@ impl BranchActor {
                         }
                         bank.core.abandon(oldest);
                     }
+                    self.highest_snapshot = Some(self.highest_snapshot.map_or(id, |h| h.max(id)));
                     let record = SnapshotRecord::new(id, balance, sent, received);
                     let recorder = SnapshotRecorder::new(
                         record,
@@ -692,6 +573,14 @@ impl BranchActor {
                         .or_default()
                         .push(InTransit { from, seq, amount });
                 }
+                Effect::ChannelLost { id, from } => {
+                    if let Some(recorder) = bank.recorders.get(&id) {
+                        if let Some(observed) = self.observed.remove(&id) {
+                            recorder.do_send(recorder::Observed(observed));
+                        }
+                        recorder.do_send(recorder::LoseChannel(from));
+                    }
+                }
                 Effect::FinishRecord { id } => {
                     debug!("{}: finished recording snapshot {id}", self.name);
                     if let Some(recorder) = bank.recorders.get(&id) {
@@ -709,6 +598,9 @@ impl BranchActor {
     /// next turn is scheduled, or the generator parks until what it lacks arrives.
     fn generate(&mut self, ctx: &mut Context<Self>) {
         self.traffic.run();
+        if self.shutting_down {
+            return;
+        }
         let mut outcome = Ok(());
         for _ in 0..self.traffic.burst() {
             outcome = self.send_random_transfer();
@@ -809,51 +701,14 @@ impl Handler<Accepted> for BranchActor {
     type Result = ();
 
     fn handle(&mut self, msg: Accepted, ctx: &mut Context<Self>) {
-        let Accepted {
-            first,
-            reader,
-            writer,
-            remote,
-        } = msg;
-        match first {
-            Body::Hello(pb::Hello { name }) => {
-                let parked = ParkedPeer {
-                    name,
-                    reader,
-                    writer,
-                    remote,
-                };
-                if self.bank.is_some() {
-                    self.admit_peer(parked, ctx);
-                } else if self.parked.len() < MAX_PARKED_PEERS {
-                    info!(
-                        "{}: {} connected before InitBranch; holding its frames until then",
-                        self.name, parked.name
-                    );
-                    self.parked.push(parked);
-                } else {
-                    warn!(
-                        "{}: too many connections before InitBranch; closing the one from {remote}",
-                        self.name
-                    );
-                }
-            }
-            Body::InitBranch(_) | Body::InitSnapshot(_) | Body::RetrieveSnapshot(_) => {
-                self.accept_controller(first, reader, writer, remote, ctx);
-            }
-            other => warn!(
-                "{}: connection from {remote} opened with {}, not Hello or a controller command; closing",
-                self.name,
-                wire::body_kind(&other)
-            ),
-        }
+        self.on_accepted(msg, ctx);
     }
 }
 
 impl Handler<ConnectionClosed> for BranchActor {
     type Result = ();
 
-    fn handle(&mut self, msg: ConnectionClosed, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: ConnectionClosed, ctx: &mut Context<Self>) {
         match msg.source {
             Source::Controller(conn) => {
                 if self.controllers.remove(&conn).is_some() {
@@ -871,9 +726,14 @@ impl Handler<ConnectionClosed> for BranchActor {
                 if peer.conn == Some(conn) {
                     peer.conn = None;
                     warn!(
-                        "{}: lost the connection to peer {}; no more transfers to it",
+                        "{}: lost the connection to peer {}; no more transfers to it, and snapshots stop waiting for its markers",
                         self.name, peer.name
                     );
+                    if let Some(bank) = self.bank.as_mut()
+                        && bank.core.lose_channel(channel, &mut self.effects).is_ok()
+                    {
+                        self.apply_effects(ctx);
+                    }
                 }
             }
         }
@@ -922,6 +782,15 @@ impl Handler<InboundBatch> for BranchActor {
     }
 }
 
+impl Handler<Shutdown> for BranchActor {
+    type Result = usize;
+
+    fn handle(&mut self, _msg: Shutdown, _ctx: &mut Context<Self>) -> usize {
+        self.shut_down();
+        self.unflushed_bytes()
+    }
+}
+
 impl Handler<GetStatus> for BranchActor {
     type Result = Option<BranchStatus>;
 
@@ -942,8 +811,9 @@ pub(super) fn start_accepting(
     listener: tokio::net::TcpListener,
 ) -> Addr<BranchActor> {
     let max_frame = actor.settings.max_frame;
+    let deadline = actor.settings.handshake_timeout;
     BranchActor::create(move |ctx| {
-        let accepting = listener::accept_loop(listener, ctx.address(), max_frame);
+        let accepting = listener::accept_loop(listener, ctx.address(), max_frame, deadline);
         ctx.spawn(actix::fut::wrap_future::<_, BranchActor>(accepting));
         actor
     })

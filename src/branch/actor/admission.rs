@@ -1,0 +1,429 @@
+//! The connection side of [`BranchActor`]: what a new connection's first frame makes it, the
+//! handshakes that authenticate peers and attaching controllers, peers parked before
+//! `InitBranch`, dialling, and the clean shutdown.
+//!
+//! Who may change a branch's state:
+//! - the connection that delivers its one `InitBranch` (trust on first use; with a
+//!   `--secret-file`, its secret must match), which becomes a controller connection;
+//! - a controller that completes the controller handshake (`ControllerHello`), proving the
+//!   cluster secret;
+//! - a branch of the bank that completes the peer handshake (`Hello`), proving the secret, over
+//!   the one connection of its pair, from its configured address.
+//!
+//! Anything else is closed and logged, and changes nothing.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use log::{error, info, warn};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+
+use super::{Accepted, BranchActor, ControllerLink, ParkedPeer, Source};
+use crate::auth::Secret;
+use crate::branch::connection::{FrameReader, PeerConnection};
+use crate::branch::responses::ResponseQueue;
+use crate::branch::traffic::Pause;
+use crate::core::Channel;
+use crate::handshake::{self, Authenticated};
+use crate::outbox::Outbox;
+use crate::wire::{self, Body, pb};
+
+/// How long a dialling branch waits for the acceptor's `Welcome`: the acceptor answers only
+/// once it has its own `InitBranch`, which the controller may still be sending.
+const DIAL_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Upper bound on peer connections parked before `InitBranch`.
+const MAX_PARKED_PEERS: usize = 256;
+
+/// Upper bound on controller handshakes in progress.
+const MAX_CONTROLLER_HANDSHAKES: usize = 16;
+
+impl BranchActor {
+    /// A new connection's first frame decides what it is.
+    pub(super) fn on_accepted(&mut self, accepted: Accepted, ctx: &mut Context<Self>) {
+        let Accepted {
+            first,
+            reader,
+            writer,
+            remote,
+        } = accepted;
+        match first {
+            Body::Hello(pb::Hello { name, nonce }) => {
+                let parked = ParkedPeer {
+                    name,
+                    nonce,
+                    reader,
+                    writer,
+                    remote,
+                };
+                if self.bank.is_some() {
+                    self.admit_peer(parked, ctx);
+                } else if self.parked.len() < MAX_PARKED_PEERS {
+                    info!(
+                        "{}: {} connected before InitBranch; holding its frames until then",
+                        self.name, parked.name
+                    );
+                    self.parked.push(parked);
+                } else {
+                    warn!(
+                        "{}: too many connections before InitBranch; closing the one from {remote}",
+                        self.name
+                    );
+                }
+            }
+            Body::InitBranch(init) => {
+                let result = self
+                    .secret_for(&init)
+                    .and_then(|secret| self.init(init, secret, ctx));
+                match result {
+                    Ok(()) => {
+                        self.open_controller_link(reader, writer, remote, ctx);
+                    }
+                    Err(reason) => warn!(
+                        "{}: InitBranch from {remote} refused: {reason}; closing",
+                        self.name
+                    ),
+                }
+            }
+            Body::ControllerHello(pb::ControllerHello { nonce }) => {
+                self.authenticate_controller(nonce, reader, writer, remote, ctx);
+            }
+            other => warn!(
+                "{}: connection from {remote} opened with {}; a connection must start with Hello, InitBranch or ControllerHello; closing",
+                self.name,
+                wire::body_kind(&other)
+            ),
+        }
+    }
+
+    /// The secret an `InitBranch` establishes, or why it cannot be accepted.
+    pub(super) fn secret_for(&self, init: &pb::InitBranch) -> Result<Secret, String> {
+        if self.bank.is_some() {
+            return Err("this branch is already initialised".into());
+        }
+        let configured = self.settings.secret.as_ref();
+        if init.secret.is_empty() {
+            if configured.is_some() {
+                return Err("it carries no secret, but this branch has one (--secret-file)".into());
+            }
+            warn!(
+                "{}: InitBranch carries no secret (an original-schema controller?): peers are NOT authenticated in this bank",
+                self.name
+            );
+            return Ok(Secret::none());
+        }
+        let secret =
+            Secret::from_bytes(init.secret.clone(), "InitBranch").map_err(|err| err.to_string())?;
+        match configured {
+            Some(configured) if *configured != secret => {
+                Err("its secret differs from this branch's --secret-file".into())
+            }
+            _ => Ok(secret),
+        }
+    }
+
+    /// Makes an (already trusted) connection a controller connection.
+    fn open_controller_link(
+        &mut self,
+        reader: FrameReader,
+        writer: OwnedWriteHalf,
+        remote: SocketAddr,
+        ctx: &mut Context<Self>,
+    ) {
+        let conn = self.new_conn_id();
+        let outbox = Outbox::new();
+        info!("{}: controller connected from {remote}", self.name);
+        PeerConnection::start(
+            reader,
+            writer,
+            outbox.clone(),
+            Source::Controller(conn),
+            format!("controller at {remote}"),
+            ctx.address(),
+        );
+        self.controllers.insert(
+            conn,
+            ControllerLink {
+                outbox,
+                responses: ResponseQueue::default(),
+            },
+        );
+    }
+
+    /// Runs the controller handshake with a controller attaching to this branch.
+    fn authenticate_controller(
+        &mut self,
+        nonce: Vec<u8>,
+        reader: FrameReader,
+        writer: OwnedWriteHalf,
+        remote: SocketAddr,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(secret) = self.secret.clone() else {
+            warn!(
+                "{}: controller handshake from {remote} refused: this branch has no secret yet (no --secret-file and no InitBranch); closing",
+                self.name
+            );
+            return;
+        };
+        if self.controller_handshakes >= MAX_CONTROLLER_HANDSHAKES {
+            warn!(
+                "{}: too many controller handshakes in progress; closing the one from {remote}",
+                self.name
+            );
+            return;
+        }
+        self.controller_handshakes += 1;
+        let me = self.name.clone();
+        let handshake_timeout = self.settings.handshake_timeout;
+        let next_id = self
+            .highest_snapshot
+            .map_or(1, |highest| highest.saturating_add(1));
+        let handshake = async move {
+            handshake::accept_controller(
+                reader,
+                writer,
+                &secret,
+                &me,
+                &nonce,
+                next_id,
+                handshake_timeout,
+            )
+            .await
+        };
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(handshake).map(move |result, branch, ctx| {
+                branch.controller_handshakes -= 1;
+                match result {
+                    Ok(Authenticated { reader, writer }) => {
+                        info!("{}: controller at {remote} authenticated", branch.name);
+                        branch.open_controller_link(reader, writer, remote, ctx);
+                    }
+                    Err(err) => warn!(
+                        "{}: controller handshake with {remote} failed: {err}; closing",
+                        branch.name
+                    ),
+                }
+            }),
+        );
+    }
+
+    /// Checks a connecting peer against the bank, then runs the peer handshake with it.
+    pub(super) fn admit_peer(&mut self, parked: ParkedPeer, ctx: &mut Context<Self>) {
+        let ParkedPeer {
+            name,
+            nonce,
+            reader,
+            writer,
+            remote,
+        } = parked;
+        let (Some(bank), Some(secret)) = (self.bank.as_mut(), self.secret.clone()) else {
+            return;
+        };
+        let Some(&channel) = bank.by_name.get(&name) else {
+            warn!(
+                "{}: connection from {remote} claims to be {name:?}, which is not a peer in this bank; closing",
+                self.name
+            );
+            return;
+        };
+        let peer = &mut bank.peers[channel];
+        let expected = peer.addr.ip();
+        if remote.ip() != expected && !(remote.ip().is_loopback() && expected.is_loopback()) {
+            warn!(
+                "{}: connection from {remote} claims to be {name}, which is at {expected}; closing",
+                self.name
+            );
+            return;
+        }
+        if peer.we_dial {
+            warn!(
+                "{}: {name} connected from {remote}, but this branch is the one that dials {name}; closing",
+                self.name
+            );
+            return;
+        }
+        if peer.conn.is_some() || peer.handshaking {
+            warn!(
+                "{}: second connection from {name} (from {remote}); closing it, the first stays",
+                self.name
+            );
+            return;
+        }
+        peer.handshaking = true;
+        let me = self.name.clone();
+        let handshake_timeout = self.settings.handshake_timeout;
+        let handshake = async move {
+            handshake::accept_peer(
+                reader,
+                writer,
+                &secret,
+                &me,
+                &name,
+                &nonce,
+                handshake_timeout,
+            )
+            .await
+        };
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(handshake).map(move |result, branch, ctx| {
+                match result {
+                    Ok(authenticated) => {
+                        branch.peer_connected(channel, authenticated, &remote.to_string(), ctx);
+                    }
+                    Err(err) => {
+                        if let Some(peer) = branch
+                            .bank
+                            .as_mut()
+                            .and_then(|bank| bank.peers.get_mut(channel))
+                        {
+                            peer.handshaking = false;
+                            warn!(
+                                "{}: handshake with {} from {remote} failed: {err}; closing",
+                                branch.name, peer.name
+                            );
+                        }
+                    }
+                }
+            }),
+        );
+    }
+
+    /// A peer proved itself: its channel's connection is up.
+    fn peer_connected(
+        &mut self,
+        channel: Channel,
+        authenticated: Authenticated,
+        from: &str,
+        ctx: &mut Context<Self>,
+    ) {
+        let conn = self.new_conn_id();
+        let Some(peer) = self
+            .bank
+            .as_mut()
+            .and_then(|bank| bank.peers.get_mut(channel))
+        else {
+            return;
+        };
+        peer.handshaking = false;
+        peer.conn = Some(conn);
+        info!(
+            "{}: peer {} connected and authenticated ({from})",
+            self.name, peer.name
+        );
+        PeerConnection::start(
+            authenticated.reader,
+            authenticated.writer,
+            peer.outbox.clone(),
+            Source::Peer { channel, conn },
+            format!("peer {}", peer.name),
+            ctx.address(),
+        );
+        self.resume(Pause::Peer, ctx);
+    }
+
+    /// Dials peer `channel` and runs the peer handshake, retrying until both succeed.
+    pub(super) fn dial(&self, channel: Channel, ctx: &mut Context<Self>) {
+        let (Some(peer), Some(secret)) = (
+            self.bank.as_ref().map(|bank| &bank.peers[channel]),
+            self.secret.clone(),
+        ) else {
+            return;
+        };
+        let (name, addr, me) = (peer.name.clone(), peer.addr, self.name.clone());
+        let max_frame = self.settings.max_frame;
+        let dialling = async move {
+            let started = Instant::now();
+            let mut last_warning = started;
+            let mut delay = Duration::from_millis(10);
+            loop {
+                let error =
+                    match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+                        .await
+                    {
+                        Ok(Ok(stream)) => {
+                            if let Err(err) = stream.set_nodelay(true) {
+                                log::debug!("cannot set TCP_NODELAY towards {name}: {err}");
+                            }
+                            match handshake::dial_peer(
+                                stream,
+                                &secret,
+                                &me,
+                                &name,
+                                max_frame,
+                                DIAL_ANSWER_TIMEOUT,
+                            )
+                            .await
+                            {
+                                Ok(authenticated) => return authenticated,
+                                Err(err) => format!("handshake failed: {err}"),
+                            }
+                        }
+                        Ok(Err(err)) => err.to_string(),
+                        Err(_) => "connect timed out".to_string(),
+                    };
+                if last_warning.elapsed() >= Duration::from_secs(5)
+                    || error.starts_with("handshake")
+                {
+                    warn!(
+                        "{me}: still trying to reach {name} at {addr} after {} s: {error}",
+                        started.elapsed().as_secs()
+                    );
+                    last_warning = Instant::now();
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+        };
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(dialling).map(
+            move |authenticated, branch, ctx| {
+                let to = branch
+                    .bank
+                    .as_ref()
+                    .map(|bank| bank.peers[channel].addr.to_string())
+                    .unwrap_or_default();
+                branch.peer_connected(channel, authenticated, &format!("dialled {to}"), ctx);
+            },
+        ));
+    }
+
+    /// Stops sending, and closes every connection once what is queued on it is written.
+    pub(super) fn shut_down(&mut self) {
+        if std::mem::replace(&mut self.shutting_down, true) {
+            return;
+        }
+        info!(
+            "{}: shutting down: no new transfers, flushing connections",
+            self.name
+        );
+        for peer in self.bank.iter().flat_map(|bank| bank.peers.iter()) {
+            peer.outbox.close();
+        }
+        for link in self.controllers.values() {
+            link.outbox.close();
+        }
+        if self.bank.is_none() && self.parked.is_empty() {
+            return;
+        }
+        if !self.parked.is_empty() {
+            error!(
+                "{}: {} peer connections were still waiting for InitBranch",
+                self.name,
+                self.parked.len()
+            );
+        }
+    }
+
+    /// Bytes still queued on open connections.
+    pub(super) fn unflushed_bytes(&self) -> usize {
+        let peers = self.bank.iter().flat_map(|bank| bank.peers.iter());
+        peers.map(|peer| peer.outbox.backlog()).sum::<usize>()
+            + self
+                .controllers
+                .values()
+                .map(|link| link.outbox.backlog())
+                .sum::<usize>()
+    }
+}

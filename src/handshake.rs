@@ -1,0 +1,216 @@
+//! The handshakes of [`crate::auth`], as async steps over a connection's two halves.
+//!
+//! Each runs before the connection is handed to its actor, so no transfer, marker or command can
+//! reach the bank from a connection that has not proven knowledge of the cluster secret. Every
+//! read has a deadline, so a silent or slow party cannot hold a handshake open.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio_util::codec::FramedRead;
+
+use crate::auth::{self, Role, Secret};
+use crate::branch::connection::FrameReader;
+use crate::wire::{self, Body, FrameCodec, pb};
+
+/// Why a handshake failed; the connection is closed and nothing changes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("no answer within {0} ms")]
+    Timeout(u128),
+    #[error("connection closed during the handshake")]
+    Closed,
+    #[error("{0}")]
+    Frame(String),
+    #[error("expected {expected}, got {got}")]
+    Unexpected {
+        expected: &'static str,
+        got: &'static str,
+    },
+    #[error("authentication failed: wrong proof of the cluster secret")]
+    BadProof,
+    #[error("i/o: {0}")]
+    Io(String),
+}
+
+/// A connection after a successful handshake.
+pub struct Authenticated {
+    pub reader: FrameReader,
+    pub writer: OwnedWriteHalf,
+}
+
+/// Writes one frame straight to the socket (the connection's outbox writer is not running yet).
+async fn write_frame(writer: &mut OwnedWriteHalf, body: Body) -> Result<(), HandshakeError> {
+    let mut bytes = Vec::new();
+    wire::encode_frame(body, &mut bytes);
+    writer
+        .write_all(&bytes)
+        .await
+        .map_err(|err| HandshakeError::Io(err.to_string()))
+}
+
+/// Reads the next frame, within `deadline`.
+async fn read_frame(reader: &mut FrameReader, deadline: Duration) -> Result<Body, HandshakeError> {
+    match tokio::time::timeout(deadline, reader.next()).await {
+        Err(_) => Err(HandshakeError::Timeout(deadline.as_millis())),
+        Ok(None) => Err(HandshakeError::Closed),
+        Ok(Some(Err(err))) => Err(HandshakeError::Frame(err.to_string())),
+        Ok(Some(Ok(pb::BranchMessage {
+            branch_message: None,
+        }))) => Err(HandshakeError::Unexpected {
+            expected: "a handshake frame",
+            got: "an unknown message",
+        }),
+        Ok(Some(Ok(pb::BranchMessage {
+            branch_message: Some(body),
+        }))) => Ok(body),
+    }
+}
+
+/// The accepting branch `me`, after reading `Hello { name: peer, nonce }`: answers with its
+/// proof and checks the dialler's.
+pub async fn accept_peer(
+    mut reader: FrameReader,
+    mut writer: OwnedWriteHalf,
+    secret: &Secret,
+    me: &str,
+    peer: &str,
+    dialer_nonce: &[u8],
+    deadline: Duration,
+) -> Result<Authenticated, HandshakeError> {
+    let nonce = auth::nonce();
+    let proof = secret.prove(Role::Accept, dialer_nonce, me, peer);
+    write_frame(
+        &mut writer,
+        Body::Welcome(pb::Welcome {
+            nonce: nonce.clone(),
+            proof,
+            next_snapshot_id: 0,
+        }),
+    )
+    .await?;
+    match read_frame(&mut reader, deadline).await? {
+        Body::Auth(pb::Auth { proof }) if secret.verify(&proof, Role::Dial, &nonce, peer, me) => {
+            Ok(Authenticated { reader, writer })
+        }
+        Body::Auth(_) => Err(HandshakeError::BadProof),
+        other => Err(HandshakeError::Unexpected {
+            expected: "Auth",
+            got: wire::body_kind(&other),
+        }),
+    }
+}
+
+/// The dialling branch `me`, on a fresh connection to `peer`: sends `Hello`, checks the
+/// acceptor's proof, answers with its own. `deadline` covers the acceptor's answer, which may
+/// take as long as the acceptor's own `InitBranch` takes to arrive.
+pub async fn dial_peer(
+    stream: TcpStream,
+    secret: &Secret,
+    me: &str,
+    peer: &str,
+    max_frame: usize,
+    deadline: Duration,
+) -> Result<Authenticated, HandshakeError> {
+    let (read_half, mut writer) = stream.into_split();
+    let mut reader = FramedRead::new(read_half, FrameCodec::new(max_frame));
+    let nonce = auth::nonce();
+    write_frame(
+        &mut writer,
+        Body::Hello(pb::Hello {
+            name: me.to_string(),
+            nonce: nonce.clone(),
+        }),
+    )
+    .await?;
+    let welcome = match read_frame(&mut reader, deadline).await? {
+        Body::Welcome(welcome) => welcome,
+        other => {
+            return Err(HandshakeError::Unexpected {
+                expected: "Welcome",
+                got: wire::body_kind(&other),
+            });
+        }
+    };
+    if !secret.verify(&welcome.proof, Role::Accept, &nonce, peer, me) {
+        return Err(HandshakeError::BadProof);
+    }
+    let proof = secret.prove(Role::Dial, &welcome.nonce, me, peer);
+    write_frame(&mut writer, Body::Auth(pb::Auth { proof })).await?;
+    Ok(Authenticated { reader, writer })
+}
+
+/// The branch `me`, after reading `ControllerHello { nonce }`: answers with its proof and the
+/// first free snapshot id, and checks the controller's proof.
+pub async fn accept_controller(
+    mut reader: FrameReader,
+    mut writer: OwnedWriteHalf,
+    secret: &Secret,
+    me: &str,
+    controller_nonce: &[u8],
+    next_snapshot_id: u32,
+    deadline: Duration,
+) -> Result<Authenticated, HandshakeError> {
+    let nonce = auth::nonce();
+    let proof = secret.prove(Role::Branch, controller_nonce, me, "");
+    write_frame(
+        &mut writer,
+        Body::Welcome(pb::Welcome {
+            nonce: nonce.clone(),
+            proof,
+            next_snapshot_id,
+        }),
+    )
+    .await?;
+    match read_frame(&mut reader, deadline).await? {
+        Body::Auth(pb::Auth { proof })
+            if secret.verify(&proof, Role::Controller, &nonce, me, "") =>
+        {
+            Ok(Authenticated { reader, writer })
+        }
+        Body::Auth(_) => Err(HandshakeError::BadProof),
+        other => Err(HandshakeError::Unexpected {
+            expected: "Auth",
+            got: wire::body_kind(&other),
+        }),
+    }
+}
+
+/// A controller attaching to the running branch `branch`: proves the secret, checks the
+/// branch's proof, and learns the first snapshot id the branch has not seen.
+pub async fn attach_to_branch(
+    stream: TcpStream,
+    secret: &Secret,
+    branch: &str,
+    max_frame: usize,
+    deadline: Duration,
+) -> Result<(Authenticated, u32), HandshakeError> {
+    let (read_half, mut writer) = stream.into_split();
+    let mut reader = FramedRead::new(read_half, FrameCodec::new(max_frame));
+    let nonce = auth::nonce();
+    write_frame(
+        &mut writer,
+        Body::ControllerHello(pb::ControllerHello {
+            nonce: nonce.clone(),
+        }),
+    )
+    .await?;
+    let welcome = match read_frame(&mut reader, deadline).await? {
+        Body::Welcome(welcome) => welcome,
+        other => {
+            return Err(HandshakeError::Unexpected {
+                expected: "Welcome",
+                got: wire::body_kind(&other),
+            });
+        }
+    };
+    if !secret.verify(&welcome.proof, Role::Branch, &nonce, branch, "") {
+        return Err(HandshakeError::BadProof);
+    }
+    let proof = secret.prove(Role::Controller, &welcome.nonce, branch, "");
+    write_frame(&mut writer, Body::Auth(pb::Auth { proof })).await?;
+    Ok((Authenticated { reader, writer }, welcome.next_snapshot_id))
+}
