@@ -2,92 +2,16 @@
 //! a repeated `InitBranch` changes nothing. Drives real branch processes with a raw protocol
 //! client, so the controller's own pacing cannot hide a problem.
 
+mod common;
+
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use snapbank::auth::Role;
+use common::RawController;
 use snapbank::local_bank::LocalBank;
-use snapbank::wire::{self, Body, FrameCodec, pb};
-use tokio_util::codec::Decoder;
+use snapbank::wire::{self, Body, pb};
 
 const BRANCH: &str = env!("CARGO_BIN_EXE_branch");
-
-/// A blocking controller-side connection to one branch.
-struct RawController {
-    stream: TcpStream,
-    codec: FrameCodec,
-    buffer: BytesMut,
-}
-
-impl RawController {
-    fn connect(addr: SocketAddr) -> Self {
-        for _ in 0..200 {
-            if let Ok(stream) = TcpStream::connect(addr) {
-                stream
-                    .set_read_timeout(Some(Duration::from_secs(10)))
-                    .unwrap();
-                return Self {
-                    stream,
-                    codec: FrameCodec::default(),
-                    buffer: BytesMut::new(),
-                };
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("branch at {addr} never listened");
-    }
-
-    /// Runs the controller handshake (with the empty key of a bank initialised without a
-    /// secret), as an attaching controller does.
-    fn attach(addr: SocketAddr, branch: &str) -> Self {
-        let mut controller = Self::connect(addr);
-        let nonce = snapbank::auth::nonce();
-        controller.send(Body::ControllerHello(pb::ControllerHello {
-            nonce: nonce.clone(),
-        }));
-        let Body::Welcome(welcome) = controller.receive() else {
-            panic!("expected Welcome");
-        };
-        let secret = snapbank::auth::Secret::none();
-        assert!(secret.verify(&welcome.proof, Role::Branch, &nonce, branch, ""));
-        let proof = secret.prove(Role::Controller, &welcome.nonce, branch, "");
-        controller.send(Body::Auth(pb::Auth { proof }));
-        controller
-    }
-
-    fn send(&mut self, body: Body) {
-        let mut bytes = Vec::new();
-        wire::encode_frame(body, &mut bytes);
-        self.stream.write_all(&bytes).unwrap();
-    }
-
-    fn receive(&mut self) -> Body {
-        loop {
-            if let Some(frame) = self.codec.decode(&mut self.buffer).unwrap() {
-                return frame.branch_message.unwrap();
-            }
-            let mut chunk = [0u8; 4096];
-            let read = self.stream.read(&mut chunk).unwrap();
-            assert!(read > 0, "branch closed the controller connection");
-            self.buffer.extend_from_slice(&chunk[..read]);
-        }
-    }
-
-    fn retrieve(&mut self, id: u32) -> pb::return_snapshot::LocalSnapshot {
-        self.send(Body::RetrieveSnapshot(pb::RetrieveSnapshot {
-            snapshot_id: id,
-            wait_ms: 5000,
-        }));
-        match self.receive() {
-            Body::ReturnSnapshot(pb::ReturnSnapshot {
-                local_snapshot: Some(local),
-            }) => local,
-            other => panic!("expected ReturnSnapshot, got {other:?}"),
-        }
-    }
-}
 
 fn init(balance: u32, bank: &LocalBank) -> Body {
     // No secret: what a controller speaking only the original schema sends.
@@ -237,7 +161,7 @@ fn a_controller_that_never_reads_its_answers_is_cut_off_with_memory_bounded() {
         "drained {drained} bytes; log:\n{log}"
     );
     // The branch still serves a controller: one attaching with the bank's (empty) secret.
-    let mut first = RawController::attach(target, "branch1");
+    let mut first = RawController::attach(target, "branch1", &snapbank::auth::Secret::none());
     let mut second = RawController::connect(bank.entries()[1].addr);
     second.send(init(10, &bank));
     second.send(Body::InitSnapshot(pb::InitSnapshot { snapshot_id: 1 }));

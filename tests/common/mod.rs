@@ -1,0 +1,124 @@
+//! Helpers shared by the integration tests: a blocking raw protocol client.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use snapbank::auth::{Role, Secret};
+use snapbank::wire::{self, Body, FrameCodec, pb};
+use tokio_util::codec::Decoder;
+
+/// A blocking controller-side connection to one branch.
+pub struct RawController {
+    pub stream: TcpStream,
+    codec: FrameCodec,
+    buffer: BytesMut,
+}
+
+impl RawController {
+    /// Wraps an already connected stream.
+    pub fn from_stream(stream: TcpStream) -> Self {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Self {
+            stream,
+            codec: FrameCodec::default(),
+            buffer: BytesMut::new(),
+        }
+    }
+
+    pub fn connect(addr: SocketAddr) -> Self {
+        for _ in 0..200 {
+            if let Ok(stream) = TcpStream::connect(addr) {
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                return Self {
+                    stream,
+                    codec: FrameCodec::default(),
+                    buffer: BytesMut::new(),
+                };
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("branch at {addr} never listened");
+    }
+
+    /// Runs the controller handshake with `secret`, as an attaching controller does.
+    pub fn attach(addr: SocketAddr, branch: &str, secret: &Secret) -> Self {
+        let mut controller = Self::connect(addr);
+        let nonce = snapbank::auth::nonce();
+        controller.send(Body::ControllerHello(pb::ControllerHello {
+            nonce: nonce.clone(),
+        }));
+        let Body::Welcome(welcome) = controller.receive() else {
+            panic!("expected Welcome");
+        };
+        assert!(secret.verify(&welcome.proof, Role::Branch, &nonce, branch, ""));
+        let proof = secret.prove(Role::Controller, &welcome.nonce, branch, "");
+        controller.send(Body::Auth(pb::Auth { proof }));
+        controller
+    }
+
+    pub fn send(&mut self, body: Body) {
+        let mut bytes = Vec::new();
+        wire::encode_frame(body, &mut bytes);
+        self.stream.write_all(&bytes).unwrap();
+    }
+
+    pub fn receive(&mut self) -> Body {
+        loop {
+            if let Some(frame) = self.codec.decode(&mut self.buffer).unwrap() {
+                return frame.branch_message.unwrap();
+            }
+            let mut chunk = [0u8; 4096];
+            let read = self.stream.read(&mut chunk).unwrap();
+            assert!(read > 0, "branch closed the controller connection");
+            self.buffer.extend_from_slice(&chunk[..read]);
+        }
+    }
+
+    pub fn retrieve(&mut self, id: u32) -> pb::return_snapshot::LocalSnapshot {
+        self.send(Body::RetrieveSnapshot(pb::RetrieveSnapshot {
+            snapshot_id: id,
+            wait_ms: 5000,
+        }));
+        match self.receive() {
+            Body::ReturnSnapshot(pb::ReturnSnapshot {
+                local_snapshot: Some(local),
+            }) => local,
+            other => panic!("expected ReturnSnapshot, got {other:?}"),
+        }
+    }
+}
+
+/// Whether the other side closes `stream` (EOF or reset) within `limit`, reading and discarding
+/// whatever it sends first.
+pub fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(err)
+                if err.kind() == std::io::ErrorKind::WouldBlock
+                    || err.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Writes one frame to a raw stream.
+pub fn write_frame(stream: &mut TcpStream, body: Body) -> std::io::Result<()> {
+    let mut bytes = Vec::new();
+    wire::encode_frame(body, &mut bytes);
+    stream.write_all(&bytes)
+}

@@ -1,0 +1,358 @@
+//! A hostile client against a live, authenticated bank: every attack is logged, the attacker's
+//! connection is closed, and afterwards the bank's snapshots still sum to the total and the
+//! branch still works. Also: arbitrary bytes against the handshake, a crashed branch, and a
+//! clean SIGTERM.
+
+mod common;
+
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{RawController, closed_within, write_frame};
+use snapbank::auth::{Role, Secret};
+use snapbank::local_bank::{LocalBank, output_within};
+use snapbank::wire::{Body, pb};
+
+const BRANCH: &str = env!("CARGO_BIN_EXE_branch");
+const CONTROLLER: &str = env!("CARGO_BIN_EXE_controller");
+
+/// A bank of `count` branches sharing a secret file, initialised by a first controller run.
+struct SecureBank {
+    bank: LocalBank,
+    secret_file: PathBuf,
+    secret: Secret,
+}
+
+impl SecureBank {
+    fn start(count: usize) -> Self {
+        let secret_file =
+            std::env::temp_dir().join(format!("snapbank-secret-{}-{count}", std::process::id()));
+        std::fs::write(&secret_file, "a secret of the bank for tests\n").unwrap();
+        let secret = Secret::load(&secret_file).unwrap();
+        let args = [
+            "--max-interval-ms",
+            "1",
+            "--secret-file",
+            secret_file.to_str().unwrap(),
+            "--handshake-timeout-ms",
+            "500",
+        ]
+        .map(String::from);
+        let bank = LocalBank::start(BRANCH.as_ref(), count, &args).unwrap();
+        let bank = Self {
+            bank,
+            secret_file,
+            secret,
+        };
+        let output = bank.controller(&["--snapshots", "2", "--interval-ms", "50"], false);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        bank
+    }
+
+    fn controller(&self, args: &[&str], attach: bool) -> std::process::Output {
+        let mut command = Command::new(CONTROLLER);
+        command
+            .arg((1000 * self.bank.entries().len()).to_string())
+            .arg(self.bank.branches_file())
+            .arg("--secret-file")
+            .arg(&self.secret_file)
+            .args(args);
+        if attach {
+            command.arg("--attach");
+        }
+        output_within(&mut command, Duration::from_secs(60)).unwrap()
+    }
+
+    fn addr(&self, index: usize) -> SocketAddr {
+        self.bank.entries()[index].addr
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.bank.log_path(name)).unwrap()
+    }
+
+    /// An attached controller run: every snapshot must be ok and proven consistent.
+    fn assert_snapshots_ok(&self, count: usize) {
+        let output = self.controller(
+            &["--snapshots", &count.to_string(), "--interval-ms", "40"],
+            true,
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let total = 1000 * self.bank.entries().len();
+        let n = self.bank.entries().len();
+        let ok = format!(
+            "total: {total} (ok; consistent cut, {} channels checked)",
+            n * (n - 1)
+        );
+        assert_eq!(stdout.matches(&ok).count(), count, "{stdout}");
+    }
+}
+
+impl Drop for SecureBank {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.secret_file);
+    }
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    TcpStream::connect(addr).unwrap()
+}
+
+/// Sends `bytes` and expects the branch to hang up.
+fn attack(addr: SocketAddr, bytes: &[u8], what: &str) {
+    let mut stream = connect(addr);
+    // The branch may close before everything is written: that is the point.
+    let _ = stream.write_all(bytes);
+    assert!(
+        closed_within(&mut stream, Duration::from_secs(5)),
+        "{what}: connection not closed"
+    );
+}
+
+#[test]
+fn every_attack_is_refused_and_the_bank_still_balances() {
+    let bank = SecureBank::start(3);
+    let target = bank.addr(0);
+    let secret = bank.secret.clone();
+
+    attack(target, &[0xff; 64], "garbage");
+    attack(
+        target,
+        &[0x80, 0x80, 0x80, 0x80, 0x08],
+        "huge length prefix",
+    );
+    attack(target, &[3, 0x92, 0x03, 0x00], "unknown message");
+    attack(
+        target,
+        &[4, 0x12, 0x02, 0x08, 0x64],
+        "Transfer without handshake",
+    );
+    attack(target, &[2, 0x1a, 0x00], "InitSnapshot without handshake");
+    let mut init = Vec::new();
+    snapbank::wire::encode_frame(
+        Body::InitBranch(pb::InitBranch {
+            balance: 1_000_000,
+            all_branches: snapbank::wire::branch_list(bank.bank.entries()),
+            secret: secret.as_bytes().to_vec(),
+        }),
+        &mut init,
+    );
+    attack(
+        target,
+        &init,
+        "second InitBranch, even with the right secret",
+    );
+
+    // A truncated frame: half of it, then the write side closed.
+    let mut stream = connect(target);
+    stream.write_all(&[10, 0x12, 0x02]).unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    assert!(closed_within(&mut stream, Duration::from_secs(5)));
+
+    // A silent connection is dropped after the handshake timeout (500 ms here).
+    let mut silent = connect(target);
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(5)),
+        "silent connection kept open"
+    );
+
+    // The controller handshake with a wrong secret.
+    let wrong = Secret::from_bytes(b"not the secret of this bank".to_vec(), "test").unwrap();
+    let mut stream = connect(target);
+    let nonce = snapbank::auth::nonce();
+    write_frame(
+        &mut stream,
+        Body::ControllerHello(pb::ControllerHello {
+            nonce: nonce.clone(),
+        }),
+    )
+    .unwrap();
+    let mut client = RawController::from_stream(stream);
+    let Body::Welcome(welcome) = client.receive() else {
+        panic!("expected Welcome");
+    };
+    assert!(
+        !wrong.verify(&welcome.proof, Role::Branch, &nonce, "branch1", ""),
+        "the branch's proof must not verify under another secret"
+    );
+    let proof = wrong.prove(Role::Controller, &welcome.nonce, "branch1", "");
+    client.send(Body::Auth(pb::Auth { proof }));
+    assert!(closed_within(&mut client.stream, Duration::from_secs(5)));
+
+    // A replayed handshake: a proof that was right for one connection's nonce, sent on another.
+    let mut first = RawController::connect(target);
+    first.send(Body::ControllerHello(pb::ControllerHello {
+        nonce: snapbank::auth::nonce(),
+    }));
+    let Body::Welcome(old) = first.receive() else {
+        panic!("expected Welcome");
+    };
+    let recorded = secret.prove(Role::Controller, &old.nonce, "branch1", "");
+    let mut second = RawController::connect(target);
+    second.send(Body::ControllerHello(pb::ControllerHello {
+        nonce: snapbank::auth::nonce(),
+    }));
+    let Body::Welcome(_) = second.receive() else {
+        panic!("expected Welcome");
+    };
+    second.send(Body::Auth(pb::Auth { proof: recorded }));
+    assert!(closed_within(&mut second.stream, Duration::from_secs(5)));
+    drop(first);
+
+    // A peer impostor: claims to be branch2 towards branch1 (branch1 dials branch2, never the
+    // reverse), and claims a name that is not in the bank.
+    for name in ["branch2", "mallory"] {
+        let mut stream = connect(target);
+        write_frame(
+            &mut stream,
+            Body::Hello(pb::Hello {
+                name: name.into(),
+                nonce: snapbank::auth::nonce(),
+            }),
+        )
+        .unwrap();
+        assert!(closed_within(&mut stream, Duration::from_secs(5)), "{name}");
+    }
+    // A second connection for an existing pair: branch1 already dials branch3.
+    let mut stream = connect(bank.addr(2));
+    write_frame(
+        &mut stream,
+        Body::Hello(pb::Hello {
+            name: "branch1".into(),
+            nonce: snapbank::auth::nonce(),
+        }),
+    )
+    .unwrap();
+    assert!(
+        closed_within(&mut stream, Duration::from_secs(5)),
+        "duplicate pair connection"
+    );
+
+    // After all of it: every branch alive, snapshots proven and summing to the total.
+    bank.assert_snapshots_ok(5);
+    let mut bank_handle = bank;
+    assert!(bank_handle.bank.exited().is_empty());
+
+    let log = bank_handle.log("branch1");
+    for expected in [
+        "malformed length prefix",
+        "exceeds the 1048576-byte limit",
+        "first frame holds no known message",
+        "opened with Transfer",
+        "opened with InitSnapshot",
+        "InitBranch from 127.0.0.1",
+        "this branch is already initialised",
+        "closed in the middle of a frame",
+        "sent no frame within 500 ms",
+        "controller handshake with 127.0.0.1",
+        "authentication failed",
+        "this branch is the one that dials branch2",
+        "claims to be \"mallory\", which is not a peer in this bank",
+    ] {
+        assert!(
+            log.contains(expected),
+            "branch1's log lacks {expected:?}:\n{log}"
+        );
+    }
+    assert!(
+        bank_handle
+            .log("branch3")
+            .contains("second connection from branch1")
+    );
+    bank_handle.bank.stop();
+}
+
+#[test]
+fn arbitrary_bytes_after_a_hello_or_controller_hello_never_break_a_branch() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let bank = SecureBank::start(2);
+    let target = bank.addr(1);
+    let mut runner = TestRunner::new(Config {
+        cases: 150,
+        ..Config::default()
+    });
+    let strategy = (
+        any::<bool>(),
+        proptest::collection::vec(any::<u8>(), 0..200),
+    );
+    runner
+        .run(&strategy, |(as_controller, bytes)| {
+            let mut stream = connect(target);
+            let first = if as_controller {
+                Body::ControllerHello(pb::ControllerHello {
+                    nonce: bytes.clone(),
+                })
+            } else {
+                // branch1 is a real peer of branch2 (and already connected): the branch refuses
+                // the duplicate, or, for another name, the stranger.
+                Body::Hello(pb::Hello {
+                    name: String::from_utf8_lossy(&bytes).into(),
+                    nonce: bytes.clone(),
+                })
+            };
+            let _ = write_frame(&mut stream, first);
+            let _ = stream.write_all(&bytes);
+            prop_assert!(closed_within(&mut stream, Duration::from_secs(5)));
+            Ok(())
+        })
+        .unwrap();
+    bank.assert_snapshots_ok(3);
+}
+
+#[test]
+fn sigterm_stops_a_branch_cleanly_and_its_peers_carry_on() {
+    let mut bank = SecureBank::start(3);
+    let pid = bank.bank.pids()[2];
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut waited = Duration::ZERO;
+    while bank.bank.exited().is_empty() {
+        assert!(
+            waited < Duration::from_secs(10),
+            "branch3 did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        waited += Duration::from_millis(20);
+    }
+    let log = bank.log("branch3");
+    assert!(
+        log.contains("shutting down: no new transfers, flushing connections"),
+        "{log}"
+    );
+    assert!(log.contains("stopped"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    // Its peers noticed, and still answer an attached controller: the snapshots are incomplete
+    // (branch3 is gone) and say so, and the exit code is 1.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        bank.log("branch1")
+            .contains("lost the connection to peer branch3")
+    );
+    let mut survivor = RawController::attach(bank.addr(0), "branch1", &bank.secret);
+    survivor.send(Body::InitSnapshot(pb::InitSnapshot { snapshot_id: 1000 }));
+    let record = survivor.retrieve(1000);
+    assert_eq!(
+        record.status,
+        pb::SnapshotStatus::CutShort as i32,
+        "{record:?}"
+    );
+    assert_eq!(record.lost_peers, vec!["branch3".to_string()]);
+    bank.bank.stop();
+}
