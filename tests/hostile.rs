@@ -356,3 +356,78 @@ fn sigterm_stops_a_branch_cleanly_and_its_peers_carry_on() {
     assert_eq!(record.lost_peers, vec!["branch3".to_string()]);
     bank.bank.stop();
 }
+
+#[test]
+fn a_killed_controller_leaves_the_bank_running_and_a_new_one_attaches_with_fresh_ids() {
+    let bank = SecureBank::start(3);
+    // A controller that never finishes, killed in the middle of its run.
+    let mut running = Command::new(CONTROLLER)
+        .arg("3000")
+        .arg(bank.bank.branches_file())
+        .arg("--secret-file")
+        .arg(&bank.secret_file)
+        .args(["--attach", "--interval-ms", "20"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    running.kill().unwrap();
+    running.wait().unwrap();
+    // A new controller with the same secret attaches; its ids start after every id seen.
+    let output = bank.controller(
+        &[
+            "--snapshots",
+            "3",
+            "--interval-ms",
+            "30",
+            "--format",
+            "json",
+        ],
+        true,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let ids: Vec<u64> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            let report: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(report["verdict"], "ok", "{line}");
+            report["snapshot_id"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(ids.len(), 3);
+    assert!(
+        ids[0] > 3,
+        "fresh ids, after the first run's 1-2 and the killed run's: {ids:?}"
+    );
+    // Without the secret, attaching is refused.
+    let mut command = Command::new(CONTROLLER);
+    command
+        .arg("3000")
+        .arg(bank.bank.branches_file())
+        .args(["--attach", "--snapshots", "1"]);
+    let output = output_within(&mut command, Duration::from_secs(30)).unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--attach needs --secret-file"));
+    let wrong = std::env::temp_dir().join(format!("snapbank-wrong-{}", std::process::id()));
+    std::fs::write(&wrong, "definitely not the right secret").unwrap();
+    let mut command = Command::new(CONTROLLER);
+    command
+        .arg("3000")
+        .arg(bank.bank.branches_file())
+        .arg("--secret-file")
+        .arg(&wrong)
+        .args(["--attach", "--snapshots", "1"]);
+    let output = output_within(&mut command, Duration::from_secs(30)).unwrap();
+    std::fs::remove_file(&wrong).unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot attach to branch branch1")
+            && stderr.contains("authentication failed"),
+        "{stderr}"
+    );
+}
