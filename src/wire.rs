@@ -387,4 +387,31 @@ mod tests {
             ));
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Whatever bytes arrive, in whatever pieces, the decoder returns frames or an error and
+        /// never panics or buffers past its limit.
+        #[test]
+        fn arbitrary_bytes_never_panic_the_decoder(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048),
+            cut in 0usize..2048,
+        ) {
+            let mut codec = FrameCodec::new(512);
+            let mut buf = BytesMut::new();
+            let (head, tail) = bytes.split_at(cut.min(bytes.len()));
+            for piece in [head, tail] {
+                buf.extend_from_slice(piece);
+                loop {
+                    match codec.decode(&mut buf) {
+                        Ok(Some(_)) => continue,
+                        Ok(None) => break,
+                        Err(_) => return Ok(()),
+                    }
+                }
+            }
+            let _ = codec.decode_eof(&mut buf);
+        }
+    }
 }
