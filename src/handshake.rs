@@ -70,11 +70,61 @@ async fn read_frame(reader: &mut FrameReader, deadline: Duration) -> Result<Body
     }
 }
 
+/// The accepting side's two steps: send `welcome`, then read an `Auth` whose proof `valid`
+/// accepts.
+async fn welcome_then_check(
+    mut reader: FrameReader,
+    mut writer: OwnedWriteHalf,
+    welcome: pb::Welcome,
+    deadline: Duration,
+    valid: impl FnOnce(&[u8]) -> bool,
+) -> Result<Authenticated, HandshakeError> {
+    write_frame(&mut writer, Body::Welcome(welcome)).await?;
+    match read_frame(&mut reader, deadline).await? {
+        Body::Auth(pb::Auth { proof }) if valid(&proof) => Ok(Authenticated { reader, writer }),
+        Body::Auth(_) => Err(HandshakeError::BadProof),
+        other => Err(HandshakeError::Unexpected {
+            expected: "Auth",
+            got: wire::body_kind(&other),
+        }),
+    }
+}
+
+/// The connecting side's steps: send `first`, read the `Welcome`, check its proof with `valid`,
+/// answer with the proof `answer` makes from the Welcome's nonce.
+async fn hello_then_prove(
+    stream: TcpStream,
+    first: Body,
+    max_frame: usize,
+    deadline: Duration,
+    valid: impl FnOnce(&[u8]) -> bool,
+    answer: impl FnOnce(&[u8]) -> Vec<u8>,
+) -> Result<(Authenticated, pb::Welcome), HandshakeError> {
+    let (read_half, mut writer) = stream.into_split();
+    let mut reader = FramedRead::new(read_half, FrameCodec::new(max_frame));
+    write_frame(&mut writer, first).await?;
+    let welcome = match read_frame(&mut reader, deadline).await? {
+        Body::Welcome(welcome) => welcome,
+        other => {
+            return Err(HandshakeError::Unexpected {
+                expected: "Welcome",
+                got: wire::body_kind(&other),
+            });
+        }
+    };
+    if !valid(&welcome.proof) {
+        return Err(HandshakeError::BadProof);
+    }
+    let proof = answer(&welcome.nonce);
+    write_frame(&mut writer, Body::Auth(pb::Auth { proof })).await?;
+    Ok((Authenticated { reader, writer }, welcome))
+}
+
 /// The accepting branch `me`, after reading `Hello { name: peer, nonce }`: answers with its
 /// proof and checks the dialler's.
 pub async fn accept_peer(
-    mut reader: FrameReader,
-    mut writer: OwnedWriteHalf,
+    reader: FrameReader,
+    writer: OwnedWriteHalf,
     secret: &Secret,
     me: &str,
     peer: &str,
@@ -82,26 +132,15 @@ pub async fn accept_peer(
     deadline: Duration,
 ) -> Result<Authenticated, HandshakeError> {
     let nonce = auth::nonce();
-    let proof = secret.prove(Role::Accept, dialer_nonce, me, peer);
-    write_frame(
-        &mut writer,
-        Body::Welcome(pb::Welcome {
-            nonce: nonce.clone(),
-            proof,
-            next_snapshot_id: 0,
-        }),
-    )
-    .await?;
-    match read_frame(&mut reader, deadline).await? {
-        Body::Auth(pb::Auth { proof }) if secret.verify(&proof, Role::Dial, &nonce, peer, me) => {
-            Ok(Authenticated { reader, writer })
-        }
-        Body::Auth(_) => Err(HandshakeError::BadProof),
-        other => Err(HandshakeError::Unexpected {
-            expected: "Auth",
-            got: wire::body_kind(&other),
-        }),
-    }
+    let welcome = pb::Welcome {
+        nonce: nonce.clone(),
+        proof: secret.prove(Role::Accept, dialer_nonce, me, peer),
+        next_snapshot_id: 0,
+    };
+    welcome_then_check(reader, writer, welcome, deadline, |proof| {
+        secret.verify(proof, Role::Dial, &nonce, peer, me)
+    })
+    .await
 }
 
 /// The dialling branch `me`, on a fresh connection to `peer`: sends `Hello`, checks the
@@ -115,39 +154,28 @@ pub async fn dial_peer(
     max_frame: usize,
     deadline: Duration,
 ) -> Result<Authenticated, HandshakeError> {
-    let (read_half, mut writer) = stream.into_split();
-    let mut reader = FramedRead::new(read_half, FrameCodec::new(max_frame));
     let nonce = auth::nonce();
-    write_frame(
-        &mut writer,
-        Body::Hello(pb::Hello {
-            name: me.to_string(),
-            nonce: nonce.clone(),
-        }),
+    let hello = Body::Hello(pb::Hello {
+        name: me.to_string(),
+        nonce: nonce.clone(),
+    });
+    let (authenticated, _) = hello_then_prove(
+        stream,
+        hello,
+        max_frame,
+        deadline,
+        |proof| secret.verify(proof, Role::Accept, &nonce, peer, me),
+        |their_nonce| secret.prove(Role::Dial, their_nonce, me, peer),
     )
     .await?;
-    let welcome = match read_frame(&mut reader, deadline).await? {
-        Body::Welcome(welcome) => welcome,
-        other => {
-            return Err(HandshakeError::Unexpected {
-                expected: "Welcome",
-                got: wire::body_kind(&other),
-            });
-        }
-    };
-    if !secret.verify(&welcome.proof, Role::Accept, &nonce, peer, me) {
-        return Err(HandshakeError::BadProof);
-    }
-    let proof = secret.prove(Role::Dial, &welcome.nonce, me, peer);
-    write_frame(&mut writer, Body::Auth(pb::Auth { proof })).await?;
-    Ok(Authenticated { reader, writer })
+    Ok(authenticated)
 }
 
 /// The branch `me`, after reading `ControllerHello { nonce }`: answers with its proof and the
 /// first free snapshot id, and checks the controller's proof.
 pub async fn accept_controller(
-    mut reader: FrameReader,
-    mut writer: OwnedWriteHalf,
+    reader: FrameReader,
+    writer: OwnedWriteHalf,
     secret: &Secret,
     me: &str,
     controller_nonce: &[u8],
@@ -155,28 +183,15 @@ pub async fn accept_controller(
     deadline: Duration,
 ) -> Result<Authenticated, HandshakeError> {
     let nonce = auth::nonce();
-    let proof = secret.prove(Role::Branch, controller_nonce, me, "");
-    write_frame(
-        &mut writer,
-        Body::Welcome(pb::Welcome {
-            nonce: nonce.clone(),
-            proof,
-            next_snapshot_id,
-        }),
-    )
-    .await?;
-    match read_frame(&mut reader, deadline).await? {
-        Body::Auth(pb::Auth { proof })
-            if secret.verify(&proof, Role::Controller, &nonce, me, "") =>
-        {
-            Ok(Authenticated { reader, writer })
-        }
-        Body::Auth(_) => Err(HandshakeError::BadProof),
-        other => Err(HandshakeError::Unexpected {
-            expected: "Auth",
-            got: wire::body_kind(&other),
-        }),
-    }
+    let welcome = pb::Welcome {
+        nonce: nonce.clone(),
+        proof: secret.prove(Role::Branch, controller_nonce, me, ""),
+        next_snapshot_id,
+    };
+    welcome_then_check(reader, writer, welcome, deadline, |proof| {
+        secret.verify(proof, Role::Controller, &nonce, me, "")
+    })
+    .await
 }
 
 /// A controller attaching to the running branch `branch`: proves the secret, checks the
@@ -188,29 +203,18 @@ pub async fn attach_to_branch(
     max_frame: usize,
     deadline: Duration,
 ) -> Result<(Authenticated, u32), HandshakeError> {
-    let (read_half, mut writer) = stream.into_split();
-    let mut reader = FramedRead::new(read_half, FrameCodec::new(max_frame));
     let nonce = auth::nonce();
-    write_frame(
-        &mut writer,
-        Body::ControllerHello(pb::ControllerHello {
-            nonce: nonce.clone(),
-        }),
+    let hello = Body::ControllerHello(pb::ControllerHello {
+        nonce: nonce.clone(),
+    });
+    let (authenticated, welcome) = hello_then_prove(
+        stream,
+        hello,
+        max_frame,
+        deadline,
+        |proof| secret.verify(proof, Role::Branch, &nonce, branch, ""),
+        |their_nonce| secret.prove(Role::Controller, their_nonce, branch, ""),
     )
     .await?;
-    let welcome = match read_frame(&mut reader, deadline).await? {
-        Body::Welcome(welcome) => welcome,
-        other => {
-            return Err(HandshakeError::Unexpected {
-                expected: "Welcome",
-                got: wire::body_kind(&other),
-            });
-        }
-    };
-    if !secret.verify(&welcome.proof, Role::Branch, &nonce, branch, "") {
-        return Err(HandshakeError::BadProof);
-    }
-    let proof = secret.prove(Role::Controller, &welcome.nonce, branch, "");
-    write_frame(&mut writer, Body::Auth(pb::Auth { proof })).await?;
-    Ok((Authenticated { reader, writer }, welcome.next_snapshot_id))
+    Ok((authenticated, welcome.next_snapshot_id))
 }

@@ -30,6 +30,18 @@ pub fn free_ports(count: usize) -> std::io::Result<Vec<u16>> {
         .collect()
 }
 
+/// The directory of the running executable, where cargo also puts the sibling `branch` and
+/// `controller` binaries that `./demo` and `./bench` start.
+pub fn binary_dir() -> std::io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    exe.parent().map(Path::to_path_buf).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{} has no parent directory", exe.display()),
+        )
+    })
+}
+
 /// Runs `command` to completion with its output captured, killing it if it is still running
 /// after `limit`: a hung process fails the caller instead of hanging it.
 pub fn output_within(command: &mut Command, limit: Duration) -> std::io::Result<Output> {

@@ -1,28 +1,19 @@
 //! Bad input gets a one-line error naming the problem, and loses nothing.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
+
+use common::RunLimited;
 use std::time::Duration;
 
 use snapbank::local_bank::LocalBank;
 
 const BRANCH: &str = env!("CARGO_BIN_EXE_branch");
 const CONTROLLER: &str = env!("CARGO_BIN_EXE_controller");
-
-/// Runs a command to completion within a minute, so a hung process fails the test instead of
-/// hanging the suite.
-trait RunLimited {
-    fn run_limited(&mut self) -> std::process::Output;
-}
-
-impl RunLimited for Command {
-    fn run_limited(&mut self) -> std::process::Output {
-        snapbank::local_bank::output_within(self, std::time::Duration::from_secs(60))
-            .expect("the command finishes within 60 s")
-    }
-}
 
 /// Writes `text` to a fresh file and returns its path.
 fn branches_file(tag: &str, text: &str) -> PathBuf {

@@ -1,25 +1,16 @@
 //! The real `branch` and `controller` binaries, as a user runs them.
 
+mod common;
+
 use std::process::{Command, Output};
+
+use common::RunLimited;
 use std::time::Duration;
 
 use snapbank::local_bank::LocalBank;
 
 const BRANCH: &str = env!("CARGO_BIN_EXE_branch");
 const CONTROLLER: &str = env!("CARGO_BIN_EXE_controller");
-
-/// Runs a command to completion within a minute, so a hung process fails the test instead of
-/// hanging the suite.
-trait RunLimited {
-    fn run_limited(&mut self) -> std::process::Output;
-}
-
-impl RunLimited for Command {
-    fn run_limited(&mut self) -> std::process::Output {
-        snapbank::local_bank::output_within(self, std::time::Duration::from_secs(60))
-            .expect("the command finishes within 60 s")
-    }
-}
 
 fn fast_bank(count: usize) -> LocalBank {
     let args = ["--max-interval-ms", "1"].map(String::from);

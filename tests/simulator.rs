@@ -3,27 +3,18 @@
 //! produce snapshots the consistent-cut checker proves, while the checker rejects every
 //! corruption of them.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use common::RunLimited;
 
 use proptest::prelude::*;
 use snapbank::core::{Audit, SnapshotId};
 use snapbank::sim::{Delays, Event, RunOptions, Simulator, Topology, run_scenario};
 
 const SIM: &str = env!("CARGO_BIN_EXE_snapbank-sim");
-
-/// Runs a command to completion within a minute, so a hung process fails the test instead of
-/// hanging the suite.
-trait RunLimited {
-    fn run_limited(&mut self) -> std::process::Output;
-}
-
-impl RunLimited for Command {
-    fn run_limited(&mut self) -> std::process::Output {
-        snapbank::local_bank::output_within(self, std::time::Duration::from_secs(60))
-            .expect("the command finishes within 60 s")
-    }
-}
 
 fn scenarios_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios")

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use snapbank::auth::Secret;
 use snapbank::branch::{BranchConfig, start_branch};
 
 /// One branch of a snapbank bank. It waits for the controller's InitBranch, connects to the
@@ -55,14 +56,9 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let secret = match args
-        .secret_file
-        .as_deref()
-        .map(snapbank::auth::Secret::load)
-    {
-        None => None,
-        Some(Ok(secret)) => Some(secret),
-        Some(Err(err)) => {
+    let secret = match args.secret_file.as_deref().map(Secret::load).transpose() {
+        Ok(secret) => secret,
+        Err(err) => {
             eprintln!("error: {err}");
             return ExitCode::from(2);
         }

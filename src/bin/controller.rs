@@ -11,6 +11,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use snapbank::auth::Secret;
 use snapbank::config::load_branches;
 use snapbank::controller::{ControllerConfig, ControllerError, SnapshotReport, run_controller};
 
@@ -75,14 +76,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let secret = match args
-        .secret_file
-        .as_deref()
-        .map(snapbank::auth::Secret::load)
-    {
-        None => None,
-        Some(Ok(secret)) => Some(secret),
-        Some(Err(err)) => {
+    let secret = match args.secret_file.as_deref().map(Secret::load).transpose() {
+        Ok(secret) => secret,
+        Err(err) => {
             eprintln!("error: {err}");
             return ExitCode::from(2);
         }

@@ -591,8 +591,8 @@ fn main() -> ExitCode {
         eprintln!("error: {err}");
         return ExitCode::from(2);
     }
-    let bin_dir = match std::env::current_exe() {
-        Ok(exe) => exe.parent().map(PathBuf::from).unwrap_or_default(),
+    let bin_dir = match snapbank::local_bank::binary_dir() {
+        Ok(dir) => dir,
         Err(err) => {
             eprintln!("error: cannot locate the snapbank binaries: {err}");
             return ExitCode::FAILURE;

@@ -2,7 +2,6 @@
 //! loopback ports with fast transfers, runs the controller against it with its reports on
 //! stdout, and stops everything it started on Ctrl-C, SIGTERM or when the controller exits.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -42,8 +41,8 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let bin_dir = match std::env::current_exe() {
-        Ok(exe) => exe.parent().map(PathBuf::from).unwrap_or_default(),
+    let bin_dir = match snapbank::local_bank::binary_dir() {
+        Ok(dir) => dir,
         Err(err) => {
             eprintln!("error: cannot locate the snapbank binaries: {err}");
             return ExitCode::FAILURE;

@@ -122,3 +122,16 @@ pub fn write_frame(stream: &mut TcpStream, body: Body) -> std::io::Result<()> {
     wire::encode_frame(body, &mut bytes);
     stream.write_all(&bytes)
 }
+
+/// Runs a command to completion within a minute, so a hung process fails the test instead of
+/// hanging the suite.
+pub trait RunLimited {
+    fn run_limited(&mut self) -> std::process::Output;
+}
+
+impl RunLimited for std::process::Command {
+    fn run_limited(&mut self) -> std::process::Output {
+        snapbank::local_bank::output_within(self, Duration::from_secs(60))
+            .expect("the command finishes within 60 s")
+    }
+}
