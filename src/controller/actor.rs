@@ -28,6 +28,18 @@ use crate::wire::{self, Body, FrameError, pb};
 /// original-schema branch ignores `wait_ms`).
 const RETRY_PAUSE: Duration = Duration::from_millis(5);
 
+/// How long before the retrieve deadline a branch is asked to answer, at most: a branch still
+/// recording then says so in time, and the report can tell "still waiting for a marker" (the
+/// branch answered) from "did not answer" (the branch is gone or cut off).
+fn answer_margin(timeout: Duration) -> Duration {
+    (timeout / 10).min(Duration::from_millis(250))
+}
+
+/// The `wait_ms` to send when `left` remains before the deadline.
+fn wait_ms(left: Duration, margin: Duration) -> u32 {
+    u32::try_from(left.saturating_sub(margin).as_millis()).unwrap_or(u32::MAX)
+}
+
 /// Something that happened on one branch connection.
 enum LinkEvent {
     Frame(usize, Result<pb::BranchMessage, FrameError>),
@@ -212,7 +224,7 @@ impl ControllerActor {
             self.links[initiator]
                 .outbox
                 .push(Body::InitSnapshot(pb::InitSnapshot { snapshot_id: id }));
-            let wait_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+            let wait_ms = wait_ms(timeout, answer_margin(timeout));
             for index in live {
                 self.request_record(index, id, wait_ms);
             }
@@ -265,10 +277,10 @@ impl ControllerActor {
                 Ok(pb::SnapshotStatus::Complete) => Some(Ok(local)),
                 Ok(pb::SnapshotStatus::Recording) => {
                     let left = snapshot.deadline.saturating_duration_since(Instant::now());
-                    if left > RETRY_PAUSE {
+                    let margin = answer_margin(self.config.retrieve_timeout);
+                    if left > margin + RETRY_PAUSE {
                         ctx.run_later(RETRY_PAUSE, move |controller, _ctx| {
-                            let wait = left.saturating_sub(RETRY_PAUSE).as_millis();
-                            let wait_ms = u32::try_from(wait).unwrap_or(u32::MAX);
+                            let wait_ms = wait_ms(left.saturating_sub(RETRY_PAUSE), margin);
                             if controller.in_flight.contains_key(&id) {
                                 controller.request_record(index, id, wait_ms);
                             }
