@@ -9,7 +9,10 @@
 //! - [`handshake`]: the peer and controller handshakes as async steps over a connection.
 //! - [`config`]: the branches file (`<name> <ip> <port>` lines), parsed and validated.
 //! - [`core`]: the algorithm with no I/O. [`core::BranchCore`] applies transfers and markers to a
-//!   ledger and returns effects; [`core::SnapshotRecord`] is one branch's part of a snapshot.
+//!   ledger and returns effects; [`core::SnapshotRecord`] is one branch's part of a snapshot;
+//!   [`core::Audit`] proves (or refutes) that a snapshot is a consistent cut.
+//! - [`sim`]: a deterministic simulator running `BranchCore`s on a simulated network of FIFO
+//!   links, behind `snapbank-sim` and the randomized search in the tests.
 //! - [`outbox`]: the write half of every connection: frames appended to a buffer that a writer
 //!   task drains in batches, so a burst of messages costs one system call.
 //! - [`branch`]: a live branch: `BranchActor` owns the core, one `PeerConnection` actor per TCP
@@ -19,7 +22,7 @@
 //!   records and turns them into [`controller::SnapshotReport`]s.
 //! - [`local_bank`]: starts real `branch` processes on free loopback ports and kills them on drop;
 //!   used by `./demo` and the end-to-end tests.
-//! - [`bench`]: the pure half of `./bench`: latency percentiles, transfer rates from snapshot
+//! - [`mod@bench`]: the pure half of `./bench`: latency percentiles, transfer rates from snapshot
 //!   counters, `/proc` figures, and the sweep's CSV and SVG files.
 
 pub mod auth;

@@ -15,8 +15,8 @@ use snapbank::auth::Secret;
 use snapbank::config::load_branches;
 use snapbank::controller::{ControllerConfig, ControllerError, SnapshotReport, run_controller};
 
-/// The controller of a snapbank bank: splits <total> among the branches listed in
-/// <branches-file>, then takes a Chandy-Lamport snapshot every --interval-ms and prints it.
+/// The controller of a snapbank bank: splits TOTAL among the branches listed in
+/// BRANCHES_FILE, then takes a Chandy-Lamport snapshot every --interval-ms and prints it.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {

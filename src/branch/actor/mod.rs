@@ -7,7 +7,7 @@
 //! for, generates random transfers, and routes the core's effects: markers to outboxes, record
 //! updates to the snapshot's [`SnapshotRecorder`]. It contains no algorithm of its own.
 //!
-//! [`admission`] holds the connection side: what a new connection's first frame makes it, the
+//! The `admission` submodule holds the connection side: what a new connection's first frame makes it, the
 //! handshakes, parking before `InitBranch`, dialling, and shutting down.
 
 mod admission;
