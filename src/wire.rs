@@ -230,6 +230,8 @@ pub fn local_snapshot(
                 received_amount: received.amount,
                 in_transit_seq: in_transit.clone().map(|t| t.seq).collect(),
                 in_transit_amount: in_transit.map(|t| to_wire_amount(t.amount)).collect(),
+                sent_digest: sent.digest,
+                received_digest: received.digest,
             }
         })
         .collect();

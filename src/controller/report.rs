@@ -312,10 +312,12 @@ fn cut_evidence(branches: &[BranchState], expected_total: u64) -> Option<CutEvid
                         sent: ChannelCount {
                             count: sent.sent_count,
                             amount: sent.sent_amount,
+                            digest: sent.sent_digest,
                         },
                         received: ChannelCount {
                             count: received.received_count,
                             amount: received.received_amount,
+                            digest: received.received_digest,
                         },
                         in_transit: received
                             .in_transit_seq
@@ -384,6 +386,10 @@ mod tests {
     /// Records with counters for a 3-branch bank where branch1 sent transfer #1 (10) to
     /// branch2, which had not received it at its cut; nothing else moved. Total 3010.
     fn audited() -> Vec<Result<LocalSnapshot, String>> {
+        let digest = |(count, amount): (u64, u64)| match count {
+            0 => 0,
+            _ => ChannelCount::default().after(amount).digest,
+        };
         let audit = |peer: &str, sent: (u64, u64), received: (u64, u64), transit: &[(u64, u32)]| {
             ChannelAudit {
                 peer: peer.into(),
@@ -393,6 +399,9 @@ mod tests {
                 received_amount: received.1,
                 in_transit_seq: transit.iter().map(|t| t.0).collect(),
                 in_transit_amount: transit.iter().map(|t| t.1).collect(),
+                // At most one transfer per channel in this bank: its digest, or none.
+                sent_digest: digest(sent),
+                received_digest: digest(received),
             }
         };
         let record = |name: &str, balance, state: &[u32], channels| {

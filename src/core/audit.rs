@@ -9,7 +9,9 @@
 //!   in amount; otherwise `j` received before its cut a transfer that `i` sent after its own.
 //! - **exact in-transit record** ([`Rule::InTransitSequence`], [`Rule::InTransitAmount`]):
 //!   the transfers `j` recorded in transit are exactly numbers `R+1 ..= S`, in order, and their
-//!   amounts add up to what `i` sent in that range.
+//!   amounts are the ones `i` sent: they add up to what `i` sent in that range, and `j`'s digest
+//!   at its cut extended by them equals `i`'s digest at its cut (see
+//!   [`super::branch::chain_digest`]).
 //! - **consistent channel sum** ([`Rule::ChannelSum`]): the channel's reported money in transit
 //!   is the sum of the transfers listed.
 //! - **conservation**: balances plus money in transit equal the bank's total.
@@ -19,7 +21,7 @@
 
 use std::fmt;
 
-use super::ChannelCount;
+use super::{ChannelCount, chain_digest};
 
 /// What the two ends of one directed channel recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,11 +229,23 @@ fn check_channel(
             ));
         }
         let sent_after = sent.amount - received.amount;
+        let folded = in_transit
+            .iter()
+            .fold(received.digest, |digest, &(seq, amount)| {
+                chain_digest(digest, seq, amount)
+            });
         if listed_amount != sent_after {
             broken.push((
                 Rule::InTransitAmount,
                 format!(
                     "recorded {listed_amount} in transit, but {from} sent {sent_after} before its cut that {to} received after its own"
+                ),
+            ));
+        } else if in_order && folded != sent.digest {
+            broken.push((
+                Rule::InTransitAmount,
+                format!(
+                    "the amounts recorded in transit add up to {listed_amount}, but are not, one by one, the amounts {from} sent"
                 ),
             ));
         }
@@ -276,8 +290,13 @@ fn describe_range(range: std::ops::RangeInclusive<u64>) -> String {
 mod tests {
     use super::*;
 
-    fn count(count: u64, amount: u64) -> ChannelCount {
-        ChannelCount { count, amount }
+    /// The counts after transfers of `amounts`, in order.
+    fn after(amounts: &[u64]) -> ChannelCount {
+        amounts
+            .iter()
+            .fold(ChannelCount::default(), |count, &amount| {
+                count.after(amount)
+            })
     }
 
     /// Two branches, a and b; a->b has transfer #3 (5) in transit, b->a is quiet. Total 100.
@@ -291,8 +310,8 @@ mod tests {
                     to: 1,
                     recorded_sum: 5,
                     counters: Some(ChannelCounters {
-                        sent: count(3, 12),
-                        received: count(2, 7),
+                        sent: after(&[4, 3, 5]),
+                        received: after(&[4, 3]),
                         in_transit: vec![(3, 5)],
                     }),
                 },
@@ -301,8 +320,8 @@ mod tests {
                     to: 0,
                     recorded_sum: 0,
                     counters: Some(ChannelCounters {
-                        sent: count(1, 4),
-                        received: count(1, 4),
+                        sent: after(&[4]),
+                        received: after(&[4]),
                         in_transit: vec![],
                     }),
                 },
@@ -372,8 +391,8 @@ mod tests {
         // own 5 to a is counted neither as sent before b's cut nor in transit. Sum: 100, fine.
         let mut evidence = honest();
         evidence.channels[0].counters = Some(ChannelCounters {
-            sent: count(3, 12),
-            received: count(4, 17),
+            sent: after(&[4, 3, 5]),
+            received: after(&[4, 3, 5, 5]),
             in_transit: vec![],
         });
         evidence.channels[0].recorded_sum = 0;
@@ -390,6 +409,26 @@ mod tests {
                 .detail
                 .contains("b had received 4 transfers (17)")
         );
+    }
+
+    #[test]
+    fn amounts_that_add_up_but_differ_one_by_one_are_caught() {
+        // a sent #3 (5) and #4 (1) after b's cut; b records #3 (3) and #4 (3): same sum.
+        let mut evidence = honest();
+        let channel = &mut evidence.channels[0];
+        let counters = channel.counters.as_mut().unwrap();
+        counters.sent = after(&[4, 3, 5, 1]);
+        counters.in_transit = vec![(3, 3), (4, 3)];
+        channel.recorded_sum = 6;
+        evidence.balances[0] -= 1;
+        let audit = Audit::check(&evidence);
+        assert!(audit.sums_to_total(), "{audit:?}");
+        assert_eq!(rules(&audit), vec![("a->b".into(), Rule::InTransitAmount)]);
+        assert!(audit.violations[0].detail.contains("not, one by one"));
+        // The honest version of the same channel passes.
+        let counters = evidence.channels[0].counters.as_mut().unwrap();
+        counters.in_transit = vec![(3, 5), (4, 1)];
+        assert!(Audit::check(&evidence).is_proven());
     }
 
     #[test]

@@ -38,13 +38,34 @@ pub struct ChannelCount {
     pub count: u64,
     /// Their total amount.
     pub amount: u64,
+    /// A digest chained over every `(sequence number, amount)` so far, in order: if the
+    /// receiver's digest extended by the transfers it found in transit equals the sender's, those
+    /// transfers carried exactly the amounts sent, one by one (not just the same sum).
+    pub digest: u64,
 }
 
 impl ChannelCount {
-    fn add(&mut self, amount: u64) {
-        self.count += 1;
-        self.amount = self.amount.saturating_add(amount);
+    /// The counts after one more transfer of `amount`.
+    pub fn after(self, amount: u64) -> Self {
+        let count = self.count + 1;
+        Self {
+            count,
+            amount: self.amount.saturating_add(amount),
+            digest: chain_digest(self.digest, count, amount),
+        }
     }
+}
+
+/// One step of [`ChannelCount::digest`]: folds transfer number `seq` of `amount` into `digest`.
+/// A fixed, documented mix (splitmix64's finaliser), so other implementations can compute it; it
+/// guards against mistakes, not against a member that lies on purpose.
+pub fn chain_digest(digest: u64, seq: u64, amount: u64) -> u64 {
+    fn mix(mut x: u64) -> u64 {
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    }
+    mix(digest ^ mix(seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ amount))
 }
 
 /// Something the caller must do as a result of a message: send a marker, or update a record.
@@ -187,7 +208,7 @@ impl BranchCore {
     pub fn send_transfer(&mut self, to: Channel, amount: u64) -> Result<u64, CoreError> {
         let sent = self.sent.get_mut(to).ok_or(CoreError::UnknownChannel(to))?;
         self.ledger.withdraw(amount)?;
-        sent.add(amount);
+        *sent = sent.after(amount);
         Ok(sent.count)
     }
 
@@ -286,7 +307,7 @@ impl BranchCore {
             });
         }
         self.ledger.deposit(amount)?;
-        self.received[from].add(amount);
+        self.received[from] = self.received[from].after(amount);
         for (&id, recording) in &self.recording {
             if recording.open[from] {
                 out.push(Effect::RecordTransfer {
@@ -550,17 +571,8 @@ mod tests {
             Effect::BeginRecord {
                 id: 0,
                 balance: 96,
-                sent: vec![
-                    ChannelCount::default(),
-                    ChannelCount {
-                        count: 1,
-                        amount: 7
-                    }
-                ],
-                received: vec![ChannelCount {
-                    count: 1,
-                    amount: 3
-                }],
+                sent: vec![ChannelCount::default(), ChannelCount::default().after(7)],
+                received: vec![ChannelCount::default().after(3)],
             }
         );
         // Markers on both outgoing channels, recording on the single incoming one.

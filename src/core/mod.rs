@@ -21,7 +21,7 @@ pub mod ledger;
 pub mod record;
 
 pub use audit::{Audit, ChannelEvidence, CutEvidence, Rule, Violation};
-pub use branch::{BranchCore, Channel, ChannelCount, CoreError, Effect, SnapshotId};
+pub use branch::{BranchCore, Channel, ChannelCount, CoreError, Effect, SnapshotId, chain_digest};
 pub use id_set::IdSet;
 pub use ledger::{Ledger, split_total};
 pub use record::{InTransit, RecordBook, SnapshotRecord};
