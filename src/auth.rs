@@ -122,6 +122,22 @@ impl Secret {
         Self::from_bytes(bytes, &file)
     }
 
+    /// Whether this is the empty key of a bank without a secret.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `bytes` are this secret, compared in constant time.
+    pub fn same_as(&self, bytes: &[u8]) -> bool {
+        self.0.len() == bytes.len()
+            && self
+                .0
+                .iter()
+                .zip(bytes)
+                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+                == 0
+    }
+
     /// The raw bytes, for `InitBranch`.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0

@@ -97,7 +97,7 @@ async fn hello_then_prove(
     first: Body,
     max_frame: usize,
     deadline: Duration,
-    valid: impl FnOnce(&[u8]) -> bool,
+    valid: impl FnOnce(&pb::Welcome) -> bool,
     answer: impl FnOnce(&[u8]) -> Vec<u8>,
 ) -> Result<(Authenticated, pb::Welcome), HandshakeError> {
     let (read_half, mut writer) = stream.into_split();
@@ -112,7 +112,7 @@ async fn hello_then_prove(
             });
         }
     };
-    if !valid(&welcome.proof) {
+    if !valid(&welcome) {
         return Err(HandshakeError::BadProof);
     }
     let proof = answer(&welcome.nonce);
@@ -164,7 +164,7 @@ pub async fn dial_peer(
         hello,
         max_frame,
         deadline,
-        |proof| secret.verify(proof, Role::Accept, &nonce, peer, me),
+        |welcome| secret.verify(&welcome.proof, Role::Accept, &nonce, peer, me),
         |their_nonce| secret.prove(Role::Dial, their_nonce, me, peer),
     )
     .await?;
@@ -185,7 +185,12 @@ pub async fn accept_controller(
     let nonce = auth::nonce();
     let welcome = pb::Welcome {
         nonce: nonce.clone(),
-        proof: secret.prove(Role::Branch, controller_nonce, me, ""),
+        proof: secret.prove(
+            Role::Branch,
+            controller_nonce,
+            me,
+            &next_snapshot_id.to_string(),
+        ),
         next_snapshot_id,
     };
     welcome_then_check(reader, writer, welcome, deadline, |proof| {
@@ -207,12 +212,21 @@ pub async fn attach_to_branch(
     let hello = Body::ControllerHello(pb::ControllerHello {
         nonce: nonce.clone(),
     });
+    // The branch's proof covers the next free snapshot id it announces, so it cannot be forged.
     let (authenticated, welcome) = hello_then_prove(
         stream,
         hello,
         max_frame,
         deadline,
-        |proof| secret.verify(proof, Role::Branch, &nonce, branch, ""),
+        |welcome| {
+            secret.verify(
+                &welcome.proof,
+                Role::Branch,
+                &nonce,
+                branch,
+                &welcome.next_snapshot_id.to_string(),
+            )
+        },
         |their_nonce| secret.prove(Role::Controller, their_nonce, branch, ""),
     )
     .await?;

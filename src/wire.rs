@@ -16,6 +16,11 @@ pub mod pb {
 
 pub use pb::branch_message::BranchMessage as Body;
 
+/// Largest frame accepted from a connection that has not authenticated yet (its first frame and
+/// its handshake): enough for an `InitBranch` listing about 2000 branches, small enough that
+/// the capped number of unidentified connections cannot pin much memory.
+pub const PREAUTH_MAX_FRAME_BYTES: usize = 64 * 1024;
+
 /// Largest frame accepted by default. Generous for any real bank (an `InitBranch` listing a
 /// thousand branches is ~40 KiB) while refusing a hostile length prefix before buffering it.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 20;
@@ -50,6 +55,11 @@ impl FrameCodec {
     /// A codec that refuses frames longer than `max_frame` bytes.
     pub fn new(max_frame: usize) -> Self {
         Self { max_frame }
+    }
+
+    /// Changes the limit (raised once a connection has authenticated).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
     }
 }
 

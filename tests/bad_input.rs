@@ -190,7 +190,7 @@ fn garbage_and_oversized_frames_drop_the_connection_and_the_bank_works_on() {
     let log = std::fs::read_to_string(bank.log_path("branch1")).unwrap();
     for expected in [
         "malformed length prefix",
-        "frame of 2147483648 bytes exceeds the 1048576-byte limit",
+        "frame of 2147483648 bytes exceeds the 65536-byte limit",
         "undecodable frame",
         "opened with Transfer; a connection must start with Hello, InitBranch or ControllerHello; closing",
     ] {

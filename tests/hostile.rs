@@ -248,7 +248,7 @@ fn every_attack_is_refused_and_the_bank_still_balances() {
     let log = bank_handle.log("branch1");
     for expected in [
         "malformed length prefix",
-        "exceeds the 1048576-byte limit",
+        "exceeds the 65536-byte limit",
         "first frame holds no known message",
         "opened with Transfer",
         "opened with InitSnapshot",
@@ -429,5 +429,119 @@ fn a_killed_controller_leaves_the_bank_running_and_a_new_one_attaches_with_fresh
         stderr.contains("cannot attach to branch branch1")
             && stderr.contains("authentication failed"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn a_squatter_claiming_a_peer_before_init_cannot_lock_the_real_peer_out() {
+    let secret_file = std::env::temp_dir().join(format!("snapbank-squat-{}", std::process::id()));
+    std::fs::write(&secret_file, "the bank's secret, for this test").unwrap();
+    let args = [
+        "--max-interval-ms",
+        "1",
+        "--secret-file",
+        secret_file.to_str().unwrap(),
+    ]
+    .map(String::from);
+    let bank = LocalBank::start(BRANCH.as_ref(), 2, &args).unwrap();
+    // Before the bank exists, a silent stranger claims to be branch1 towards branch2 (which
+    // branch1 dials), and holds on without ever answering the handshake.
+    let mut squatters = Vec::new();
+    for _ in 0..2 {
+        let mut tries = 0;
+        let mut stream = loop {
+            match TcpStream::connect(bank.entries()[1].addr) {
+                Ok(stream) => break stream,
+                Err(_) if tries < 200 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                Err(err) => panic!("branch2 never listened: {err}"),
+            }
+        };
+        write_frame(
+            &mut stream,
+            Body::Hello(pb::Hello {
+                name: "branch1".into(),
+                nonce: snapbank::auth::nonce(),
+            }),
+        )
+        .unwrap();
+        squatters.push(stream);
+    }
+    let mut command = Command::new(CONTROLLER);
+    command
+        .arg("2000")
+        .arg(bank.branches_file())
+        .arg("--secret-file")
+        .arg(&secret_file)
+        .args(["--snapshots", "3", "--interval-ms", "50"]);
+    let output = output_within(&mut command, Duration::from_secs(60)).unwrap();
+    std::fs::remove_file(&secret_file).unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert_eq!(
+        stdout.matches("total: 2000 (ok; consistent cut").count(),
+        3,
+        "{stdout}"
+    );
+    drop(squatters);
+}
+
+#[test]
+fn a_controller_with_a_secret_file_never_sends_the_secret() {
+    use std::io::Read;
+    use std::net::TcpListener;
+
+    // Impostors listen where the branches should be.
+    let impostors: Vec<TcpListener> = (0..2)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let file = std::env::temp_dir().join(format!("snapbank-never-{}", std::process::id()));
+    let mut text = String::new();
+    for (index, impostor) in impostors.iter().enumerate() {
+        text += &format!(
+            "b{index} 127.0.0.1 {}\n",
+            impostor.local_addr().unwrap().port()
+        );
+    }
+    std::fs::write(&file, text).unwrap();
+    let secret_file = std::env::temp_dir().join(format!("snapbank-never-s-{}", std::process::id()));
+    std::fs::write(&secret_file, "never on the wire, never ever").unwrap();
+    let mut command = Command::new(CONTROLLER);
+    command
+        .arg("100")
+        .arg(&file)
+        .arg("--secret-file")
+        .arg(&secret_file)
+        .args(["--snapshots", "1", "--connect-timeout-ms", "1500"]);
+    let controller =
+        std::thread::spawn(move || output_within(&mut command, Duration::from_secs(30)));
+    let mut seen = Vec::new();
+    for impostor in &impostors {
+        let (mut stream, _) = impostor.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut chunk = [0u8; 4096];
+        // Read whatever it sends until it gives up on us.
+        while let Ok(read) = stream.read(&mut chunk) {
+            if read == 0 {
+                break;
+            }
+            seen.extend_from_slice(&chunk[..read]);
+        }
+    }
+    let output = controller.join().unwrap().unwrap();
+    std::fs::remove_file(&file).unwrap();
+    std::fs::remove_file(&secret_file).unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot attach to branch b0"), "{stderr}");
+    assert!(!seen.is_empty(), "the controller sent its handshake");
+    let secret = b"never on the wire, never ever";
+    assert!(
+        !seen.windows(secret.len()).any(|window| window == secret),
+        "the secret went out on the wire"
     );
 }

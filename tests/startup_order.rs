@@ -160,17 +160,24 @@ fn a_controller_that_never_reads_its_answers_is_cut_off_with_memory_bounded() {
         log.contains("is not reading its answers"),
         "drained {drained} bytes; log:\n{log}"
     );
-    // The branch still serves a controller: one attaching with the bank's (empty) secret.
-    let mut first = RawController::attach(target, "branch1", &snapbank::auth::Secret::none());
+    // branch1 still works: branch2's snapshot needs branch1's marker to finish. (No controller
+    // can attach to branch1: its bank has no secret, so attaching is refused.)
     let mut second = RawController::connect(bank.entries()[1].addr);
     second.send(init(10, &bank));
     second.send(Body::InitSnapshot(pb::InitSnapshot { snapshot_id: 1 }));
     assert_eq!(
-        first.retrieve(1).status,
-        pb::SnapshotStatus::Complete as i32
-    );
-    assert_eq!(
         second.retrieve(1).status,
         pb::SnapshotStatus::Complete as i32
     );
+    let mut attach = std::net::TcpStream::connect(target).unwrap();
+    common::write_frame(
+        &mut attach,
+        Body::ControllerHello(pb::ControllerHello {
+            nonce: snapbank::auth::nonce(),
+        }),
+    )
+    .unwrap();
+    assert!(common::closed_within(&mut attach, Duration::from_secs(5)));
+    let log = std::fs::read_to_string(bank.log_path("branch1")).unwrap();
+    assert!(log.contains("controller handshake from 127.0.0.1"), "{log}");
 }

@@ -66,7 +66,9 @@ async fn read_first_frame(
         debug!("connection from {remote}: cannot set TCP_NODELAY: {err}");
     }
     let (read_half, writer) = stream.into_split();
-    let mut reader = FramedRead::new(read_half, FrameCodec::new(max_frame));
+    // Until it authenticates, a connection gets the small pre-authentication frame limit.
+    let limit = max_frame.min(crate::wire::PREAUTH_MAX_FRAME_BYTES);
+    let mut reader = FramedRead::new(read_half, FrameCodec::new(limit));
     match tokio::time::timeout(deadline, reader.next()).await {
         Err(_) => warn!(
             "connection from {remote} sent no frame within {} ms; closing",

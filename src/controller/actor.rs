@@ -167,9 +167,15 @@ impl ControllerActor {
     fn init_bank(&mut self) {
         let balances = split_total(self.config.total, self.links.len());
         let all_branches = wire::branch_list(&self.config.branches);
+        // With a --secret-file the links are authenticated and the secret stays here.
+        let secret = if self.config.secret.is_some() {
+            Vec::new()
+        } else {
+            self.secret.as_bytes().to_vec()
+        };
         for (link, balance) in self.links.iter().zip(balances) {
             link.outbox.push(Body::InitBranch(pb::InitBranch {
-                secret: self.secret.as_bytes().to_vec(),
+                secret: secret.clone(),
                 balance: wire::to_wire_amount(balance),
                 all_branches: all_branches.clone(),
             }));
@@ -371,7 +377,7 @@ impl ControllerActor {
         );
         self.finished.insert(id, report);
         while let Some(report) = self.finished.remove(&self.next_to_emit) {
-            self.next_to_emit += 1;
+            self.next_to_emit = self.next_to_emit.wrapping_add(1);
             self.summary.snapshots += 1;
             self.summary.ok += u32::from(report.is_ok());
             (self.on_report)(&report);

@@ -142,8 +142,12 @@ pub async fn run_controller(
     let streams = connect_all(&config.branches, config.connect_timeout).await?;
     let mut links = Vec::with_capacity(streams.len());
     let mut first_id = 1u32;
+    // A secret from a file is never sent: the controller proves it with the handshake (which
+    // also proves the branch is the real one) and sends InitBranch without it. Only a secret
+    // made here for a new bank travels, in InitBranch (trust on first use).
+    let authenticate = config.secret.is_some();
     for (stream, branch) in streams.into_iter().zip(&config.branches) {
-        if config.attach {
+        if authenticate {
             let (link, next_id) = handshake::attach_to_branch(
                 stream,
                 &secret,

@@ -58,7 +58,8 @@ impl RawController {
         let Body::Welcome(welcome) = controller.receive() else {
             panic!("expected Welcome");
         };
-        assert!(secret.verify(&welcome.proof, Role::Branch, &nonce, branch, ""));
+        let next_id = welcome.next_snapshot_id.to_string();
+        assert!(secret.verify(&welcome.proof, Role::Branch, &nonce, branch, &next_id));
         let proof = secret.prove(Role::Controller, &welcome.nonce, branch, "");
         controller.send(Body::Auth(pb::Auth { proof }));
         controller

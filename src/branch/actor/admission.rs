@@ -37,6 +37,22 @@ const DIAL_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Upper bound on peer connections parked before `InitBranch`.
 const MAX_PARKED_PEERS: usize = 256;
 
+/// How long a peer connection may wait for this branch's `InitBranch`. A dialler gives up
+/// waiting for its `Welcome` after `DIAL_ANSWER_TIMEOUT` and dials again, so an older parked
+/// connection is only holding resources.
+const PARK_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// Longest branch name a `Hello` may carry.
+const MAX_NAME_BYTES: usize = 255;
+
+/// Longest nonce a `Hello` or `ControllerHello` may carry.
+const MAX_NONCE_BYTES: usize = 64;
+
+/// Upper bound on peer handshakes in progress, all peers together. Not per peer: a stranger
+/// that merely claims a peer's name must not be able to lock that peer out with a few silent
+/// connections; each one ends at the handshake timeout.
+const MAX_PEER_HANDSHAKES: usize = 256;
+
 /// Upper bound on controller handshakes in progress.
 const MAX_CONTROLLER_HANDSHAKES: usize = 16;
 
@@ -50,8 +66,28 @@ impl BranchActor {
             remote,
         } = accepted;
         match first {
+            Body::Hello(pb::Hello { name, nonce })
+                if name.len() > MAX_NAME_BYTES || nonce.len() > MAX_NONCE_BYTES =>
+            {
+                warn!(
+                    "{}: connection from {remote} sent a Hello with a {}-byte name and a {}-byte nonce (at most {MAX_NAME_BYTES} and {MAX_NONCE_BYTES}); closing",
+                    self.name,
+                    name.len(),
+                    nonce.len()
+                );
+            }
+            Body::ControllerHello(pb::ControllerHello { nonce })
+                if nonce.len() > MAX_NONCE_BYTES =>
+            {
+                warn!(
+                    "{}: connection from {remote} sent a ControllerHello with a {}-byte nonce (at most {MAX_NONCE_BYTES}); closing",
+                    self.name,
+                    nonce.len()
+                );
+            }
             Body::Hello(pb::Hello { name, nonce }) => {
                 let parked = ParkedPeer {
+                    since: Instant::now(),
                     name,
                     nonce,
                     reader,
@@ -62,10 +98,13 @@ impl BranchActor {
                     self.admit_peer(parked, ctx);
                 } else if self.parked.len() < MAX_PARKED_PEERS {
                     info!(
-                        "{}: {} connected before InitBranch; holding its frames until then",
-                        self.name, parked.name
+                        "{}: {} connected before InitBranch; holding its frames until then (at most {} s)",
+                        self.name,
+                        parked.name,
+                        PARK_TIMEOUT.as_secs()
                     );
                     self.parked.push(parked);
+                    ctx.run_later(PARK_TIMEOUT, |branch, _ctx| branch.expire_parked());
                 } else {
                     warn!(
                         "{}: too many connections before InitBranch; closing the one from {remote}",
@@ -75,7 +114,7 @@ impl BranchActor {
             }
             Body::InitBranch(init) => {
                 let result = self
-                    .secret_for(&init)
+                    .secret_for(&init, false)
                     .and_then(|secret| self.init(init, secret, ctx));
                 match result {
                     Ok(()) => {
@@ -98,42 +137,51 @@ impl BranchActor {
         }
     }
 
-    /// The secret an `InitBranch` establishes, or why it cannot be accepted.
-    pub(super) fn secret_for(&self, init: &pb::InitBranch) -> Result<Secret, String> {
+    /// The secret an `InitBranch` establishes, or why it cannot be accepted. `authenticated`:
+    /// it came on a connection that completed the controller handshake.
+    pub(super) fn secret_for(
+        &self,
+        init: &pb::InitBranch,
+        authenticated: bool,
+    ) -> Result<Secret, String> {
         if self.bank.is_some() {
             return Err("this branch is already initialised".into());
         }
         let configured = self.settings.secret.as_ref();
-        if init.secret.is_empty() {
-            if configured.is_some() {
-                return Err("it carries no secret, but this branch has one (--secret-file)".into());
+        if let Some(configured) = configured {
+            // The secret is known already: only a controller that proved it may initialise.
+            if !authenticated {
+                return Err(
+                    "this branch has a --secret-file: the controller must authenticate first (start it with the same --secret-file)"
+                        .into(),
+                );
             }
+            if !init.secret.is_empty() && !configured.same_as(&init.secret) {
+                return Err("its secret differs from this branch's --secret-file".into());
+            }
+            return Ok(configured.clone());
+        }
+        if init.secret.is_empty() {
             warn!(
                 "{}: InitBranch carries no secret (an original-schema controller?): peers are NOT authenticated in this bank",
                 self.name
             );
             return Ok(Secret::none());
         }
-        let secret =
-            Secret::from_bytes(init.secret.clone(), "InitBranch").map_err(|err| err.to_string())?;
-        match configured {
-            Some(configured) if *configured != secret => {
-                Err("its secret differs from this branch's --secret-file".into())
-            }
-            _ => Ok(secret),
-        }
+        Secret::from_bytes(init.secret.clone(), "InitBranch").map_err(|err| err.to_string())
     }
 
     /// Makes an (already trusted) connection a controller connection.
     fn open_controller_link(
         &mut self,
-        reader: FrameReader,
+        mut reader: FrameReader,
         writer: OwnedWriteHalf,
         remote: SocketAddr,
         ctx: &mut Context<Self>,
     ) {
         let conn = self.new_conn_id();
         let outbox = Outbox::new();
+        reader.decoder_mut().set_max_frame(self.settings.max_frame);
         info!("{}: controller connected from {remote}", self.name);
         PeerConnection::start(
             reader,
@@ -161,9 +209,9 @@ impl BranchActor {
         remote: SocketAddr,
         ctx: &mut Context<Self>,
     ) {
-        let Some(secret) = self.secret.clone() else {
+        let Some(secret) = self.secret.clone().filter(|secret| !secret.is_empty()) else {
             warn!(
-                "{}: controller handshake from {remote} refused: this branch has no secret yet (no --secret-file and no InitBranch); closing",
+                "{}: controller handshake from {remote} refused: this branch has no secret (no --secret-file, and its InitBranch carried none); closing",
                 self.name
             );
             return;
@@ -210,6 +258,21 @@ impl BranchActor {
         );
     }
 
+    /// Drops parked connections that have waited [`PARK_TIMEOUT`].
+    fn expire_parked(&mut self) {
+        let before = self.parked.len();
+        self.parked
+            .retain(|parked| parked.since.elapsed() < PARK_TIMEOUT);
+        if self.parked.len() < before {
+            warn!(
+                "{}: closed {} peer connection(s) that waited {} s for InitBranch",
+                self.name,
+                before - self.parked.len(),
+                PARK_TIMEOUT.as_secs()
+            );
+        }
+    }
+
     /// Checks a connecting peer against the bank, then runs the peer handshake with it.
     pub(super) fn admit_peer(&mut self, parked: ParkedPeer, ctx: &mut Context<Self>) {
         let ParkedPeer {
@@ -218,6 +281,7 @@ impl BranchActor {
             reader,
             writer,
             remote,
+            ..
         } = parked;
         let (Some(bank), Some(secret)) = (self.bank.as_mut(), self.secret.clone()) else {
             return;
@@ -230,8 +294,9 @@ impl BranchActor {
             return;
         };
         let peer = &mut bank.peers[channel];
-        let expected = peer.addr.ip();
-        if remote.ip() != expected && !(remote.ip().is_loopback() && expected.is_loopback()) {
+        let expected = peer.addr.ip().to_canonical();
+        let from = remote.ip().to_canonical();
+        if from != expected && !(from.is_loopback() && expected.is_loopback()) {
             warn!(
                 "{}: connection from {remote} claims to be {name}, which is at {expected}; closing",
                 self.name
@@ -245,14 +310,23 @@ impl BranchActor {
             );
             return;
         }
-        if peer.conn.is_some() || peer.handshaking {
+        if peer.conn.is_some() {
             warn!(
                 "{}: second connection from {name} (from {remote}); closing it, the first stays",
                 self.name
             );
             return;
         }
-        peer.handshaking = true;
+        // Several handshakes may run for one peer (a connection that merely claims the name
+        // must not lock the real peer out); the first to prove the secret gets the channel.
+        if self.peer_handshakes >= MAX_PEER_HANDSHAKES {
+            warn!(
+                "{}: {MAX_PEER_HANDSHAKES} peer handshakes already in progress; closing the one from {remote} (claiming {name})",
+                self.name
+            );
+            return;
+        }
+        self.peer_handshakes += 1;
         let me = self.name.clone();
         let handshake_timeout = self.settings.handshake_timeout;
         let handshake = async move {
@@ -269,23 +343,26 @@ impl BranchActor {
         };
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(handshake).map(move |result, branch, ctx| {
+                branch.peer_handshakes -= 1;
+                let Some(peer) = branch
+                    .bank
+                    .as_mut()
+                    .and_then(|bank| bank.peers.get_mut(channel))
+                else {
+                    return;
+                };
                 match result {
+                    Ok(_) if peer.conn.is_some() => warn!(
+                        "{}: {} from {remote} proved the secret, but its channel is already connected; closing",
+                        branch.name, peer.name
+                    ),
                     Ok(authenticated) => {
                         branch.peer_connected(channel, authenticated, &remote.to_string(), ctx);
                     }
-                    Err(err) => {
-                        if let Some(peer) = branch
-                            .bank
-                            .as_mut()
-                            .and_then(|bank| bank.peers.get_mut(channel))
-                        {
-                            peer.handshaking = false;
-                            warn!(
-                                "{}: handshake with {} from {remote} failed: {err}; closing",
-                                branch.name, peer.name
-                            );
-                        }
-                    }
+                    Err(err) => warn!(
+                        "{}: handshake with {} from {remote} failed: {err}; closing",
+                        branch.name, peer.name
+                    ),
                 }
             }),
         );
@@ -295,7 +372,7 @@ impl BranchActor {
     fn peer_connected(
         &mut self,
         channel: Channel,
-        authenticated: Authenticated,
+        mut authenticated: Authenticated,
         from: &str,
         ctx: &mut Context<Self>,
     ) {
@@ -307,8 +384,11 @@ impl BranchActor {
         else {
             return;
         };
-        peer.handshaking = false;
         peer.conn = Some(conn);
+        authenticated
+            .reader
+            .decoder_mut()
+            .set_max_frame(self.settings.max_frame);
         info!(
             "{}: peer {} connected and authenticated ({from})",
             self.name, peer.name

@@ -135,6 +135,8 @@ pub struct BranchStatus {
 
 /// A peer connection that identified itself before this branch was initialised.
 struct ParkedPeer {
+    /// When it was parked: it is dropped after a while.
+    since: Instant,
     name: String,
     /// The nonce from its `Hello`, which this branch's proof must cover.
     nonce: Vec<u8>,
@@ -156,8 +158,6 @@ struct Peer {
     /// Whether this branch opens the connection (its name sorts lower), so that each pair has
     /// exactly one connection.
     we_dial: bool,
-    /// A handshake with this peer is in progress: a second connection is refused meanwhile.
-    handshaking: bool,
 }
 
 /// A controller connection and the answers owed on it.
@@ -210,6 +210,8 @@ pub struct BranchActor {
     secret: Option<Secret>,
     /// Controller handshakes in progress (capped: each holds a connection).
     controller_handshakes: usize,
+    /// Peer handshakes in progress (capped likewise).
+    peer_handshakes: usize,
     /// The highest snapshot id this branch has recorded, so an attaching controller can pick
     /// fresh ids.
     highest_snapshot: Option<SnapshotId>,
@@ -235,6 +237,7 @@ impl BranchActor {
             observed: HashMap::new(),
             secret: settings_secret,
             controller_handshakes: 0,
+            peer_handshakes: 0,
             highest_snapshot: None,
             shutting_down: false,
         }
@@ -255,7 +258,7 @@ impl BranchActor {
                 // Only reachable on an attached (authenticated) controller connection to a
                 // branch that has a --secret-file and no bank yet.
                 let result = self
-                    .secret_for(&init)
+                    .secret_for(&init, true)
                     .and_then(|secret| self.init(init, secret, ctx));
                 if let Err(reason) = result {
                     warn!("{}: InitBranch refused: {reason}", self.name);
@@ -313,7 +316,6 @@ impl BranchActor {
                 addr,
                 outbox: Outbox::new(),
                 conn: None,
-                handshaking: false,
             })
             .collect();
         info!(
@@ -494,6 +496,10 @@ impl BranchActor {
                 let peer = &mut bank.peers[channel];
                 peer.conn = None;
                 peer.outbox.mark_dead();
+                // The channel is gone: snapshots stop waiting for its marker.
+                if bank.core.lose_channel(channel, &mut self.effects).is_ok() {
+                    self.apply_effects(ctx);
+                }
             }
             Err(err) => warn!("{}: from peer {peer_name}: {err}; ignored", self.name),
         }
@@ -647,7 +653,11 @@ impl BranchActor {
         let Some(bank) = self.bank.as_ref() else {
             return;
         };
-        for peer in bank.peers.iter().filter(|peer| peer.conn.is_some()) {
+        for peer in bank
+            .peers
+            .iter()
+            .filter(|peer| peer.conn.is_some() && peer.outbox.is_open())
+        {
             let branch = ctx.address();
             peer.outbox
                 .on_drained(Box::new(move || branch.do_send(Resume(Pause::Room))));
@@ -665,7 +675,7 @@ impl BranchActor {
         let mut connected = false;
         let channel = (0..count).map(|i| (start + i) % count).find(|&c| {
             let peer = &bank.peers[c];
-            connected |= peer.conn.is_some();
+            connected |= peer.conn.is_some() && peer.outbox.is_open();
             peer.conn.is_some()
                 && peer.outbox.is_open()
                 && peer.outbox.backlog() < TRANSFER_HIGH_WATER
