@@ -57,6 +57,11 @@ impl Ledger {
 
 /// Splits `total` into `parts` integer balances that differ by at most one and sum to exactly
 /// `total`: the first `total % parts` parts get the extra unit.
+///
+/// ```
+/// assert_eq!(snapbank::core::split_total(4000, 4), vec![1000; 4]);
+/// assert_eq!(snapbank::core::split_total(10, 3), vec![4, 3, 3]);
+/// ```
 pub fn split_total(total: u64, parts: usize) -> Vec<u64> {
     if parts == 0 {
         return Vec::new();
