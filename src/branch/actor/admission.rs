@@ -20,7 +20,7 @@ use log::{error, info, warn};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 
-use super::{Accepted, BranchActor, ControllerLink, ParkedPeer, Source};
+use super::{Accepted, BranchActor, ControllerLink, ParkedPeer, Source, peer_mut};
 use crate::auth::Secret;
 use crate::branch::connection::{FrameReader, PeerConnection};
 use crate::branch::responses::ResponseQueue;
@@ -344,10 +344,7 @@ impl BranchActor {
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(handshake).map(move |result, branch, ctx| {
                 branch.peer_handshakes -= 1;
-                let Some(peer) = branch
-                    .bank
-                    .as_mut()
-                    .and_then(|bank| bank.peers.get_mut(channel))
+                let Some(peer) = peer_mut(&mut branch.bank, channel)
                 else {
                     return;
                 };
@@ -377,11 +374,7 @@ impl BranchActor {
         ctx: &mut Context<Self>,
     ) {
         let conn = self.new_conn_id();
-        let Some(peer) = self
-            .bank
-            .as_mut()
-            .and_then(|bank| bank.peers.get_mut(channel))
-        else {
+        let Some(peer) = peer_mut(&mut self.bank, channel) else {
             return;
         };
         peer.conn = Some(conn);

@@ -188,6 +188,12 @@ struct Bank {
     recorders: HashMap<SnapshotId, Addr<SnapshotRecorder>>,
 }
 
+/// Peer `channel` of `bank`, once the bank exists. A function of the field rather than a
+/// method, so that other fields of the actor stay usable while the peer is borrowed.
+fn peer_mut(bank: &mut Option<Bank>, channel: Channel) -> Option<&mut Peer> {
+    bank.as_mut().and_then(|bank| bank.peers.get_mut(channel))
+}
+
 /// The actor that owns one branch.
 pub struct BranchActor {
     name: Rc<str>,
@@ -726,11 +732,7 @@ impl Handler<ConnectionClosed> for BranchActor {
                 }
             }
             Source::Peer { channel, conn } => {
-                let Some(peer) = self
-                    .bank
-                    .as_mut()
-                    .and_then(|bank| bank.peers.get_mut(channel))
-                else {
+                let Some(peer) = peer_mut(&mut self.bank, channel) else {
                     return;
                 };
                 if peer.conn == Some(conn) {
