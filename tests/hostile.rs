@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{RawController, closed_within, write_frame};
+use common::{RawController, claim_to_be, closed_within, connect_when_listening, write_frame};
 use snapbank::auth::{Role, Secret};
 use snapbank::local_bank::{LocalBank, output_within};
 use snapbank::wire::{Body, pb};
@@ -215,26 +215,12 @@ fn every_attack_is_refused_and_the_bank_still_balances() {
     // reverse), and claims a name that is not in the bank.
     for name in ["branch2", "mallory"] {
         let mut stream = connect(target);
-        write_frame(
-            &mut stream,
-            Body::Hello(pb::Hello {
-                name: name.into(),
-                nonce: snapbank::auth::nonce(),
-            }),
-        )
-        .unwrap();
+        claim_to_be(&mut stream, name);
         assert!(closed_within(&mut stream, Duration::from_secs(5)), "{name}");
     }
     // A second connection for an existing pair: branch1 already dials branch3.
     let mut stream = connect(bank.addr(2));
-    write_frame(
-        &mut stream,
-        Body::Hello(pb::Hello {
-            name: "branch1".into(),
-            nonce: snapbank::auth::nonce(),
-        }),
-    )
-    .unwrap();
+    claim_to_be(&mut stream, "branch1");
     assert!(
         closed_within(&mut stream, Duration::from_secs(5)),
         "duplicate pair connection"
@@ -448,25 +434,8 @@ fn a_squatter_claiming_a_peer_before_init_cannot_lock_the_real_peer_out() {
     // branch1 dials), and holds on without ever answering the handshake.
     let mut squatters = Vec::new();
     for _ in 0..2 {
-        let mut tries = 0;
-        let mut stream = loop {
-            match TcpStream::connect(bank.entries()[1].addr) {
-                Ok(stream) => break stream,
-                Err(_) if tries < 200 => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(25));
-                }
-                Err(err) => panic!("branch2 never listened: {err}"),
-            }
-        };
-        write_frame(
-            &mut stream,
-            Body::Hello(pb::Hello {
-                name: "branch1".into(),
-                nonce: snapbank::auth::nonce(),
-            }),
-        )
-        .unwrap();
+        let mut stream = connect_when_listening(bank.entries()[1].addr);
+        claim_to_be(&mut stream, "branch1");
         squatters.push(stream);
     }
     let mut command = Command::new(CONTROLLER);

@@ -32,20 +32,7 @@ impl RawController {
     }
 
     pub fn connect(addr: SocketAddr) -> Self {
-        for _ in 0..200 {
-            if let Ok(stream) = TcpStream::connect(addr) {
-                stream
-                    .set_read_timeout(Some(Duration::from_secs(10)))
-                    .unwrap();
-                return Self {
-                    stream,
-                    codec: FrameCodec::default(),
-                    buffer: BytesMut::new(),
-                };
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("branch at {addr} never listened");
+        Self::from_stream(connect_when_listening(addr))
     }
 
     /// Runs the controller handshake with `secret`, as an attaching controller does.
@@ -135,4 +122,27 @@ impl RunLimited for std::process::Command {
         snapbank::local_bank::output_within(self, Duration::from_secs(60))
             .expect("the command finishes within 60 s")
     }
+}
+
+/// Connects to `addr`, retrying for up to 5 s while the branch starts listening.
+pub fn connect_when_listening(addr: SocketAddr) -> TcpStream {
+    for _ in 0..200 {
+        if let Ok(stream) = TcpStream::connect(addr) {
+            return stream;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("branch at {addr} never listened");
+}
+
+/// Sends a `Hello` claiming to be branch `name`, with a fresh nonce.
+pub fn claim_to_be(stream: &mut TcpStream, name: &str) {
+    write_frame(
+        stream,
+        Body::Hello(pb::Hello {
+            name: name.into(),
+            nonce: snapbank::auth::nonce(),
+        }),
+    )
+    .unwrap();
 }
