@@ -54,7 +54,11 @@ impl Pair {
                 .send_transfer(0, 1)
                 .expect("the sender has plenty");
             encode_frame(
-                Body::Transfer(pb::Transfer { money: 1, seq }),
+                Body::Transfer(pb::Transfer {
+                    money: 1,
+                    seq,
+                    pos: seq,
+                }),
                 &mut self.encoded,
             );
         }

@@ -8,6 +8,50 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
+/// Longest branch name, in bytes, everywhere a name enters the bank: the branches file, the
+/// `branch` command line, `InitBranch` and the peer handshake all apply this one limit, so a
+/// name accepted at one door is never refused at another.
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// Why `name` cannot be a branch name, if it cannot: empty, longer than [`MAX_NAME_BYTES`], or
+/// holding whitespace or control characters (the branches file separates fields by
+/// whitespace).
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("a branch name cannot be empty".into());
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "branch name of {} bytes is longer than the {MAX_NAME_BYTES}-byte limit",
+            name.len()
+        ));
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "branch name {name:?} holds whitespace or control characters"
+        ));
+    }
+    Ok(())
+}
+
+/// Why `ip` cannot be a branch's address, if it cannot: an unspecified address (`0.0.0.0`,
+/// `::`) or a multicast or broadcast one names no single host that peers could dial and check.
+pub fn check_address(ip: IpAddr) -> Result<(), String> {
+    let ip = ip.to_canonical();
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    if ip.is_unspecified() {
+        Err(format!(
+            "{ip} is the unspecified address (listen-on-all), not one peers can dial: give the branch's own address"
+        ))
+    } else if ip.is_multicast() || broadcast {
+        Err(format!(
+            "{ip} is a multicast or broadcast address, not one branch's address"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// One branch as the controller knows it: where to reach it and what to call it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BranchEntry {
@@ -74,9 +118,11 @@ pub fn parse_branches(file: &str, text: &str) -> Result<Vec<BranchEntry>, Config
                 ),
             ));
         };
+        check_name(name).map_err(|reason| error(Some(number), reason))?;
         let ip: IpAddr = ip
             .parse()
             .map_err(|_| error(Some(number), format!("{ip:?} is not an IP address")))?;
+        check_address(ip).map_err(|reason| error(Some(number), reason))?;
         let port: u16 = match port.parse::<u16>() {
             Ok(port) if port != 0 => port,
             _ => {
@@ -93,7 +139,8 @@ pub fn parse_branches(file: &str, text: &str) -> Result<Vec<BranchEntry>, Config
                 format!("duplicate branch name {name:?}"),
             ));
         }
-        if !addrs.insert(addr) {
+        // 127.0.0.1 and ::ffff:127.0.0.1 are one address.
+        if !addrs.insert(SocketAddr::new(ip.to_canonical(), port)) {
             return Err(error(Some(number), format!("duplicate address {addr}")));
         }
         branches.push(BranchEntry {
@@ -172,5 +219,36 @@ mod tests {
             err.to_string()
                 .starts_with("/nonexistent/branches.txt: cannot read")
         );
+    }
+
+    #[test]
+    fn names_over_the_limit_or_with_blanks_are_refused() {
+        let long = "b".repeat(MAX_NAME_BYTES + 1);
+        let text = format!("{long} 127.0.0.1 1\nb 127.0.0.1 2\n");
+        let (line, reason) = reason_at(&text);
+        assert_eq!(line, Some(1));
+        assert!(reason.contains("256 bytes"), "{reason}");
+        assert!(check_name(&"b".repeat(MAX_NAME_BYTES)).is_ok());
+        assert!(check_name("a\u{7}b").is_err());
+        assert!(check_name("").is_err());
+    }
+
+    #[test]
+    fn an_ipv4_mapped_address_is_the_same_address() {
+        let (line, reason) = reason_at("a 127.0.0.1 9000\nb ::ffff:127.0.0.1 9000\n");
+        assert_eq!(line, Some(2));
+        assert!(reason.contains("duplicate address"), "{reason}");
+    }
+
+    #[test]
+    fn unspecified_multicast_and_broadcast_addresses_are_refused() {
+        for ip in ["0.0.0.0", "::", "224.0.0.1", "255.255.255.255", "ff02::1"] {
+            let (line, reason) = reason_at(&format!("a {ip} 9000\nb 127.0.0.1 9001\n"));
+            assert_eq!(line, Some(1), "{ip}");
+            assert!(
+                reason.contains("unspecified") || reason.contains("multicast"),
+                "{ip}: {reason}"
+            );
+        }
     }
 }

@@ -34,6 +34,8 @@ pub enum HandshakeError {
     BadProof,
     #[error("i/o: {0}")]
     Io(String),
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 /// A connection after a successful handshake.
@@ -64,6 +66,9 @@ async fn read_frame(reader: &mut FrameReader, deadline: Duration) -> Result<Body
             expected: "a handshake frame",
             got: "an unknown message",
         }),
+        Ok(Some(Ok(pb::BranchMessage {
+            branch_message: Some(Body::Refusal(pb::Refusal { reason })),
+        }))) => Err(HandshakeError::Refused(reason)),
         Ok(Some(Ok(pb::BranchMessage {
             branch_message: Some(body),
         }))) => Ok(body),
@@ -145,12 +150,14 @@ pub async fn accept_peer(
 
 /// The dialling branch `me`, on a fresh connection to `peer`: sends `Hello`, checks the
 /// acceptor's proof, answers with its own. `deadline` covers the acceptor's answer, which may
-/// take as long as the acceptor's own `InitBranch` takes to arrive.
+/// take as long as the acceptor's own `InitBranch` takes to arrive. `known_incarnation` is the
+/// acceptor's incarnation this branch last exchanged frames with (0: none yet).
 pub async fn dial_peer(
     stream: TcpStream,
     secret: &Secret,
     me: &str,
     peer: &str,
+    known_incarnation: u64,
     max_frame: usize,
     deadline: Duration,
 ) -> Result<Authenticated, HandshakeError> {
@@ -158,6 +165,7 @@ pub async fn dial_peer(
     let hello = Body::Hello(pb::Hello {
         name: me.to_string(),
         nonce: nonce.clone(),
+        known_incarnation,
     });
     let (authenticated, _) = hello_then_prove(
         stream,

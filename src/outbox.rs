@@ -197,7 +197,11 @@ mod tests {
     async fn frames_pushed_before_the_writer_starts_go_out_first_and_in_order() {
         let outbox = Outbox::new();
         for money in 1..=3 {
-            assert!(outbox.push(Body::Transfer(pb::Transfer { money, seq: 0 })));
+            assert!(outbox.push(Body::Transfer(pb::Transfer {
+                money,
+                seq: 0,
+                pos: 0
+            })));
         }
         assert!(outbox.backlog() > 0);
         let (client, server) = tokio::io::duplex(64);
@@ -206,9 +210,15 @@ mod tests {
         writer
             .run_until(async move {
                 let task = tokio::task::spawn_local(write_loop(outbox.clone(), client));
-                sender.push(Body::Marker(pb::Marker { snapshot_id: 9 }));
+                sender.push(Body::Marker(pb::Marker {
+                    snapshot_id: 9,
+                    pos: 0,
+                }));
                 sender.close();
-                assert!(!sender.push(Body::Marker(pb::Marker { snapshot_id: 10 })));
+                assert!(!sender.push(Body::Marker(pb::Marker {
+                    snapshot_id: 10,
+                    pos: 0
+                })));
                 let frames: Vec<_> = FramedRead::new(server, FrameCodec::default())
                     .map(|frame| frame.unwrap().branch_message.unwrap())
                     .collect()
@@ -217,10 +227,25 @@ mod tests {
                 assert_eq!(
                     frames,
                     vec![
-                        Body::Transfer(pb::Transfer { money: 1, seq: 0 }),
-                        Body::Transfer(pb::Transfer { money: 2, seq: 0 }),
-                        Body::Transfer(pb::Transfer { money: 3, seq: 0 }),
-                        Body::Marker(pb::Marker { snapshot_id: 9 }),
+                        Body::Transfer(pb::Transfer {
+                            money: 1,
+                            seq: 0,
+                            pos: 0
+                        }),
+                        Body::Transfer(pb::Transfer {
+                            money: 2,
+                            seq: 0,
+                            pos: 0
+                        }),
+                        Body::Transfer(pb::Transfer {
+                            money: 3,
+                            seq: 0,
+                            pos: 0
+                        }),
+                        Body::Marker(pb::Marker {
+                            snapshot_id: 9,
+                            pos: 0
+                        }),
                     ]
                 );
                 assert_eq!(sender.backlog(), 0);

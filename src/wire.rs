@@ -147,7 +147,33 @@ pub fn body_kind(body: &Body) -> &'static str {
         Body::Welcome(_) => "Welcome",
         Body::Auth(_) => "Auth",
         Body::ControllerHello(_) => "ControllerHello",
+        Body::Resume(_) => "Resume",
+        Body::Ack(_) => "Ack",
+        Body::Heartbeat(_) => "Heartbeat",
+        Body::Refusal(_) => "Refusal",
     }
+}
+
+/// The wire form of a peer-channel frame at position `pos`.
+pub fn channel_frame(frame: crate::core::Frame, pos: u64) -> Body {
+    match frame {
+        crate::core::Frame::Transfer { seq, amount } => Body::Transfer(pb::Transfer {
+            money: to_wire_amount(amount),
+            seq,
+            pos,
+        }),
+        crate::core::Frame::Marker { id } => Body::Marker(pb::Marker {
+            snapshot_id: id,
+            pos,
+        }),
+    }
+}
+
+/// A refusal frame carrying `reason`.
+pub fn refusal(reason: impl Into<String>) -> Body {
+    Body::Refusal(pb::Refusal {
+        reason: reason.into(),
+    })
 }
 
 /// Why an `InitBranch` cannot be used to initialise a branch.
@@ -161,6 +187,10 @@ pub enum InitError {
     BadAddress { name: String, ip: String, port: u32 },
     #[error("InitBranch lists a branch with an empty name")]
     EmptyName,
+    #[error("InitBranch lists a bad name: {0}")]
+    BadName(String),
+    #[error("InitBranch gives {name:?} an unusable address: {reason}")]
+    UnusableAddress { name: String, reason: String },
 }
 
 /// Converts `InitBranch.all_branches` into validated [`crate::config::BranchEntry`]s, checking
@@ -175,6 +205,7 @@ pub fn bank_members(
         if branch.name.is_empty() {
             return Err(InitError::EmptyName);
         }
+        crate::config::check_name(&branch.name).map_err(InitError::BadName)?;
         if !seen.insert(branch.name.as_str()) {
             return Err(InitError::DuplicateName(branch.name.clone()));
         }
@@ -184,6 +215,10 @@ pub fn bank_members(
             port: branch.port,
         };
         let ip: std::net::IpAddr = branch.ip.parse().map_err(|_| bad())?;
+        crate::config::check_address(ip).map_err(|reason| InitError::UnusableAddress {
+            name: branch.name.clone(),
+            reason,
+        })?;
         let port = u16::try_from(branch.port)
             .ok()
             .filter(|&port| port != 0)
@@ -264,11 +299,16 @@ pub fn local_snapshot(
     }
 }
 
-/// The answer for a snapshot id the branch has no record of (never seen, or already retrieved).
-pub fn unknown_snapshot(id: u32, branch_name: &str) -> pb::return_snapshot::LocalSnapshot {
+/// The answer for a snapshot id the branch holds no record of, with `status` saying why (never
+/// seen, discarded, already retrieved).
+pub fn no_record(
+    id: u32,
+    status: pb::SnapshotStatus,
+    branch_name: &str,
+) -> pb::return_snapshot::LocalSnapshot {
     pb::return_snapshot::LocalSnapshot {
         snapshot_id: id,
-        status: pb::SnapshotStatus::UnknownSnapshot as i32,
+        status: status as i32,
         branch_name: branch_name.to_string(),
         ..Default::default()
     }
@@ -300,13 +340,27 @@ mod tests {
     fn frames_round_trip_and_match_protobufs_delimited_form() {
         let mut bytes = Vec::new();
         encode_frame(
-            Body::Transfer(pb::Transfer { money: 300, seq: 0 }),
+            Body::Transfer(pb::Transfer {
+                money: 300,
+                seq: 0,
+                pos: 0,
+            }),
             &mut bytes,
         );
-        encode_frame(Body::Marker(pb::Marker { snapshot_id: 2 }), &mut bytes);
+        encode_frame(
+            Body::Marker(pb::Marker {
+                snapshot_id: 2,
+                pos: 0,
+            }),
+            &mut bytes,
+        );
         // Same bytes as prost's own length-delimited encoding (what writeDelimitedTo produces).
         let reference = pb::BranchMessage {
-            branch_message: Some(Body::Transfer(pb::Transfer { money: 300, seq: 0 })),
+            branch_message: Some(Body::Transfer(pb::Transfer {
+                money: 300,
+                seq: 0,
+                pos: 0,
+            })),
         }
         .encode_length_delimited_to_vec();
         assert_eq!(&bytes[..reference.len()], &reference[..]);
@@ -314,7 +368,10 @@ mod tests {
         assert_eq!(frames.len(), 2);
         assert_eq!(
             frames[1].as_ref().unwrap().branch_message,
-            Some(Body::Marker(pb::Marker { snapshot_id: 2 }))
+            Some(Body::Marker(pb::Marker {
+                snapshot_id: 2,
+                pos: 0
+            }))
         );
     }
 
@@ -325,6 +382,7 @@ mod tests {
             Body::Hello(pb::Hello {
                 name: "x".repeat(300),
                 nonce: vec![7; 16],
+                known_incarnation: 0,
             }),
             &mut bytes,
         );

@@ -31,8 +31,12 @@ fn transfers_sent_before_the_receiver_is_initialised_are_all_applied() {
     let mut second = RawController::connect(bank.entries()[1].addr);
     first.send(init(500, &bank));
     std::thread::sleep(Duration::from_millis(300));
-    // A repeated InitBranch must not create money.
+    // A repeated InitBranch must not create money, and the controller is told why.
     first.send(init(1_000_000, &bank));
+    let Body::Refusal(pb::Refusal { reason }) = first.receive() else {
+        panic!("expected a Refusal of the second InitBranch");
+    };
+    assert!(reason.contains("already initialised"), "{reason}");
     second.send(init(500, &bank));
     std::thread::sleep(Duration::from_millis(200));
 
@@ -73,7 +77,7 @@ fn transfers_sent_before_the_receiver_is_initialised_are_all_applied() {
 }
 
 #[test]
-fn retrieving_an_unknown_or_already_retrieved_snapshot_says_so() {
+fn retrieving_an_unknown_snapshot_says_so_and_a_retrieved_one_can_be_asked_again() {
     let bank = LocalBank::start(BRANCH.as_ref(), 2, &[]).unwrap();
     let mut first = RawController::connect(bank.entries()[0].addr);
     let mut second = RawController::connect(bank.entries()[1].addr);
@@ -102,9 +106,11 @@ fn retrieving_an_unknown_or_already_retrieved_snapshot_says_so() {
         second.retrieve(1).status,
         pb::SnapshotStatus::Complete as i32
     );
-    // A retrieved record is freed: asking again says unknown.
+    // A retrieved record is freed, but a copy is kept for a controller that lost the answer
+    // with its connection: asking again gives the same record.
     let again = first.retrieve(1);
-    assert_eq!(again.status, pb::SnapshotStatus::UnknownSnapshot as i32);
+    assert_eq!(again.status, pb::SnapshotStatus::Complete as i32);
+    assert_eq!(again.snapshot_id, 1);
 }
 
 /// Resident memory of a process, from /proc.

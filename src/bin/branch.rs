@@ -13,7 +13,9 @@ use snapbank::branch::{BranchConfig, start_branch};
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// This branch's name, as it appears in the controller's branches file.
+    /// This branch's name, as it appears in the controller's branches file (at most 255 bytes,
+    /// no whitespace).
+    #[arg(value_parser = parse_name)]
     name: String,
     /// TCP port to listen on (0 picks a free one and logs it).
     port: u16,
@@ -42,6 +44,24 @@ struct Args {
     /// handshake to answer, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     handshake_timeout_ms: u64,
+    /// A peer connection that has received nothing (not even an answer to a heartbeat probe)
+    /// for this many milliseconds is declared broken and redialled.
+    #[arg(long, default_value_t = snapbank::branch::DEFAULT_PEER_TIMEOUT.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(3..))]
+    peer_timeout_ms: u64,
+    /// How long snapshots wait for a peer whose connection is down, in milliseconds, before
+    /// they stop waiting for its markers (records cut short) until it comes back.
+    #[arg(long, default_value_t = snapbank::branch::DEFAULT_PEER_GRACE.as_millis() as u64)]
+    peer_grace_ms: u64,
+    /// Most transfers sent to one peer and not yet acknowledged; beyond it the branch sends
+    /// that peer nothing new until acknowledgements come.
+    #[arg(long, default_value_t = snapbank::branch::DEFAULT_SEND_WINDOW as u64,
+          value_parser = clap::value_parser!(u64).range(1..(u32::MAX as u64)))]
+    send_window: u64,
+}
+
+fn parse_name(name: &str) -> Result<String, String> {
+    snapbank::config::check_name(name).map(|()| name.to_string())
 }
 
 fn main() -> ExitCode {
@@ -66,6 +86,9 @@ fn main() -> ExitCode {
     let config = BranchConfig {
         secret,
         handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
+        peer_timeout: Duration::from_millis(args.peer_timeout_ms),
+        peer_grace: Duration::from_millis(args.peer_grace_ms),
+        send_window: usize::try_from(args.send_window).unwrap_or(usize::MAX),
         min_interval: Duration::from_millis(args.min_interval_ms),
         max_interval: Duration::from_millis(args.max_interval_ms),
         seed: args.seed,

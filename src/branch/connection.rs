@@ -8,8 +8,15 @@
 //! the actor, and stopping tells the branch the connection is gone. When the other side closes
 //! its half, what is already queued is still written (a controller may half-close after its
 //! last request and still expects the answers), for at most [`DRAIN_TIMEOUT`].
+//!
+//! Liveness: a connection that has read nothing for a third of the peer timeout sends a
+//! `Heartbeat` probe, which the other side's connection answers at once (heartbeats never reach
+//! the branch); one that has read nothing at all for the whole peer timeout is declared broken
+//! and stopped, so a half-open connection (the other host frozen or unplugged) is detected
+//! instead of waiting forever. Controller connections answer probes but send none: watching
+//! them is the controller's job.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use log::{info, warn};
@@ -20,7 +27,7 @@ use futures_util::StreamExt;
 
 use super::actor::{BranchActor, ConnectionClosed, InboundBatch, Source};
 use crate::outbox::{Outbox, write_loop};
-use crate::wire::{FrameCodec, FrameError, pb};
+use crate::wire::{Body, FrameCodec, FrameError, pb};
 
 /// Most frames forwarded in one batch.
 const MAX_BATCH: usize = 1024;
@@ -30,6 +37,15 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The read half of a connection, decoding delimited frames.
 pub type FrameReader = FramedRead<OwnedReadHalf, FrameCodec>;
+
+/// How a connection watches the other side's liveness.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkSettings {
+    /// Silence (nothing read) after which the connection is declared broken.
+    pub peer_timeout: Duration,
+    /// Whether this side probes a silent connection and enforces the timeout.
+    pub probe: bool,
+}
 
 /// One TCP stream of a branch.
 pub struct PeerConnection {
@@ -41,6 +57,11 @@ pub struct PeerConnection {
     branch: Addr<BranchActor>,
     /// The write queue, closed when the actor stops so nothing queues for a dead socket.
     outbox: Outbox,
+    /// When a frame (of any kind) was last read.
+    last_read: Instant,
+    /// A probe went out since the last read.
+    probed: bool,
+    settings: LinkSettings,
 }
 
 impl PeerConnection {
@@ -51,9 +72,14 @@ impl PeerConnection {
         outbox: Outbox,
         source: Source,
         label: String,
+        settings: LinkSettings,
         branch: Addr<BranchActor>,
     ) -> Addr<Self> {
         PeerConnection::create(move |ctx| {
+            if settings.probe {
+                let every = (settings.peer_timeout / 6).max(Duration::from_millis(1));
+                ctx.run_interval(every, |connection, ctx| connection.check_liveness(ctx));
+            }
             // Every frame already decodable after a read goes to the branch as one message.
             ctx.add_stream(reader.ready_chunks(MAX_BATCH));
             let writing = actix::fut::wrap_future::<_, Self>(write_loop(outbox.clone(), writer));
@@ -68,8 +94,30 @@ impl PeerConnection {
                 label,
                 branch,
                 outbox,
+                last_read: Instant::now(),
+                probed: false,
+                settings,
             }
         })
+    }
+
+    /// Probes a connection silent for a third of the peer timeout; stops one silent for all of
+    /// it.
+    fn check_liveness(&mut self, ctx: &mut Context<Self>) {
+        let silent = self.last_read.elapsed();
+        if silent >= self.settings.peer_timeout {
+            warn!(
+                "{}: nothing received for {} ms (peer timeout {} ms); declaring the connection broken",
+                self.label,
+                silent.as_millis(),
+                self.settings.peer_timeout.as_millis()
+            );
+            ctx.stop();
+        } else if silent >= self.settings.peer_timeout / 3 && !self.probed {
+            self.probed = true;
+            self.outbox
+                .push(Body::Heartbeat(pb::Heartbeat { reply: false }));
+        }
     }
 }
 
@@ -90,10 +138,20 @@ impl StreamHandler<Vec<Result<pb::BranchMessage, FrameError>>> for PeerConnectio
         items: Vec<Result<pb::BranchMessage, FrameError>>,
         ctx: &mut Context<Self>,
     ) {
+        self.last_read = Instant::now();
+        self.probed = false;
         let mut bodies = Vec::with_capacity(items.len());
         let mut failure = None;
         for item in items {
             match item {
+                Ok(pb::BranchMessage {
+                    branch_message: Some(Body::Heartbeat(pb::Heartbeat { reply })),
+                }) => {
+                    if !reply {
+                        self.outbox
+                            .push(Body::Heartbeat(pb::Heartbeat { reply: true }));
+                    }
+                }
                 Ok(pb::BranchMessage {
                     branch_message: Some(body),
                 }) => bodies.push(body),

@@ -6,12 +6,14 @@
 //! - [`recorder`]: `SnapshotRecorder`, one per snapshot id, keeping that snapshot's record until
 //!   the controller retrieves it.
 //! - [`listener`]: the accept loop and the first-frame deadline.
-//! - [`responses`]: answers to the controller released in request order.
+//! - [`responses`]: finished records already answered, kept a while for a controller that asks
+//!   again after a reconnect.
 //! - [`traffic`]: the random transfer generator's decisions (pacing, amounts, parking).
 //!
 //! Who dials whom: of each pair, the branch whose name sorts lower dials the other and sends
 //! `Hello` (naming itself) as its first frame, so every pair has exactly one connection, used in
-//! both directions.
+//! both directions. When that connection fails, the same branch redials, and the channel
+//! resumes where it stopped (see [`crate::core::channel`]).
 
 pub mod actor;
 pub mod connection;
@@ -24,6 +26,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use actor::{BranchActor, BranchStatus, GetStatus, Shutdown};
+
+/// Default of [`BranchConfig::peer_timeout`].
+pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Default of [`BranchConfig::peer_grace`].
+pub const DEFAULT_PEER_GRACE: Duration = Duration::from_secs(10);
+
+/// Default of [`BranchConfig::send_window`].
+pub const DEFAULT_SEND_WINDOW: usize = 16 * 1024;
 
 /// How to run one branch.
 #[derive(Debug, Clone)]
@@ -47,6 +58,15 @@ pub struct BranchConfig {
     /// How long a new connection may take to send its first frame, and the other side of a
     /// handshake to answer: a silent connection is dropped after this.
     pub handshake_timeout: Duration,
+    /// A peer connection that has received nothing (not even a heartbeat answer) for this long
+    /// is declared broken and redialled; probes go out after a third of it.
+    pub peer_timeout: Duration,
+    /// How long snapshots wait for a peer whose connection is down before they stop waiting for
+    /// its markers (their records are then cut short).
+    pub peer_grace: Duration,
+    /// Most transfers sent to one peer and not yet acknowledged; beyond it the branch sends that
+    /// peer nothing new until acknowledgements come (backpressure, never a drop).
+    pub send_window: usize,
 }
 
 impl BranchConfig {
@@ -61,6 +81,9 @@ impl BranchConfig {
             max_frame: crate::wire::DEFAULT_MAX_FRAME_BYTES,
             secret: None,
             handshake_timeout: Duration::from_secs(10),
+            peer_timeout: DEFAULT_PEER_TIMEOUT,
+            peer_grace: DEFAULT_PEER_GRACE,
+            send_window: DEFAULT_SEND_WINDOW,
         }
     }
 }
@@ -80,6 +103,6 @@ pub async fn start_branch(config: BranchConfig) -> std::io::Result<BranchHandle>
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     log::info!("{}: listening on {addr}", config.name);
-    let actor = actor::start_accepting(BranchActor::new(config), listener);
+    let actor = actor::start_accepting(BranchActor::new(config, addr.port()), listener);
     Ok(BranchHandle { addr, actor })
 }

@@ -98,10 +98,12 @@ impl SnapshotRecorder {
         wire::local_snapshot(&self.record, status, &self.branch_name, &self.peers)
     }
 
-    /// Hands the finished record over and stops: a retrieved record is not kept.
-    fn retire(&mut self, ctx: &mut Context<Self>) {
+    /// Hands the finished record over and stops: a retrieved record is not kept here (the
+    /// branch keeps a copy of recent answers). `discarded`: it was never handed over.
+    fn retire(&mut self, discarded: bool, ctx: &mut Context<Self>) {
         self.branch.do_send(RecorderRetired {
             id: self.record.id(),
+            discarded,
         });
         ctx.stop();
     }
@@ -118,7 +120,7 @@ impl Actor for SnapshotRecorder {
                 recorder.record.id(),
                 RECORD_TTL.as_secs()
             );
-            recorder.retire(ctx);
+            recorder.retire(true, ctx);
         });
     }
 }
@@ -162,7 +164,7 @@ impl Handler<FinishRecord> for SnapshotRecorder {
             // A dropped receiver means the controller connection is gone; nothing to do.
             let _ = reply.send(answer.clone());
         }
-        self.retire(ctx);
+        self.retire(false, ctx);
     }
 }
 
@@ -172,7 +174,7 @@ impl Handler<Retrieve> for SnapshotRecorder {
     fn handle(&mut self, msg: Retrieve, ctx: &mut Context<Self>) {
         if self.record.is_finished() {
             let _ = msg.reply.send(self.answer());
-            self.retire(ctx);
+            self.retire(false, ctx);
         } else if msg.wait.is_zero() {
             let _ = msg.reply.send(self.answer());
         } else {

@@ -1,61 +1,68 @@
-//! Answers to the controller's requests, released strictly in request order.
+//! [`AnsweredRecords`]: finished records already handed to a controller, kept for a while.
+//!
+//! A branch frees a record once it has answered for it, so that memory stays bounded however
+//! long the bank runs. But an answer can be lost with the connection that carried it (a reset
+//! between the branch's write and the controller's read); the controller then asks again after
+//! reconnecting. Keeping the most recent answers, bounded in bytes, lets that second request get
+//! the same record instead of "unknown", so no snapshot is lost to a blip. Beyond the bound the
+//! oldest are dropped, and their ids remembered compactly so a late request is told the record
+//! was already retrieved rather than never seen.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
-/// Slots for answers that may be ready out of order (a record still recording answers later
-/// than a finished one) but must go out in the order the requests came: the controller matches
-/// each `ReturnSnapshot` to its oldest outstanding `RetrieveSnapshot`.
-#[derive(Debug)]
-pub struct ResponseQueue<T> {
-    /// Sequence number of the front slot.
-    front_seq: u64,
-    /// One slot per request not yet released; `Some` once its answer is ready.
-    slots: VecDeque<Option<T>>,
+use prost::Message;
+
+use crate::core::{IdSet, SnapshotId};
+use crate::wire::pb::return_snapshot::LocalSnapshot;
+
+/// Bytes of answers kept (their encoded size), all together.
+pub const KEPT_ANSWER_BYTES: usize = 4 << 20;
+
+/// Recently answered records, oldest first, bounded by their total encoded size.
+#[derive(Debug, Default)]
+pub struct AnsweredRecords {
+    /// The kept answers by snapshot id.
+    kept: HashMap<SnapshotId, LocalSnapshot>,
+    /// Kept ids in the order they were answered, with each answer's encoded size.
+    order: VecDeque<(SnapshotId, usize)>,
+    /// Total encoded size of the kept answers.
+    bytes: usize,
+    /// Every snapshot id answered with a finished record, kept or not.
+    retrieved: IdSet,
 }
 
-impl<T> Default for ResponseQueue<T> {
-    fn default() -> Self {
-        Self {
-            front_seq: 0,
-            slots: VecDeque::new(),
+impl AnsweredRecords {
+    /// Keeps `answer` (a finished record), dropping the oldest kept answers beyond the bound.
+    pub fn keep(&mut self, answer: &LocalSnapshot) {
+        let id = answer.snapshot_id;
+        self.retrieved.insert(id);
+        if self.kept.contains_key(&id) {
+            return;
+        }
+        let size = answer.encoded_len();
+        if size > KEPT_ANSWER_BYTES {
+            return;
+        }
+        self.kept.insert(id, answer.clone());
+        self.order.push_back((id, size));
+        self.bytes += size;
+        while self.bytes > KEPT_ANSWER_BYTES {
+            let Some((old, old_size)) = self.order.pop_front() else {
+                break;
+            };
+            self.kept.remove(&old);
+            self.bytes -= old_size;
         }
     }
-}
 
-impl<T> ResponseQueue<T> {
-    /// Reserves the next slot; its answer is released after every earlier slot's.
-    pub fn reserve(&mut self) -> u64 {
-        self.slots.push_back(None);
-        self.front_seq + self.slots.len() as u64 - 1
+    /// The kept answer for snapshot `id`, if it is still kept.
+    pub fn get(&self, id: SnapshotId) -> Option<&LocalSnapshot> {
+        self.kept.get(&id)
     }
 
-    /// Fills slot `seq` and returns every answer now releasable, in order. A sequence number that
-    /// was never reserved or was already released is ignored.
-    pub fn fill(&mut self, seq: u64, answer: T) -> Vec<T> {
-        if let Some(slot) = seq
-            .checked_sub(self.front_seq)
-            .and_then(|offset| self.slots.get_mut(usize::try_from(offset).ok()?))
-        {
-            *slot = Some(answer);
-        }
-        let mut ready = Vec::new();
-        while let Some(Some(_)) = self.slots.front() {
-            if let Some(Some(answer)) = self.slots.pop_front() {
-                ready.push(answer);
-            }
-            self.front_seq += 1;
-        }
-        ready
-    }
-
-    /// Requests waiting for an answer or for an earlier answer.
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// Whether nothing is outstanding.
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+    /// Whether snapshot `id` was ever answered with a finished record.
+    pub fn was_retrieved(&self, id: SnapshotId) -> bool {
+        self.retrieved.contains(id)
     }
 }
 
@@ -63,17 +70,30 @@ impl<T> ResponseQueue<T> {
 mod tests {
     use super::*;
 
+    fn answer(id: u32, channels: usize) -> LocalSnapshot {
+        LocalSnapshot {
+            snapshot_id: id,
+            balance: 7,
+            channel_state: vec![1; channels],
+            ..Default::default()
+        }
+    }
+
     #[test]
-    fn answers_are_released_in_request_order() {
-        let mut queue = ResponseQueue::default();
-        let (a, b, c) = (queue.reserve(), queue.reserve(), queue.reserve());
-        assert!(queue.fill(b, "b").is_empty());
-        assert!(queue.fill(c, "c").is_empty());
-        assert_eq!(queue.fill(a, "a"), vec!["a", "b", "c"]);
-        assert!(queue.is_empty());
-        let d = queue.reserve();
-        assert_eq!(queue.fill(d, "d"), vec!["d"]);
-        assert!(queue.fill(a, "stale").is_empty());
-        assert!(queue.fill(99, "never reserved").is_empty());
+    fn a_repeated_request_finds_the_same_record_until_it_ages_out() {
+        let mut answered = AnsweredRecords::default();
+        answered.keep(&answer(1, 3));
+        assert_eq!(answered.get(1), Some(&answer(1, 3)));
+        assert!(answered.was_retrieved(1));
+        assert!(!answered.was_retrieved(2));
+        // Big answers push the oldest out, but its id is still known as retrieved.
+        let big = KEPT_ANSWER_BYTES / 3;
+        for id in 2..6 {
+            answered.keep(&answer(id, big));
+        }
+        assert_eq!(answered.get(1), None);
+        assert!(answered.was_retrieved(1));
+        assert!(answered.bytes <= KEPT_ANSWER_BYTES);
+        assert!(answered.get(5).is_some());
     }
 }

@@ -53,7 +53,15 @@ pub struct ControllerConfig {
     /// Attach to a running bank: authenticate with `secret`, skip `InitBranch`, and number
     /// snapshots after every id the branches have seen.
     pub attach: bool,
+    /// A branch connection that has received nothing (not even an answer to a heartbeat probe)
+    /// for this long is declared broken and redialled.
+    pub link_timeout: Duration,
+    /// Whether to probe branch connections with heartbeats (snapbank branches answer them).
+    pub heartbeats: bool,
 }
+
+/// Default of [`ControllerConfig::link_timeout`].
+pub const DEFAULT_LINK_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl ControllerConfig {
     /// The defaults of the `controller` command.
@@ -69,6 +77,8 @@ impl ControllerConfig {
             max_frame: DEFAULT_MAX_RECORD_BYTES,
             secret: None,
             attach: false,
+            link_timeout: DEFAULT_LINK_TIMEOUT,
+            heartbeats: true,
         }
     }
 }
@@ -82,6 +92,11 @@ pub struct RunSummary {
     pub ok: u32,
     /// The most snapshots that were in progress at the same time.
     pub max_in_flight: usize,
+    /// Scheduled snapshots not started: ticks missed while the controller was stalled, or
+    /// ticks when too many snapshots were still in progress.
+    pub skipped_ticks: u64,
+    /// Times a lost branch connection was re-established.
+    pub reconnects: u32,
 }
 
 impl RunSummary {
@@ -117,6 +132,10 @@ pub enum ControllerError {
     },
     #[error("the controller stopped before finishing its snapshots")]
     Stopped,
+    #[error(
+        "branch {name} refused: {reason}. To drive a bank that is already running, restart its branches (or run this controller's InitBranch against fresh ones), or start the branches with --secret-file and run the controller with the same --secret-file and --attach"
+    )]
+    Refused { name: String, reason: String },
 }
 
 /// Connects to every branch, initialises the bank and takes snapshots, calling `on_report` for
@@ -176,7 +195,7 @@ pub async fn run_controller(
     }
     let (done, finished) = oneshot::channel();
     actor::start(config, links, secret, first_id, on_report, done);
-    finished.await.map_err(|_| ControllerError::Stopped)
+    finished.await.map_err(|_| ControllerError::Stopped)?
 }
 
 async fn connect_all(

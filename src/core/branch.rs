@@ -248,6 +248,21 @@ impl BranchCore {
         Ok(())
     }
 
+    /// Whether incoming channel `from` is lost (see [`Self::lose_channel`]).
+    pub fn is_lost(&self, from: Channel) -> bool {
+        self.lost.get(from).copied().unwrap_or(false)
+    }
+
+    /// The connection carrying incoming channel `from` is back after the channel was declared
+    /// lost (its frames were kept and resent, so nothing on it was lost after all): snapshots
+    /// begun from now on wait for its marker again. Snapshots that already stopped waiting stay
+    /// cut short; a marker of theirs arriving late is refused as usual.
+    pub fn restore_channel(&mut self, from: Channel) -> Result<(), CoreError> {
+        self.check_incoming(from)?;
+        self.lost[from] = false;
+        Ok(())
+    }
+
     /// The controller asked this branch to start snapshot `id`.
     pub fn start_snapshot(
         &mut self,
@@ -610,5 +625,23 @@ mod tests {
             core.lose_channel(5, &mut out),
             Err(CoreError::UnknownChannel(5))
         );
+    }
+
+    #[test]
+    fn a_restored_channel_is_waited_for_again() {
+        let mut core = BranchCore::new(10, 2);
+        core.lose_channel(1, &mut Vec::new()).unwrap();
+        assert!(core.is_lost(1));
+        core.restore_channel(1).unwrap();
+        assert!(!core.is_lost(1));
+        let mut out = Vec::new();
+        core.start_snapshot(1, &mut out).unwrap();
+        assert!(!out.iter().any(|e| matches!(e, Effect::ChannelLost { .. })));
+        out.clear();
+        core.receive_marker(0, 1, &mut out).unwrap();
+        assert!(out.is_empty(), "still waiting for channel 1");
+        core.receive_marker(1, 1, &mut out).unwrap();
+        assert_eq!(out, vec![Effect::FinishRecord { id: 1 }]);
+        assert_eq!(core.restore_channel(2), Err(CoreError::UnknownChannel(2)));
     }
 }

@@ -6,6 +6,8 @@
 //! - [`record`]: [`SnapshotRecord`], what one branch recorded for one snapshot, and
 //!   [`RecordBook`], the records of many snapshots driven straight from effects (used by tests and
 //!   simulations; the real branch keeps each record in its own recorder actor instead).
+//! - [`channel`]: exactly-once, in-order delivery on a directed peer channel across reconnects:
+//!   positions, cumulative acknowledgements, the bounded window of frames kept for a resend.
 //! - [`audit`]: the consistent-cut checker: from every branch's record of one snapshot, proves
 //!   (or refutes, naming channel and rule) that the snapshot is a consistent cut.
 //! - [`id_set`]: a compact set of snapshot ids, so remembering every finished snapshot costs
@@ -16,12 +18,14 @@
 
 pub mod audit;
 pub mod branch;
+pub mod channel;
 pub mod id_set;
 pub mod ledger;
 pub mod record;
 
 pub use audit::{Audit, ChannelEvidence, CutEvidence, Rule, Violation};
 pub use branch::{BranchCore, Channel, ChannelCount, CoreError, Effect, SnapshotId, chain_digest};
+pub use channel::{ChannelError, Delivery, Frame, Position, ReceiveCursor, SendWindow};
 pub use id_set::IdSet;
 pub use ledger::{Ledger, split_total};
 pub use record::{InTransit, RecordBook, SnapshotRecord};

@@ -142,6 +142,7 @@ pub fn claim_to_be(stream: &mut TcpStream, name: &str) {
         Body::Hello(pb::Hello {
             name: name.into(),
             nonce: snapbank::auth::nonce(),
+            known_incarnation: 0,
         }),
     )
     .unwrap();

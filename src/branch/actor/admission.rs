@@ -22,17 +22,24 @@ use tokio::net::tcp::OwnedWriteHalf;
 
 use super::{Accepted, BranchActor, ControllerLink, ParkedPeer, Source, peer_mut};
 use crate::auth::Secret;
-use crate::branch::connection::{FrameReader, PeerConnection};
-use crate::branch::responses::ResponseQueue;
-use crate::branch::traffic::Pause;
+use crate::branch::connection::{FrameReader, LinkSettings, PeerConnection};
+use crate::config::MAX_NAME_BYTES;
 use crate::core::Channel;
-use crate::handshake::{self, Authenticated};
+use crate::handshake::{self, Authenticated, HandshakeError};
 use crate::outbox::Outbox;
 use crate::wire::{self, Body, pb};
 
 /// How long a dialling branch waits for the acceptor's `Welcome`: the acceptor answers only
 /// once it has its own `InitBranch`, which the controller may still be sending.
 const DIAL_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// First pause between two dial attempts; it doubles after each failure up to
+/// [`MAX_REDIAL_DELAY`], with jitter so that branches cut off together do not redial in step.
+const FIRST_REDIAL_DELAY: Duration = Duration::from_millis(10);
+const MAX_REDIAL_DELAY: Duration = Duration::from_secs(1);
+
+/// How long a refusal frame may take to be written before the connection is dropped anyway.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Upper bound on peer connections parked before `InitBranch`.
 const MAX_PARKED_PEERS: usize = 256;
@@ -41,9 +48,6 @@ const MAX_PARKED_PEERS: usize = 256;
 /// waiting for its `Welcome` after `DIAL_ANSWER_TIMEOUT` and dials again, so an older parked
 /// connection is only holding resources.
 const PARK_TIMEOUT: Duration = Duration::from_secs(40);
-
-/// Longest branch name a `Hello` may carry.
-const MAX_NAME_BYTES: usize = 255;
 
 /// Longest nonce a `Hello` or `ControllerHello` may carry.
 const MAX_NONCE_BYTES: usize = 64;
@@ -66,7 +70,7 @@ impl BranchActor {
             remote,
         } = accepted;
         match first {
-            Body::Hello(pb::Hello { name, nonce })
+            Body::Hello(pb::Hello { name, nonce, .. })
                 if name.len() > MAX_NAME_BYTES || nonce.len() > MAX_NONCE_BYTES =>
             {
                 warn!(
@@ -85,7 +89,20 @@ impl BranchActor {
                     nonce.len()
                 );
             }
-            Body::Hello(pb::Hello { name, nonce }) => {
+            Body::Hello(pb::Hello {
+                known_incarnation, ..
+            }) if self.bank.is_none() && known_incarnation != 0 => {
+                let reason = format!(
+                    "this branch ({}) has no bank state: it was restarted without its data (no --data-dir, or a wiped one), so it cannot resume the channels of its earlier incarnation {known_incarnation:016x}",
+                    self.name
+                );
+                error!(
+                    "{}: a peer connecting from {remote} knows an earlier incarnation of this branch: {reason}",
+                    self.name
+                );
+                ctx.spawn(actix::fut::wrap_future(refuse(writer, reason)));
+            }
+            Body::Hello(pb::Hello { name, nonce, .. }) => {
                 let parked = ParkedPeer {
                     since: Instant::now(),
                     name,
@@ -120,10 +137,16 @@ impl BranchActor {
                     Ok(()) => {
                         self.open_controller_link(reader, writer, remote, ctx);
                     }
-                    Err(reason) => warn!(
-                        "{}: InitBranch from {remote} refused: {reason}; closing",
-                        self.name
-                    ),
+                    Err(reason) => {
+                        warn!(
+                            "{}: InitBranch from {remote} refused: {reason}; closing",
+                            self.name
+                        );
+                        ctx.spawn(actix::fut::wrap_future(refuse(
+                            writer,
+                            format!("{} refused InitBranch: {reason}", self.name),
+                        )));
+                    }
                 }
             }
             Body::ControllerHello(pb::ControllerHello { nonce }) => {
@@ -183,21 +206,23 @@ impl BranchActor {
         let outbox = Outbox::new();
         reader.decoder_mut().set_max_frame(self.settings.max_frame);
         info!("{}: controller connected from {remote}", self.name);
+        // A controller's liveness is the controller's to watch: an original-schema controller
+        // does not answer heartbeats, and a silent controller costs the bank nothing.
+        let settings = LinkSettings {
+            peer_timeout: self.settings.peer_timeout,
+            probe: false,
+        };
         PeerConnection::start(
             reader,
             writer,
             outbox.clone(),
             Source::Controller(conn),
             format!("controller at {remote}"),
+            settings,
             ctx.address(),
         );
-        self.controllers.insert(
-            conn,
-            ControllerLink {
-                outbox,
-                responses: ResponseQueue::default(),
-            },
-        );
+        self.controllers
+            .insert(conn, ControllerLink { outbox, held: 0 });
     }
 
     /// Runs the controller handshake with a controller attaching to this branch.
@@ -210,10 +235,19 @@ impl BranchActor {
         ctx: &mut Context<Self>,
     ) {
         let Some(secret) = self.secret.clone().filter(|secret| !secret.is_empty()) else {
+            let reason = if self.bank.is_some() {
+                "this branch has no secret (no --secret-file, and its InitBranch carried none), so no controller can attach"
+            } else {
+                "this branch has no bank and no --secret-file: nothing to attach to (was it restarted without its state?)"
+            };
             warn!(
-                "{}: controller handshake from {remote} refused: this branch has no secret (no --secret-file, and its InitBranch carried none); closing",
+                "{}: controller handshake from {remote} refused: {reason}; closing",
                 self.name
             );
+            ctx.spawn(actix::fut::wrap_future(refuse(
+                writer,
+                format!("{}: {reason}", self.name),
+            )));
             return;
         };
         if self.controller_handshakes >= MAX_CONTROLLER_HANDSHAKES {
@@ -310,15 +344,10 @@ impl BranchActor {
             );
             return;
         }
-        if peer.conn.is_some() {
-            warn!(
-                "{}: second connection from {name} (from {remote}); closing it, the first stays",
-                self.name
-            );
-            return;
-        }
         // Several handshakes may run for one peer (a connection that merely claims the name
-        // must not lock the real peer out); the first to prove the secret gets the channel.
+        // must not lock the real peer out); one that proves the secret gets the channel,
+        // replacing an older connection (the dialler only redials once it has given that up,
+        // possibly before this side noticed).
         if self.peer_handshakes >= MAX_PEER_HANDSHAKES {
             warn!(
                 "{}: {MAX_PEER_HANDSHAKES} peer handshakes already in progress; closing the one from {remote} (claiming {name})",
@@ -344,15 +373,10 @@ impl BranchActor {
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(handshake).map(move |result, branch, ctx| {
                 branch.peer_handshakes -= 1;
-                let Some(peer) = peer_mut(&mut branch.bank, channel)
-                else {
+                let Some(peer) = peer_mut(&mut branch.bank, channel) else {
                     return;
                 };
                 match result {
-                    Ok(_) if peer.conn.is_some() => warn!(
-                        "{}: {} from {remote} proved the secret, but its channel is already connected; closing",
-                        branch.name, peer.name
-                    ),
                     Ok(authenticated) => {
                         branch.peer_connected(channel, authenticated, &remote.to_string(), ctx);
                     }
@@ -365,52 +389,23 @@ impl BranchActor {
         );
     }
 
-    /// A peer proved itself: its channel's connection is up.
-    fn peer_connected(
-        &mut self,
-        channel: Channel,
-        mut authenticated: Authenticated,
-        from: &str,
-        ctx: &mut Context<Self>,
-    ) {
-        let conn = self.new_conn_id();
-        let Some(peer) = peer_mut(&mut self.bank, channel) else {
+    /// Dials peer `channel` and runs the peer handshake, retrying with capped exponential
+    /// backoff and jitter until both succeed, or until the peer refuses the channel.
+    pub(super) fn dial(&mut self, channel: Channel, ctx: &mut Context<Self>) {
+        let secret = self.secret.clone();
+        let (Some(peer), Some(secret)) = (peer_mut(&mut self.bank, channel), secret) else {
             return;
         };
-        peer.conn = Some(conn);
-        authenticated
-            .reader
-            .decoder_mut()
-            .set_max_frame(self.settings.max_frame);
-        info!(
-            "{}: peer {} connected and authenticated ({from})",
-            self.name, peer.name
-        );
-        PeerConnection::start(
-            authenticated.reader,
-            authenticated.writer,
-            peer.outbox.clone(),
-            Source::Peer { channel, conn },
-            format!("peer {}", peer.name),
-            ctx.address(),
-        );
-        self.resume(Pause::Peer, ctx);
-    }
-
-    /// Dials peer `channel` and runs the peer handshake, retrying until both succeed.
-    pub(super) fn dial(&self, channel: Channel, ctx: &mut Context<Self>) {
-        let (Some(peer), Some(secret)) = (
-            self.bank.as_ref().map(|bank| &bank.peers[channel]),
-            self.secret.clone(),
-        ) else {
+        if std::mem::replace(&mut peer.dialling, true) {
             return;
-        };
+        }
         let (name, addr, me) = (peer.name.clone(), peer.addr, self.name.clone());
+        let known_incarnation = peer.incarnation.unwrap_or(0);
         let max_frame = self.settings.max_frame;
         let dialling = async move {
             let started = Instant::now();
             let mut last_warning = started;
-            let mut delay = Duration::from_millis(10);
+            let mut delay = FIRST_REDIAL_DELAY;
             loop {
                 let error =
                     match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
@@ -425,12 +420,14 @@ impl BranchActor {
                                 &secret,
                                 &me,
                                 &name,
+                                known_incarnation,
                                 max_frame,
                                 DIAL_ANSWER_TIMEOUT,
                             )
                             .await
                             {
-                                Ok(authenticated) => return authenticated,
+                                Ok(authenticated) => return Ok(authenticated),
+                                Err(HandshakeError::Refused(reason)) => return Err(reason),
                                 Err(err) => format!("handshake failed: {err}"),
                             }
                         }
@@ -446,20 +443,41 @@ impl BranchActor {
                     );
                     last_warning = Instant::now();
                 }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(500));
+                // Equal jitter: between half the delay and the whole of it.
+                let jittered = delay.mul_f64(0.5 + rand::random::<f64>() * 0.5);
+                tokio::time::sleep(jittered).await;
+                delay = (delay * 2).min(MAX_REDIAL_DELAY);
             }
         };
-        ctx.spawn(actix::fut::wrap_future::<_, Self>(dialling).map(
-            move |authenticated, branch, ctx| {
-                let to = branch
-                    .bank
-                    .as_ref()
-                    .map(|bank| bank.peers[channel].addr.to_string())
-                    .unwrap_or_default();
-                branch.peer_connected(channel, authenticated, &format!("dialled {to}"), ctx);
-            },
-        ));
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(dialling).map(
+                move |result, branch, ctx| match result {
+                    Ok(authenticated) => {
+                        let to = branch
+                            .bank
+                            .as_ref()
+                            .map(|bank| bank.peers[channel].addr.to_string())
+                            .unwrap_or_default();
+                        branch.peer_connected(
+                            channel,
+                            authenticated,
+                            &format!("dialled {to}"),
+                            ctx,
+                        );
+                    }
+                    Err(reason) => {
+                        if let Some(peer) = peer_mut(&mut branch.bank, channel) {
+                            peer.dialling = false;
+                            error!(
+                                "{}: {} refused the connection: {reason}; not dialling it again",
+                                branch.name, peer.name
+                            );
+                            peer.refused = Some(format!("{} refused it: {reason}", peer.name));
+                        }
+                    }
+                },
+            ),
+        );
     }
 
     /// Stops sending, and closes every connection once what is queued on it is written.
@@ -471,8 +489,13 @@ impl BranchActor {
             "{}: shutting down: no new transfers, flushing connections",
             self.name
         );
-        for peer in self.bank.iter().flat_map(|bank| bank.peers.iter()) {
-            peer.outbox.close();
+        for link in self
+            .bank
+            .iter()
+            .flat_map(|bank| bank.peers.iter())
+            .filter_map(|peer| peer.link.as_ref())
+        {
+            link.outbox.close();
         }
         for link in self.controllers.values() {
             link.outbox.close();
@@ -492,11 +515,32 @@ impl BranchActor {
     /// Bytes still queued on open connections.
     pub(super) fn unflushed_bytes(&self) -> usize {
         let peers = self.bank.iter().flat_map(|bank| bank.peers.iter());
-        peers.map(|peer| peer.outbox.backlog()).sum::<usize>()
+        peers
+            .filter_map(|peer| peer.link.as_ref())
+            .map(|link| link.outbox.backlog())
+            .sum::<usize>()
             + self
                 .controllers
                 .values()
                 .map(|link| link.outbox.backlog())
                 .sum::<usize>()
+    }
+}
+
+/// Writes one refusal frame on a connection that is being turned away, then closes it, so the
+/// other side can say why instead of seeing only a closed connection.
+pub(super) async fn refuse(mut writer: OwnedWriteHalf, reason: String) {
+    use tokio::io::AsyncWriteExt;
+    let mut bytes = Vec::new();
+    wire::encode_frame(wire::refusal(reason), &mut bytes);
+    let sending = async {
+        writer.write_all(&bytes).await?;
+        writer.shutdown().await
+    };
+    if let Err(err) = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, sending)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+    {
+        log::debug!("could not deliver a refusal: {err}");
     }
 }

@@ -1,0 +1,454 @@
+//! The peer channels of [`BranchActor`]: splicing a connection onto a channel, resending what
+//! the peer lacks, delivering frames exactly once by position, acknowledging them, and losing a
+//! peer only when it has not come back within its grace period.
+//!
+//! A channel outlives its connections. When a connection fails, the frames the peer has not
+//! acknowledged stay in the channel's [`crate::core::SendWindow`]; the dialling side redials,
+//! both sides send `Resume` (who they are, how far they have received), and each resends what
+//! the other lacks before anything new. Snapshots in progress keep waiting for the peer's
+//! markers through the outage, up to `peer_grace`; after that the channel counts as lost
+//! (records waiting for it are cut short), until the peer comes back.
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use log::{error, info, warn};
+
+use super::{BranchActor, ConnId, PeerLink, Source, peer_mut};
+use crate::branch::connection::{LinkSettings, PeerConnection};
+use crate::branch::traffic::Pause;
+use crate::core::{Channel, CoreError, Delivery, Frame};
+use crate::handshake::Authenticated;
+use crate::outbox::Outbox;
+use crate::wire::{self, Body, pb};
+
+/// Frames delivered on a channel before an acknowledgement goes out at once, without waiting
+/// for [`ACK_DELAY`]: a quarter of the default window, so a sender never stalls on a full window
+/// while acknowledgements are merely delayed.
+const ACK_BATCH: u64 = 4096;
+
+/// Longest an acknowledgement waits for more frames to cover: acks go out at most this often
+/// per channel (plus one per [`ACK_BATCH`] frames), not one per transfer.
+const ACK_DELAY: Duration = Duration::from_millis(5);
+
+impl BranchActor {
+    /// A peer proved itself: its connection now carries channel `channel`, replacing any older
+    /// one (the peer only connects again when it has given the old one up). The first frame out
+    /// is this branch's `Resume`; nothing else goes out until the peer's `Resume` arrives.
+    pub(super) fn peer_connected(
+        &mut self,
+        channel: Channel,
+        mut authenticated: Authenticated,
+        from: &str,
+        ctx: &mut Context<Self>,
+    ) {
+        let conn = self.new_conn_id();
+        let incarnation = self.incarnation;
+        let settings = LinkSettings {
+            peer_timeout: self.settings.peer_timeout,
+            probe: true,
+        };
+        let Some(peer) = peer_mut(&mut self.bank, channel) else {
+            return;
+        };
+        peer.dialling = false;
+        if let Some(reason) = &peer.refused {
+            warn!(
+                "{}: {} connected again ({from}), but its channel was given up ({reason}); closing",
+                self.name, peer.name
+            );
+            refuse_on(authenticated, reason.clone(), ctx);
+            return;
+        }
+        if let Some(old) = peer.link.take() {
+            info!(
+                "{}: {} connected again ({from}); the new connection replaces the old one",
+                self.name, peer.name
+            );
+            old.outbox.mark_dead();
+        }
+        authenticated
+            .reader
+            .decoder_mut()
+            .set_max_frame(self.settings.max_frame);
+        let outbox = Outbox::new();
+        outbox.push(Body::Resume(pb::Resume {
+            incarnation,
+            received: peer.cursor.delivered(),
+        }));
+        peer.cursor.acked_by_resume();
+        info!(
+            "{}: peer {} connected and authenticated ({from})",
+            self.name, peer.name
+        );
+        PeerConnection::start(
+            authenticated.reader,
+            authenticated.writer,
+            outbox.clone(),
+            Source::Peer { channel, conn },
+            format!("peer {}", peer.name),
+            settings,
+            ctx.address(),
+        );
+        peer.link = Some(PeerLink {
+            conn,
+            outbox,
+            resumed: false,
+        });
+    }
+
+    /// A frame from the connection carrying peer `channel`.
+    pub(super) fn on_peer_frame(
+        &mut self,
+        channel: Channel,
+        conn: ConnId,
+        body: Body,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(bank) = self.bank.as_mut() else {
+            return;
+        };
+        let authenticated = bank.authenticated;
+        let Some(peer) = bank.peers.get_mut(channel) else {
+            return;
+        };
+        let Some(link) = peer.link.as_ref().filter(|link| link.conn == conn) else {
+            return; // a frame from a connection that has since been replaced
+        };
+        if !link.resumed {
+            match body {
+                Body::Resume(resume) => self.on_resume(channel, resume, ctx),
+                Body::Refusal(pb::Refusal { reason }) => self.on_refusal(channel, reason, ctx),
+                other => self.protocol_error(
+                    channel,
+                    format!(
+                        "sent {} before Resume on a new connection",
+                        wire::body_kind(&other)
+                    ),
+                    ctx,
+                ),
+            }
+            return;
+        }
+        let (frame, pos) = match body {
+            Body::Transfer(pb::Transfer { money, seq, pos }) => (
+                Frame::Transfer {
+                    seq,
+                    amount: u64::from(money),
+                },
+                pos,
+            ),
+            Body::Marker(pb::Marker { snapshot_id, pos }) => {
+                (Frame::Marker { id: snapshot_id }, pos)
+            }
+            Body::Ack(pb::Ack { received }) => {
+                match peer.window.ack(received) {
+                    Ok(0) => {}
+                    Ok(_) => self.resume(Pause::Room, ctx),
+                    Err(err) => self.protocol_error(channel, err.to_string(), ctx),
+                }
+                return;
+            }
+            Body::Refusal(pb::Refusal { reason }) => {
+                self.on_refusal(channel, reason, ctx);
+                return;
+            }
+            other => {
+                warn!(
+                    "{}: peer {} sent {}; only Transfer, Marker and Ack are accepted from peers; ignored",
+                    self.name,
+                    peer.name,
+                    wire::body_kind(&other)
+                );
+                return;
+            }
+        };
+        if pos == 0 || matches!(frame, Frame::Transfer { seq: 0, .. }) {
+            // Unnumbered frames cannot be checked or resent: only an original-schema sender in a
+            // bank without a secret may send them.
+            if authenticated {
+                let what = if pos == 0 {
+                    "position"
+                } else {
+                    "sequence number"
+                };
+                self.protocol_error(channel, format!("sent a frame without a {what}"), ctx);
+                return;
+            }
+        } else {
+            match peer.cursor.accept(pos) {
+                Ok(Delivery::Deliver) => {}
+                Ok(Delivery::Duplicate) => return,
+                Err(err) => {
+                    self.protocol_error(channel, err.to_string(), ctx);
+                    return;
+                }
+            }
+        }
+        let result = match frame {
+            Frame::Transfer { seq, amount } => bank.core.receive_transfer(
+                channel,
+                amount,
+                (seq != 0).then_some(seq),
+                &mut self.effects,
+            ),
+            Frame::Marker { id } => bank.core.receive_marker(channel, id, &mut self.effects),
+        };
+        match result {
+            Ok(()) => self.apply_effects(ctx),
+            // A transfer that cannot be applied leaves the channel's numbering broken for good:
+            // the channel cannot be trusted, so it is given up rather than left to refuse
+            // everything that follows.
+            Err(
+                err @ (CoreError::OutOfSequence { .. }
+                | CoreError::BalanceOverflow { .. }
+                | CoreError::UnknownChannel(_)),
+            ) => self.protocol_error(channel, err.to_string(), ctx),
+            Err(err) => {
+                let peer_name = &bank.peers[channel].name;
+                // A marker of a snapshot that stopped waiting for this channel while it was
+                // lost arrives after the fact: expected, not a fault.
+                if matches!(
+                    err,
+                    CoreError::MarkerAfterFinish { .. } | CoreError::DuplicateMarker { .. }
+                ) {
+                    log::debug!("{}: from peer {peer_name}: {err}; ignored", self.name);
+                } else {
+                    warn!("{}: from peer {peer_name}: {err}; ignored", self.name);
+                }
+            }
+        }
+    }
+
+    /// The peer's `Resume`: check it is the same incarnation, resend what it lacks, go live.
+    fn on_resume(&mut self, channel: Channel, resume: pb::Resume, ctx: &mut Context<Self>) {
+        let Some(bank) = self.bank.as_mut() else {
+            return;
+        };
+        let peer = &mut bank.peers[channel];
+        if let Some(known) = peer
+            .incarnation
+            .filter(|&known| known != resume.incarnation)
+        {
+            let reason = format!(
+                "{} came back as a new incarnation ({:016x}, was {known:016x}): it restarted without its state, so its channel positions started over and it cannot be spliced onto the old channel ({} frame(s) this branch sent it are unacknowledged); restart {} with its --data-dir",
+                peer.name,
+                resume.incarnation,
+                peer.window.unacked(),
+                peer.name
+            );
+            self.give_up_channel(channel, reason, ctx);
+            return;
+        }
+        let resumed = peer
+            .window
+            .resume(resume.received)
+            .map(|frames| frames.collect::<Vec<_>>());
+        let resent = match resumed {
+            Ok(frames) => frames,
+            Err(err) => {
+                self.give_up_channel(channel, err.to_string(), ctx);
+                return;
+            }
+        };
+        let Some(link) = peer.link.as_mut() else {
+            return;
+        };
+        for &(pos, frame) in &resent {
+            link.outbox.push(wire::channel_frame(frame, pos));
+        }
+        link.resumed = true;
+        peer.incarnation = Some(resume.incarnation);
+        if let Some(grace) = peer.grace.take() {
+            ctx.cancel_future(grace);
+        }
+        let outage = peer.down_since.take();
+        match outage {
+            Some(since) => info!(
+                "{}: channel with {} resumed after {} ms: resent {} frame(s) after position {}",
+                self.name,
+                peer.name,
+                since.elapsed().as_millis(),
+                resent.len(),
+                resume.received
+            ),
+            None => info!(
+                "{}: channel with {} is up (it has received up to position {}; resent {} frame(s))",
+                self.name,
+                peer.name,
+                resume.received,
+                resent.len()
+            ),
+        }
+        if bank.core.is_lost(channel) {
+            info!(
+                "{}: {} is back after its grace period: snapshots from now on wait for it again",
+                self.name, bank.peers[channel].name
+            );
+            let _ = bank.core.restore_channel(channel);
+        }
+        self.resume(Pause::Peer, ctx);
+    }
+
+    /// The peer refused the channel (it found this branch to be a new incarnation, or broke
+    /// with it): the channel is given up.
+    fn on_refusal(&mut self, channel: Channel, reason: String, ctx: &mut Context<Self>) {
+        let Some(peer) = peer_mut(&mut self.bank, channel) else {
+            return;
+        };
+        error!("{}: {} refused the channel: {reason}", self.name, peer.name);
+        let reason = format!("{} refused it: {reason}", peer.name);
+        peer.refused = Some(reason);
+        if let Some(link) = peer.link.take() {
+            link.outbox.close();
+        }
+        self.channel_down(channel, ctx);
+    }
+
+    /// The peer broke the channel's protocol: it cannot be trusted again.
+    fn protocol_error(&mut self, channel: Channel, reason: String, ctx: &mut Context<Self>) {
+        self.give_up_channel(channel, format!("protocol error: {reason}"), ctx);
+    }
+
+    /// Ends channel `channel` for good: tells the peer why, closes its connection, and stops
+    /// redialling it. Snapshots stop waiting for it after the grace period.
+    fn give_up_channel(&mut self, channel: Channel, reason: String, ctx: &mut Context<Self>) {
+        let Some(peer) = peer_mut(&mut self.bank, channel) else {
+            return;
+        };
+        error!(
+            "{}: giving up the channel with {}: {reason}",
+            self.name, peer.name
+        );
+        if let Some(link) = peer.link.take() {
+            link.outbox.push(wire::refusal(reason.clone()));
+            link.outbox.close();
+        }
+        peer.refused = Some(reason);
+        self.channel_down(channel, ctx);
+    }
+
+    /// The connection `conn` of peer `channel` is gone.
+    pub(super) fn peer_link_closed(
+        &mut self,
+        channel: Channel,
+        conn: ConnId,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(peer) = peer_mut(&mut self.bank, channel) else {
+            return;
+        };
+        if peer.link.as_ref().is_none_or(|link| link.conn != conn) {
+            return; // an older connection, already replaced
+        }
+        peer.link = None;
+        if self.shutting_down {
+            return;
+        }
+        let grace = self.settings.peer_grace;
+        if peer.refused.is_none() {
+            warn!(
+                "{}: lost the connection to {} ({} frame(s) unacknowledged); {}; snapshots wait for it up to {} ms",
+                self.name,
+                peer.name,
+                peer.window.unacked(),
+                if peer.we_dial {
+                    "redialling"
+                } else {
+                    "waiting for it to redial"
+                },
+                grace.as_millis()
+            );
+        }
+        self.channel_down(channel, ctx);
+        if let Some(peer) = peer_mut(&mut self.bank, channel)
+            && peer.we_dial
+            && peer.refused.is_none()
+        {
+            self.dial(channel, ctx);
+        }
+    }
+
+    /// Starts the grace period of a channel whose connection is down (once per outage).
+    fn channel_down(&mut self, channel: Channel, ctx: &mut Context<Self>) {
+        let grace = self.settings.peer_grace;
+        let Some(peer) = peer_mut(&mut self.bank, channel) else {
+            return;
+        };
+        if peer.down_since.is_some() {
+            return;
+        }
+        peer.down_since = Some(Instant::now());
+        let timer = ctx.run_later(grace, move |branch, ctx| branch.grace_expired(channel, ctx));
+        peer.grace = Some(timer);
+    }
+
+    /// The peer has not come back within its grace period: snapshots stop waiting for it.
+    fn grace_expired(&mut self, channel: Channel, ctx: &mut Context<Self>) {
+        let Some(bank) = self.bank.as_mut() else {
+            return;
+        };
+        let peer = &mut bank.peers[channel];
+        peer.grace = None;
+        if peer.is_live() {
+            return;
+        }
+        warn!(
+            "{}: {} has not come back within {} ms: snapshots stop waiting for its markers (their records are cut short) until it returns",
+            self.name,
+            peer.name,
+            self.settings.peer_grace.as_millis()
+        );
+        if bank.core.lose_channel(channel, &mut self.effects).is_ok() {
+            self.apply_effects(ctx);
+        }
+    }
+
+    /// Sends `frame` on the channel to peer `channel`: kept in its window until acknowledged,
+    /// and written now if the channel is live (else it goes out with the resend).
+    pub(super) fn send_on_channel(peer: &mut super::Peer, frame: Frame) {
+        let pos = peer.window.push(frame);
+        if let Some(link) = peer.link.as_ref().filter(|link| link.resumed) {
+            link.outbox.push(wire::channel_frame(frame, pos));
+        }
+    }
+
+    /// After a batch from peer `channel`: acknowledge at once if many frames are waiting for
+    /// it, else within [`ACK_DELAY`].
+    pub(super) fn acknowledge(&mut self, channel: Channel, ctx: &mut Context<Self>) {
+        let Some(peer) = peer_mut(&mut self.bank, channel) else {
+            return;
+        };
+        let unacked = peer.cursor.unacked();
+        if unacked >= ACK_BATCH {
+            if let Some(link) = peer.link.as_ref().filter(|link| link.resumed)
+                && let Some(received) = peer.cursor.take_ack()
+            {
+                link.outbox.push(Body::Ack(pb::Ack { received }));
+            }
+        } else if unacked > 0 && !self.ack_scheduled {
+            self.ack_scheduled = true;
+            ctx.run_later(ACK_DELAY, |branch, _ctx| branch.flush_acks());
+        }
+    }
+
+    /// Acknowledges everything delivered so far, on every channel.
+    fn flush_acks(&mut self) {
+        self.ack_scheduled = false;
+        for peer in self.bank.iter_mut().flat_map(|bank| bank.peers.iter_mut()) {
+            if let Some(link) = peer.link.as_ref().filter(|link| link.resumed)
+                && let Some(received) = peer.cursor.take_ack()
+            {
+                link.outbox.push(Body::Ack(pb::Ack { received }));
+            }
+        }
+    }
+}
+
+/// Sends a refusal on a connection that never became a channel, then closes it.
+fn refuse_on(authenticated: Authenticated, reason: String, ctx: &mut Context<BranchActor>) {
+    let Authenticated { writer, .. } = authenticated;
+    ctx.spawn(actix::fut::wrap_future(super::admission::refuse(
+        writer, reason,
+    )));
+}
