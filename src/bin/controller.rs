@@ -54,6 +54,11 @@ struct Args {
     /// in transit, so this is larger than a branch's own limit).
     #[arg(long, default_value_t = snapbank::controller::DEFAULT_MAX_RECORD_BYTES)]
     max_frame_bytes: usize,
+    /// A branch connection that has received nothing (not even an answer to a heartbeat probe)
+    /// for this many milliseconds is declared broken and redialled.
+    #[arg(long, default_value_t = snapbank::controller::DEFAULT_LINK_TIMEOUT.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(3..))]
+    link_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -92,6 +97,7 @@ fn main() -> ExitCode {
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
         seed: args.seed,
         max_frame: args.max_frame_bytes,
+        link_timeout: Duration::from_millis(args.link_timeout_ms),
         ..ControllerConfig::new(args.total, branches)
     };
     let all_ok = Rc::new(Cell::new(true));
