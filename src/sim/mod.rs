@@ -16,6 +16,14 @@
 //!   is at least 1).
 //! - Markers a branch sends when it records go out in lexicographic destination order.
 //!
+//! - Links carry positioned frames exactly as a live bank's peer channels do
+//!   ([`crate::core::channel`]): the sender keeps every frame until it is acknowledged, and the
+//!   receiver acknowledges what it has delivered one tick later. `cut <src> <dst>` makes the
+//!   link's connection fail: every message in flight on it is lost, and the sender at once
+//!   resends every frame not yet acknowledged, oldest first, each with a fresh delay (drawn in
+//!   that order). Frames the receiver had already delivered arrive again and are dropped by
+//!   position; a gap would be an error. Cut or not, every frame is delivered once and in order.
+//!
 //! After the script, the simulator ticks on until every snapshot is complete (or no message is
 //! left to deliver, when some branch can never be reached by a marker).
 //!
@@ -32,7 +40,10 @@ use rand::{RngExt, SeedableRng};
 pub use topology::{Event, Script, Topology};
 
 use crate::core::audit::{ChannelCounters, ChannelEvidence, CutEvidence};
-use crate::core::{BranchCore, CoreError, Effect, RecordBook, SnapshotId};
+use crate::core::{
+    BranchCore, CoreError, Delivery, Effect, Frame, Position, ReceiveCursor, RecordBook,
+    SendWindow, SnapshotId,
+};
 
 /// A problem with the simulator's input, located where possible.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -139,10 +150,28 @@ impl Payload {
     }
 }
 
+impl Payload {
+    fn frame(self) -> Frame {
+        match self {
+            Payload::Transfer { seq, amount } => Frame::Transfer { seq, amount },
+            Payload::Marker { id } => Frame::Marker { id },
+        }
+    }
+
+    fn of(frame: Frame) -> Self {
+        match frame {
+            Frame::Transfer { seq, amount } => Payload::Transfer { seq, amount },
+            Frame::Marker { id } => Payload::Marker { id },
+        }
+    }
+}
+
 /// A message waiting on a link.
 #[derive(Debug, Clone, Copy)]
 struct Queued {
     deliver_from: u64,
+    /// Its position on the link.
+    pos: Position,
     payload: Payload,
 }
 
@@ -154,6 +183,13 @@ struct Link {
     /// The link's index among `dst`'s incoming channels.
     in_channel: usize,
     queue: VecDeque<Queued>,
+    /// The sender's frames not yet acknowledged.
+    window: SendWindow,
+    /// How far the receiver has delivered.
+    cursor: ReceiveCursor,
+    /// What the receiver had delivered at the end of the previous tick: the acknowledgement
+    /// the sender gets at the end of this one.
+    ack_in_flight: Position,
 }
 
 /// One snapshot as the simulator saw it.
@@ -182,6 +218,10 @@ pub struct Simulator {
     snapshots: Vec<SnapshotTrace>,
     trace: Option<Vec<String>>,
     effects: Vec<Effect>,
+    /// Cuts so far.
+    cuts: usize,
+    /// Frames delivered twice (resent after a cut) and dropped by position.
+    duplicates: usize,
 }
 
 impl Simulator {
@@ -211,6 +251,9 @@ impl Simulator {
                 dst,
                 in_channel: 0,
                 queue: VecDeque::new(),
+                window: SendWindow::new(usize::MAX),
+                cursor: ReceiveCursor::default(),
+                ack_in_flight: 0,
             })
             .collect();
         for list in &incoming {
@@ -235,6 +278,8 @@ impl Simulator {
             snapshots: Vec::new(),
             trace: None,
             effects: Vec::new(),
+            cuts: 0,
+            duplicates: 0,
             topology,
         }
     }
@@ -323,7 +368,61 @@ impl Simulator {
                 self.deliver(link)?;
             }
         }
+        // Acknowledgements take a tick: a cut can still make the sender resend frames the
+        // receiver has just delivered.
+        for link in &mut self.links {
+            link.window
+                .ack(link.ack_in_flight)
+                .map_err(|err| err.to_string())?;
+            link.ack_in_flight = link.cursor.delivered();
+        }
         Ok(())
+    }
+
+    /// The connection of link `src -> dst` fails: what is in flight is lost, and the sender
+    /// resends every frame not yet acknowledged, in order.
+    pub fn cut(&mut self, src: usize, dst: usize) -> Result<(), String> {
+        let names = &self.topology.names;
+        let link = self
+            .links
+            .iter()
+            .position(|link| link.src == src && link.dst == dst)
+            .ok_or_else(|| format!("there is no link {} -> {}", names[src], names[dst]))?;
+        let lost = self.links[link].queue.len();
+        self.links[link].queue.clear();
+        let resend: Vec<(Position, Frame)> = self.links[link].window.frames().collect();
+        if let Some(trace) = &mut self.trace {
+            trace.push(format!(
+                "tick {}: cut {} -> {}: {lost} message(s) in flight lost, {} frame(s) resent",
+                self.tick,
+                names[src],
+                names[dst],
+                resend.len()
+            ));
+        }
+        self.cuts += 1;
+        for (pos, frame) in resend {
+            self.transmit(link, pos, Payload::of(frame))?;
+        }
+        Ok(())
+    }
+
+    /// Ticks until no message is in flight on any link, so every balance is final.
+    pub fn settle(&mut self) -> Result<(), String> {
+        while self.links.iter().any(|link| !link.queue.is_empty()) {
+            self.step()?;
+        }
+        Ok(())
+    }
+
+    /// Cuts so far.
+    pub fn cut_count(&self) -> usize {
+        self.cuts
+    }
+
+    /// Frames delivered twice and dropped by position so far.
+    pub fn duplicates_dropped(&self) -> usize {
+        self.duplicates
     }
 
     /// Applies a whole script; errors name the script line.
@@ -333,6 +432,7 @@ impl Simulator {
                 Event::Send { src, dst, amount } => self.send(src, dst, amount),
                 Event::Snapshot { branch } => self.start_snapshot(branch).map(|_| ()),
                 Event::Tick(n) => (0..n).try_for_each(|_| self.step()),
+                Event::Cut { src, dst } => self.cut(src, dst),
             };
             result.map_err(|reason| SimError::at(file, line, reason))?;
         }
@@ -365,6 +465,12 @@ impl Simulator {
     }
 
     fn enqueue(&mut self, link: usize, payload: Payload) -> Result<(), String> {
+        let pos = self.links[link].window.push(payload.frame());
+        self.transmit(link, pos, payload)
+    }
+
+    /// Puts the frame at `pos` on the wire of `link`, with the next delay.
+    fn transmit(&mut self, link: usize, pos: Position, payload: Payload) -> Result<(), String> {
         let delay = self.delays.next()?;
         let deliver_from = self.tick + delay;
         let Link { src, dst, .. } = self.links[link];
@@ -379,6 +485,7 @@ impl Simulator {
         }
         self.links[link].queue.push_back(Queued {
             deliver_from,
+            pos,
             payload,
         });
         Ok(())
@@ -388,12 +495,28 @@ impl Simulator {
         let Some(message) = self.links[link].queue.pop_front() else {
             return Ok(());
         };
-        let Link {
-            src,
-            dst,
-            in_channel,
-            ..
-        } = self.links[link];
+        let (src, dst, in_channel) = {
+            let link = &self.links[link];
+            (link.src, link.dst, link.in_channel)
+        };
+        let delivery = self.links[link]
+            .cursor
+            .accept(message.pos)
+            .map_err(|err| format!("{}: {err}", self.topology.names[dst]))?;
+        if delivery == Delivery::Duplicate {
+            self.duplicates += 1;
+            if let Some(trace) = &mut self.trace {
+                trace.push(format!(
+                    "tick {}: drop duplicate {} -> {} {} (position {})",
+                    self.tick,
+                    self.topology.names[src],
+                    self.topology.names[dst],
+                    message.payload.describe(),
+                    message.pos
+                ));
+            }
+            return Ok(());
+        }
         if let Some(trace) = &mut self.trace {
             trace.push(format!(
                 "tick {}: deliver {} -> {} {}",

@@ -4,7 +4,8 @@
 //! N lines `<name> <balance>`; then any number of `<src> <dst>` lines, each a one-way FIFO link.
 //!
 //! Events, one per line (`#` comments and blank lines allowed): `send <src> <dst> <amount>`,
-//! `snapshot <name>`, `tick [n]`.
+//! `snapshot <name>`, `tick [n]`, `cut <src> <dst>` (the link's connection fails: what is in
+//! flight on it is lost, and the sender resends what was not acknowledged).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -136,6 +137,8 @@ pub enum Event {
     Snapshot { branch: usize },
     /// Advance this many ticks.
     Tick(u64),
+    /// The link `src -> dst` fails now and is re-established at once.
+    Cut { src: usize, dst: usize },
 }
 
 impl Event {
@@ -149,6 +152,9 @@ impl Event {
             Event::Snapshot { branch } => format!("snapshot {}", topology.names[branch]),
             Event::Tick(1) => "tick".to_string(),
             Event::Tick(n) => format!("tick {n}"),
+            Event::Cut { src, dst } => {
+                format!("cut {} {}", topology.names[src], topology.names[dst])
+            }
         }
     }
 }
@@ -188,6 +194,13 @@ impl Script {
                 ["snapshot", name] => Event::Snapshot {
                     branch: lookup(name)?,
                 },
+                ["cut", src, dst] => {
+                    let (src, dst) = (lookup(src)?, lookup(dst)?);
+                    if !topology.links.contains(&(src, dst)) {
+                        return Err(error(format!("there is no link {line:?} could cut")));
+                    }
+                    Event::Cut { src, dst }
+                }
                 ["tick"] => Event::Tick(1),
                 ["tick", n] => Event::Tick(
                     n.parse()
@@ -195,7 +208,7 @@ impl Script {
                 ),
                 _ => {
                     return Err(error(format!(
-                        "expected `send <src> <dst> <amount>`, `snapshot <name>` or `tick [n]`, found {line:?}"
+                        "expected `send <src> <dst> <amount>`, `snapshot <name>`, `tick [n]` or `cut <src> <dst>`, found {line:?}"
                     )));
                 }
             };
