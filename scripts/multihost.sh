@@ -6,8 +6,12 @@
 #   phase 1  a bank with snapshots: every snapshot sums to the total (exit 0)
 #   phase 2  latency on every branch's link (tc netem), a controller attached to the same bank:
 #            every snapshot still sums to the total, and money is recorded in transit
-#   phase 3  one branch's link is cut while an attached controller runs: the controller reports
-#            INCOMPLETE naming that branch and exits 1 within a bounded time
+#   phase 3  one branch's link goes down for 4 s (past the peer and link timeouts, within the
+#            grace period and the retrieve timeout) and comes back: the connections are declared
+#            broken and redialled, and every snapshot, including those taken during the outage,
+#            completes ok with money in transit
+#   phase 4  one branch's link is cut for good while an attached controller runs: the controller
+#            reports INCOMPLETE naming that branch and exits 1 within a bounded time
 #
 # Usage (as root; build first with `cargo build --release --bins`):
 #   scripts/multihost.sh [--branches N] [--bin-dir DIR] [--keep-logs]
@@ -320,35 +324,80 @@ if problems:
 sys.exit(1 if problems else 0)
 EOF
 
-# --- phase 3: cut one branch's link while an attached controller runs ---------------------------
+# --- phase 3: one branch's link down for a few seconds, then back -------------------------------
+flap=1
+echo
+echo "== phase 3: branch$flap's link down for 4 s during an attached controller's run ($(elapsed) s)"
+controller_start phase3 60 --attach --interval-ms 250 --snapshots 20 --format json \
+    --retrieve-timeout-ms 12000 --connect-timeout-ms 10000
+for _ in $(seq 100); do
+    [[ -s "$work/phase3.out" ]] && break
+    kill -0 "$ctl_pid" 2>/dev/null || break
+    sleep 0.1
+done
+[[ -s "$work/phase3.out" ]] || fail "phase 3: no first snapshot within 10 s: $(tail -n 5 "$work/phase3.err")"
+ip -n "$hub" link set "$(hub_if "$flap")" down
+ip -n "$(branch_ns "$flap")" link set "$(branch_if "$flap")" down
+echo "link down: $(hub_if "$flap") and $(branch_if "$flap")"
+sleep 4
+ip -n "$(branch_ns "$flap")" link set "$(branch_if "$flap")" up
+ip -n "$hub" link set "$(hub_if "$flap")" up
+echo "link up again"
+controller_wait
+((ctl_rc == 0)) || fail "phase 3: controller exited $ctl_rc: $(tail -n 5 "$work/phase3.err")"
+python3 - "$work/phase3.out" "$total" <<'EOF' || fail "phase 3: the snapshots across the outage do not show what they should (above)"
+import json, sys
+path, total = sys.argv[1], int(sys.argv[2])
+reports = [json.loads(line) for line in open(path) if line.strip()]
+bad = [r["snapshot_id"] for r in reports if r["verdict"] != "ok" or r["total"] != total]
+slow = [r for r in reports if r["elapsed_ms"] > 3000]
+moving = sum(1 for r in reports for b in r["branches"] for c in b.get("channels", []) if c["amount"])
+slowest = max((r["elapsed_ms"] for r in reports), default=0)
+print(f"  {len(reports)} snapshots, {len(reports) - len(bad)} ok with total {total}; "
+      f"{len(slow)} waited out the outage (slowest {slowest:.0f} ms); "
+      f"money in transit on {moving} channel records")
+problems = []
+if len(reports) != 20 or bad:
+    problems.append(f"not every snapshot ok: {bad}")
+if not slow:
+    problems.append("no snapshot waited across the outage: did the link really go down?")
+if not moving:
+    problems.append("no money recorded in transit")
+for p in problems:
+    print("  problem:", p)
+sys.exit(1 if problems else 0)
+EOF
+grep -h "reconnected to branch" "$work/phase3.err" | head -n 2 || true
+
+# --- phase 4: cut one branch's link while an attached controller runs ---------------------------
 cut=$branches
 echo
-echo "== phase 3: cut branch$cut's link during an attached controller's run ($(elapsed) s)"
-controller_start phase3 40 --attach --snapshots 4 --interval-ms 500 \
+echo "== phase 4: cut branch$cut's link during an attached controller's run ($(elapsed) s)"
+controller_start phase4 40 --attach --snapshots 4 --interval-ms 500 \
     --retrieve-timeout-ms 2000 --connect-timeout-ms 5000
 # Cut once the controller has connected and reported its first snapshot, so the cut lands
 # mid-run rather than before it could connect.
 for _ in $(seq 100); do
-    grep -q '^total: ' "$work/phase3.out" && break
+    grep -q '^total: ' "$work/phase4.out" && break
     kill -0 "$ctl_pid" 2>/dev/null || break
     sleep 0.1
 done
-grep -q '^total: ' "$work/phase3.out" ||
-    fail "phase 3: no first snapshot within 10 s: $(tail -n 5 "$work/phase3.err")"
+grep -q '^total: ' "$work/phase4.out" ||
+    fail "phase 4: no first snapshot within 10 s: $(tail -n 5 "$work/phase4.err")"
 ip -n "$hub" link set "$(hub_if "$cut")" down
 ip -n "$(branch_ns "$cut")" link set "$(branch_if "$cut")" down
 t_cut=$(date +%s.%N)
 echo "cut: $(hub_if "$cut") and $(branch_if "$cut") down"
 controller_wait
 after_cut=$(python3 -c "import sys,time; print(f'{time.time()-float(sys.argv[1]):.1f}')" "$t_cut")
-cat "$work/phase3.out"
+cat "$work/phase4.out"
 echo "(controller exit $ctl_rc, $after_cut s after the cut)"
-grep -h '^error' "$work/phase3.err" || true
-((ctl_rc == 1)) || fail "phase 3: controller exited $ctl_rc, expected 1 (an incomplete snapshot)"
+grep -h '^error' "$work/phase4.err" || true
+((ctl_rc == 1)) || fail "phase 4: controller exited $ctl_rc, expected 1 (an incomplete snapshot)"
 # The last snapshot starts at most 1.5 s after the first and gives up 2 s later.
 python3 -c "import sys; sys.exit(float(sys.argv[1]) > 10)" "$after_cut" ||
-    fail "phase 3: the controller took $after_cut s after the cut to report (expected under 10 s)"
-python3 - "$work/phase3.out" "branch$cut" <<'EOF' || fail "phase 3: no INCOMPLETE verdict naming branch$cut"
+    fail "phase 4: the controller took $after_cut s after the cut to report (expected under 10 s)"
+python3 - "$work/phase4.out" "branch$cut" <<'EOF' || fail "phase 4: no INCOMPLETE verdict naming branch$cut"
 import re, sys
 text, cut = open(sys.argv[1]).read(), sys.argv[2]
 named = [l for l in text.splitlines()
@@ -358,4 +407,4 @@ sys.exit(0 if named else 1)
 EOF
 
 echo
-echo "PASS: $branches branches in namespaces; snapshots ok with $shaping; cut of branch$cut reported INCOMPLETE ($(elapsed) s)"
+echo "PASS: $branches branches in namespaces; snapshots ok with $shaping; a 4 s outage of branch$flap healed with every snapshot ok; cut of branch$cut reported INCOMPLETE ($(elapsed) s)"
