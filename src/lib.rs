@@ -7,6 +7,7 @@
 //!   and frame builders. The only module that knows about bytes.
 //! - [`auth`]: the cluster secret and the HMAC challenge-response proofs of the handshakes.
 //! - [`handshake`]: the peer and controller handshakes as async steps over a connection.
+//! - [`backoff`]: the capped, jittered pause between reconnect attempts.
 //! - [`config`]: the branches file (`<name> <ip> <port>` lines), parsed and validated.
 //! - [`core`]: the algorithm with no I/O. [`core::BranchCore`] applies transfers and markers to a
 //!   ledger and returns effects; [`core::SnapshotRecord`] is one branch's part of a snapshot;
@@ -26,6 +27,7 @@
 //!   counters, `/proc` figures, and the sweep's CSV and SVG files.
 
 pub mod auth;
+pub mod backoff;
 pub mod bench;
 pub mod branch;
 pub mod config;

@@ -490,7 +490,7 @@ impl ControllerActor {
         let redialling = async move {
             let started = Instant::now();
             let mut last_warning = started;
-            let mut delay = FIRST_REDIAL_DELAY;
+            let mut backoff = crate::backoff::Backoff::new(FIRST_REDIAL_DELAY, MAX_REDIAL_DELAY);
             loop {
                 let error =
                     match tokio::time::timeout(deadline, TcpStream::connect(branch.addr)).await {
@@ -524,9 +524,7 @@ impl ControllerActor {
                     );
                     last_warning = Instant::now();
                 }
-                let jittered = delay.mul_f64(0.5 + rand::random::<f64>() * 0.5);
-                tokio::time::sleep(jittered).await;
-                delay = (delay * 2).min(MAX_REDIAL_DELAY);
+                tokio::time::sleep(backoff.next_pause()).await;
             }
         };
         ctx.spawn(actix::fut::wrap_future::<_, Self>(redialling).map(

@@ -405,7 +405,7 @@ impl BranchActor {
         let dialling = async move {
             let started = Instant::now();
             let mut last_warning = started;
-            let mut delay = FIRST_REDIAL_DELAY;
+            let mut backoff = crate::backoff::Backoff::new(FIRST_REDIAL_DELAY, MAX_REDIAL_DELAY);
             loop {
                 let error =
                     match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
@@ -443,10 +443,7 @@ impl BranchActor {
                     );
                     last_warning = Instant::now();
                 }
-                // Equal jitter: between half the delay and the whole of it.
-                let jittered = delay.mul_f64(0.5 + rand::random::<f64>() * 0.5);
-                tokio::time::sleep(jittered).await;
-                delay = (delay * 2).min(MAX_REDIAL_DELAY);
+                tokio::time::sleep(backoff.next_pause()).await;
             }
         };
         ctx.spawn(
