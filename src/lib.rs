@@ -21,6 +21,9 @@
 //!   snapshot's record until the controller retrieves it.
 //! - [`controller`]: `ControllerActor` initialises the bank, schedules snapshots, retrieves the
 //!   records and turns them into [`controller::SnapshotReport`]s.
+//! - [`store`]: a durable branch's state in an embedded crash-safe database (redb), written by
+//!   group commit and read back after a crash.
+//! - [`failpoint`]: named places where a test can make a branch abort, as `kill -9` would.
 //! - [`local_bank`]: starts real `branch` processes on free loopback ports and kills them on drop;
 //!   used by `./demo` and the end-to-end tests.
 //! - [`mod@bench`]: the pure half of `./bench`: latency percentiles, transfer rates from snapshot
@@ -33,8 +36,10 @@ pub mod branch;
 pub mod config;
 pub mod controller;
 pub mod core;
+pub mod failpoint;
 pub mod handshake;
 pub mod local_bank;
 pub mod outbox;
 pub mod sim;
+pub mod store;
 pub mod wire;

@@ -125,6 +125,24 @@ pub enum CoreError {
     },
 }
 
+/// Everything a [`BranchCore`] holds, as plain data: what a durable branch persists at each
+/// commit and restores from after a crash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoreState {
+    /// The balance now.
+    pub balance: u64,
+    /// The balance from `InitBranch`.
+    pub initial: u64,
+    /// Transfers sent per outgoing channel.
+    pub sent: Vec<ChannelCount>,
+    /// Transfers received per incoming channel.
+    pub received: Vec<ChannelCount>,
+    /// Snapshots recording, each with its incoming channels still open.
+    pub recording: Vec<(SnapshotId, Vec<bool>)>,
+    /// Finished snapshots, as runs of ids.
+    pub finished: Vec<(SnapshotId, SnapshotId)>,
+}
+
 /// Which incoming channels are still recording for one snapshot in progress.
 #[derive(Debug, Clone)]
 struct Recording {
@@ -170,6 +188,50 @@ impl BranchCore {
             recording: HashMap::new(),
             finished: IdSet::new(),
         }
+    }
+
+    /// The core's state as plain data (see [`CoreState`]). Lost channels are not part of it: a
+    /// restored branch has no connection yet, and its peers get a fresh grace period.
+    pub fn state(&self) -> CoreState {
+        let mut recording: Vec<(SnapshotId, Vec<bool>)> = self
+            .recording
+            .iter()
+            .map(|(&id, recording)| (id, recording.open.clone()))
+            .collect();
+        recording.sort_unstable_by_key(|(id, _)| *id);
+        CoreState {
+            balance: self.ledger.balance(),
+            initial: self.ledger.initial(),
+            sent: self.sent.clone(),
+            received: self.received.clone(),
+            recording,
+            finished: self.finished.runs_iter().collect(),
+        }
+    }
+
+    /// A core restored from [`Self::state`]'s output. Refuses state whose recordings do not
+    /// match its channels.
+    pub fn restore(state: CoreState) -> Result<Self, String> {
+        let incoming = state.received.len();
+        let mut recording = HashMap::new();
+        for (id, open) in state.recording {
+            if open.len() != incoming {
+                return Err(format!(
+                    "snapshot {id} records {} channels, the branch has {incoming}",
+                    open.len()
+                ));
+            }
+            let open_count = open.iter().filter(|&&o| o).count();
+            recording.insert(id, Recording { open, open_count });
+        }
+        Ok(Self {
+            ledger: Ledger::restore(state.balance, state.initial),
+            sent: state.sent,
+            received: state.received,
+            lost: vec![false; incoming],
+            recording,
+            finished: IdSet::from_runs(state.finished),
+        })
     }
 
     /// The branch's ledger.

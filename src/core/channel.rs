@@ -12,6 +12,10 @@
 //! - After a reconnect each side states how far it has received ([`ReceiveCursor::delivered`]),
 //!   and the other resends everything after that position, in the original order, before
 //!   anything new ([`SendWindow::resume`]).
+//! - Durability (a branch with a store): a frame may leave the sender only once it (and the debit
+//!   it carries) is durable, and the receiver acknowledges, or states after a reconnect, only
+//!   positions whose effects are durable. Both halves track that mark ([`SendWindow::mark_durable`],
+//!   [`ReceiveCursor::mark_durable`]); a branch without a store marks everything durable at once.
 //! - The window is bounded in transfers: when it is full the caller must not send new transfers
 //!   on the channel (backpressure), never drop. Markers are always accepted (their number is
 //!   bounded by the snapshots in progress), so a full window never stalls a snapshot.
@@ -72,6 +76,8 @@ pub struct SendWindow {
     transfers: usize,
     /// Most transfers kept unacknowledged before the channel refuses new ones.
     capacity: usize,
+    /// Highest position that is durable and so may be written to the peer.
+    durable: Position,
 }
 
 impl SendWindow {
@@ -82,6 +88,7 @@ impl SendWindow {
             frames: VecDeque::new(),
             transfers: 0,
             capacity: capacity.max(1),
+            durable: 0,
         }
     }
 
@@ -92,11 +99,13 @@ impl SendWindow {
             .iter()
             .filter(|f| matches!(f, Frame::Transfer { .. }))
             .count();
+        let durable = acked + frames.len() as u64;
         Self {
             acked,
             frames: frames.into(),
             transfers,
             capacity: capacity.max(1),
+            durable,
         }
     }
 
@@ -118,6 +127,32 @@ impl SendWindow {
     /// Whether another transfer may be sent now (markers always may).
     pub fn has_room(&self) -> bool {
         self.transfers < self.capacity
+    }
+
+    /// Highest position that may be written to the peer.
+    pub fn durable(&self) -> Position {
+        self.durable
+    }
+
+    /// Frames up to `upto` are durable: returns those that were not before (and are not
+    /// acknowledged), oldest first, to be written to the peer now.
+    pub fn mark_durable(&mut self, upto: Position) -> Vec<(Position, Frame)> {
+        let upto = upto.min(self.last_sent());
+        let from = self.durable.max(self.acked) + 1;
+        self.durable = self.durable.max(upto);
+        if upto < from {
+            return Vec::new();
+        }
+        let skip = (from - self.acked - 1) as usize;
+        let take = (upto - from + 1) as usize;
+        self.frames
+            .iter()
+            .copied()
+            .skip(skip)
+            .take(take)
+            .zip(from..)
+            .map(|(f, p)| (p, f))
+            .collect()
     }
 
     /// Keeps `frame` for a possible resend and returns its position.
@@ -151,8 +186,8 @@ impl SendWindow {
     }
 
     /// After a reconnect the receiver says it has delivered up to `received`: acknowledges that
-    /// much and returns every later frame with its position, oldest first, to be resent before
-    /// anything new.
+    /// much and returns every later durable frame with its position, oldest first, to be resent
+    /// before anything new (frames not durable yet follow when they are).
     pub fn resume(
         &mut self,
         received: Position,
@@ -165,10 +200,12 @@ impl SendWindow {
         }
         self.ack(received)?;
         let first = self.acked + 1;
+        let durable = self.durable.saturating_sub(self.acked) as usize;
         Ok(self
             .frames
             .iter()
             .copied()
+            .take(durable)
             .zip(first..)
             .map(|(f, p)| (p, f)))
     }
@@ -188,6 +225,8 @@ impl SendWindow {
 pub struct ReceiveCursor {
     /// Highest position delivered.
     delivered: Position,
+    /// Highest position whose effects are durable: the most that may be acknowledged.
+    durable: Position,
     /// Highest position acknowledged to the sender.
     acked: Position,
 }
@@ -197,8 +236,19 @@ impl ReceiveCursor {
     pub fn restore(delivered: Position) -> Self {
         Self {
             delivered,
+            durable: delivered,
             acked: delivered,
         }
+    }
+
+    /// Deliveries up to `upto` are durable: they may be acknowledged.
+    pub fn mark_durable(&mut self, upto: Position) {
+        self.durable = self.durable.max(upto.min(self.delivered));
+    }
+
+    /// Highest position durable: what this side states after a reconnect.
+    pub fn durable(&self) -> Position {
+        self.durable
     }
 
     /// Decides what to do with the frame at position `pos`.
@@ -216,28 +266,28 @@ impl ReceiveCursor {
         }
     }
 
-    /// Highest position delivered: what this side states after a reconnect.
+    /// Highest position delivered.
     pub fn delivered(&self) -> Position {
         self.delivered
     }
 
-    /// Frames delivered but not yet acknowledged.
+    /// Frames delivered and durable but not yet acknowledged.
     pub fn unacked(&self) -> u64 {
-        self.delivered - self.acked
+        self.durable - self.acked
     }
 
-    /// The acknowledgement to send now, if anything new was delivered since the last one.
+    /// The acknowledgement to send now, if anything new became durable since the last one.
     pub fn take_ack(&mut self) -> Option<Position> {
-        (self.delivered > self.acked).then(|| {
-            self.acked = self.delivered;
-            self.delivered
+        (self.durable > self.acked).then(|| {
+            self.acked = self.durable;
+            self.durable
         })
     }
 
-    /// A reconnect told the sender how far this side has delivered: that counts as
+    /// A reconnect told the sender how far this side has durably delivered: that counts as
     /// acknowledged.
     pub fn acked_by_resume(&mut self) {
-        self.acked = self.delivered;
+        self.acked = self.durable;
     }
 }
 
@@ -293,7 +343,11 @@ mod tests {
         window.push(transfer(1));
         window.push(Frame::Marker { id: 7 });
         window.push(transfer(2));
+        assert_eq!(window.resume(0).unwrap().count(), 0, "nothing durable yet");
+        assert_eq!(window.mark_durable(2).len(), 2);
         window.ack(1).unwrap();
+        assert_eq!(window.resume(1).unwrap().count(), 1, "only durable frames go out");
+        assert_eq!(window.mark_durable(3), vec![(3, transfer(2))]);
         let resent: Vec<_> = window.resume(2).unwrap().collect();
         assert_eq!(resent, vec![(3, transfer(2))]);
         assert_eq!(window.acked(), 2);
@@ -322,6 +376,9 @@ mod tests {
             })
         );
         assert_eq!(cursor.delivered(), 2, "a gap delivers nothing");
+        assert_eq!(cursor.take_ack(), None, "nothing durable to acknowledge yet");
+        cursor.mark_durable(9);
+        assert_eq!(cursor.durable(), 2, "durable never passes delivered");
         assert_eq!(cursor.unacked(), 2);
         assert_eq!(cursor.take_ack(), Some(2));
         assert_eq!(cursor.take_ack(), None);
@@ -345,12 +402,15 @@ mod tests {
                     0 => {
                         let frame = transfer(next_seq);
                         next_seq += 1;
-                        in_flight.push_back((window.push(frame), frame));
+                        let pos = window.push(frame);
+                        window.mark_durable(pos);
+                        in_flight.push_back((pos, frame));
                     }
                     1 => {
                         if let Some((pos, frame)) = in_flight.pop_front()
                             && cursor.accept(pos).unwrap() == Delivery::Deliver
                         {
+                            cursor.mark_durable(pos);
                             delivered.push(frame);
                         }
                     }

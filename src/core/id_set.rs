@@ -41,6 +41,22 @@ impl IdSet {
         true
     }
 
+    /// The set's runs, `(first, last)` inclusive, in order (what a store persists).
+    pub fn runs_iter(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.ranges.iter().map(|(&start, &end)| (start, end))
+    }
+
+    /// A set made of the runs `(first, last)` (as [`Self::runs_iter`] gave them).
+    pub fn from_runs(runs: impl IntoIterator<Item = (u32, u32)>) -> Self {
+        let mut set = Self::new();
+        for (start, end) in runs {
+            if start <= end {
+                set.ranges.insert(start, end);
+            }
+        }
+        set
+    }
+
     /// How many disjoint runs the set holds: its memory footprint.
     pub fn runs(&self) -> usize {
         self.ranges.len()

@@ -20,6 +20,11 @@ impl Ledger {
         }
     }
 
+    /// A ledger restored from a branch's store: `balance` now, `initial` at `InitBranch`.
+    pub fn restore(balance: u64, initial: u64) -> Self {
+        Self { balance, initial }
+    }
+
     /// Money held now.
     pub fn balance(&self) -> u64 {
         self.balance

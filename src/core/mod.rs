@@ -24,7 +24,9 @@ pub mod ledger;
 pub mod record;
 
 pub use audit::{Audit, ChannelEvidence, CutEvidence, Rule, Violation};
-pub use branch::{BranchCore, Channel, ChannelCount, CoreError, Effect, SnapshotId, chain_digest};
+pub use branch::{
+    BranchCore, Channel, ChannelCount, CoreError, CoreState, Effect, SnapshotId, chain_digest,
+};
 pub use channel::{ChannelError, Delivery, Frame, Position, ReceiveCursor, SendWindow};
 pub use id_set::IdSet;
 pub use ledger::{Ledger, split_total};

@@ -465,7 +465,10 @@ impl Simulator {
     }
 
     fn enqueue(&mut self, link: usize, payload: Payload) -> Result<(), String> {
-        let pos = self.links[link].window.push(payload.frame());
+        let window = &mut self.links[link].window;
+        let pos = window.push(payload.frame());
+        // A simulated branch has no store: a frame is durable at once.
+        window.mark_durable(pos);
         self.transmit(link, pos, payload)
     }
 
@@ -503,6 +506,7 @@ impl Simulator {
             .cursor
             .accept(message.pos)
             .map_err(|err| format!("{}: {err}", self.topology.names[dst]))?;
+        self.links[link].cursor.mark_durable(message.pos);
         if delivery == Delivery::Duplicate {
             self.duplicates += 1;
             if let Some(trace) = &mut self.trace {
