@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use snapbank::auth::Secret;
-use snapbank::branch::{BranchConfig, start_branch};
+use snapbank::branch::{BranchConfig, StartError, start_branch};
 
 /// One branch of a snapbank bank. It waits for the controller's InitBranch, connects to the
 /// other branches, sends them random transfers and takes part in Chandy-Lamport snapshots.
@@ -58,6 +58,12 @@ struct Args {
     #[arg(long, default_value_t = snapbank::branch::DEFAULT_SEND_WINDOW as u64,
           value_parser = clap::value_parser!(u64).range(1..(u32::MAX as u64)))]
     send_window: u64,
+    /// Keep the branch's state in a crash-safe store in this directory (created if missing):
+    /// killed at any instant and started again with the same command line, the branch resumes
+    /// with exactly the money, channels and snapshot records it had. Without it everything is
+    /// in memory.
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
 }
 
 fn parse_name(name: &str) -> Result<String, String> {
@@ -89,24 +95,28 @@ fn main() -> ExitCode {
         peer_timeout: Duration::from_millis(args.peer_timeout_ms),
         peer_grace: Duration::from_millis(args.peer_grace_ms),
         send_window: usize::try_from(args.send_window).unwrap_or(usize::MAX),
+        data_dir: args.data_dir,
         min_interval: Duration::from_millis(args.min_interval_ms),
         max_interval: Duration::from_millis(args.max_interval_ms),
         seed: args.seed,
         max_frame: args.max_frame_bytes,
         ..BranchConfig::new(args.name, SocketAddr::new(args.bind_ip, args.port))
     };
-    let listen = config.listen;
     let system = actix_rt::System::new();
     let result = system.block_on(async move {
         let branch = start_branch(config).await?;
         wait_for_shutdown().await;
         flush_and_stop(&branch).await;
-        Ok::<_, std::io::Error>(())
+        Ok::<_, StartError>(())
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err @ StartError::Store(_)) => {
+            eprintln!("error: {err}");
+            ExitCode::from(2)
+        }
         Err(err) => {
-            eprintln!("error: cannot listen on {listen}: {err}");
+            eprintln!("error: {err}");
             ExitCode::FAILURE
         }
     }

@@ -67,6 +67,9 @@ pub struct BranchConfig {
     /// Most transfers sent to one peer and not yet acknowledged; beyond it the branch sends that
     /// peer nothing new until acknowledgements come (backpressure, never a drop).
     pub send_window: usize,
+    /// Where the branch keeps its durable state (`--data-dir`); `None` keeps everything in
+    /// memory, and a crash loses the branch's money.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl BranchConfig {
@@ -84,6 +87,7 @@ impl BranchConfig {
             peer_timeout: DEFAULT_PEER_TIMEOUT,
             peer_grace: DEFAULT_PEER_GRACE,
             send_window: DEFAULT_SEND_WINDOW,
+            data_dir: None,
         }
     }
 }
@@ -97,12 +101,49 @@ pub struct BranchHandle {
     pub actor: actix::Addr<BranchActor>,
 }
 
-/// Binds the listening socket and starts the branch on the current actix system. Fails only if
-/// the address cannot be bound.
-pub async fn start_branch(config: BranchConfig) -> std::io::Result<BranchHandle> {
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    let addr = listener.local_addr()?;
+/// Why a branch cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Opens the branch's store (with `data_dir`), binds the listening socket and starts the
+/// branch on the current actix system, resuming the store's state if it holds one.
+pub async fn start_branch(config: BranchConfig) -> Result<BranchHandle, StartError> {
+    let (store, restored) = match &config.data_dir {
+        Some(dir) => {
+            let (store, restored) = crate::store::Store::open(dir, &config.name)?;
+            (Some(store), restored)
+        }
+        None => (None, None),
+    };
+    let listen = |source| StartError::Listen {
+        addr: config.listen,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(listen)?;
+    let addr = listener.local_addr().map_err(listen)?;
     log::info!("{}: listening on {addr}", config.name);
-    let actor = actor::start_accepting(BranchActor::new(config, addr.port()), listener);
+    if restored.is_some() {
+        log::info!(
+            "{}: resuming the state kept in {}",
+            config.name,
+            config
+                .data_dir
+                .as_deref()
+                .map(|dir| dir.display().to_string())
+                .unwrap_or_default()
+        );
+    }
+    let branch = BranchActor::new(config, addr.port(), store, restored);
+    let actor = actor::start_accepting(branch, listener);
     Ok(BranchHandle { addr, actor })
 }

@@ -72,9 +72,10 @@ impl BranchActor {
             .decoder_mut()
             .set_max_frame(self.settings.max_frame);
         let outbox = Outbox::new();
+        // Only what is durable counts as received: the peer forgets what this side states.
         outbox.push(Body::Resume(pb::Resume {
             incarnation,
-            received: peer.cursor.delivered(),
+            received: peer.cursor.durable(),
         }));
         peer.cursor.acked_by_resume();
         info!(
@@ -144,7 +145,12 @@ impl BranchActor {
             Body::Ack(pb::Ack { received }) => {
                 match peer.window.ack(received) {
                     Ok(0) => {}
-                    Ok(_) => self.resume(Pause::Room, ctx),
+                    Ok(_) => {
+                        if let Some(durable) = self.durable.as_mut() {
+                            durable.stage_ack(channel, received);
+                        }
+                        self.resume(Pause::Room, ctx);
+                    }
                     Err(err) => self.protocol_error(channel, err.to_string(), ctx),
                 }
                 return;
@@ -177,7 +183,11 @@ impl BranchActor {
             }
         } else {
             match peer.cursor.accept(pos) {
-                Ok(Delivery::Deliver) => {}
+                Ok(Delivery::Deliver) => match self.durable.as_mut() {
+                    // Acknowledged once the commit holding its effects is durable.
+                    Some(durable) => durable.touch(),
+                    None => peer.cursor.mark_durable(pos),
+                },
                 Ok(Delivery::Duplicate) => return,
                 Err(err) => {
                     self.protocol_error(channel, err.to_string(), ctx);
@@ -258,6 +268,11 @@ impl BranchActor {
             link.outbox.push(wire::channel_frame(frame, pos));
         }
         link.resumed = true;
+        if peer.incarnation != Some(resume.incarnation)
+            && let Some(durable) = self.durable.as_mut()
+        {
+            durable.touch();
+        }
         peer.incarnation = Some(resume.incarnation);
         if let Some(grace) = peer.grace.take() {
             ctx.cancel_future(grace);
@@ -404,12 +419,25 @@ impl BranchActor {
         }
     }
 
-    /// Sends `frame` on the channel to peer `channel`: kept in its window until acknowledged,
-    /// and written now if the channel is live (else it goes out with the resend).
-    pub(super) fn send_on_channel(peer: &mut super::Peer, frame: Frame) {
+    /// Sends `frame` on the channel to peer `channel`: kept in its window until acknowledged.
+    /// Without a store it is durable at once and written now if the channel is live (else it
+    /// goes out with the resend); with one it is staged, and written once its commit is durable.
+    pub(super) fn send_on_channel(
+        peer: &mut super::Peer,
+        channel: Channel,
+        frame: Frame,
+        durable: &mut Option<super::durability::Durable>,
+    ) {
         let pos = peer.window.push(frame);
+        if let Some(durable) = durable {
+            durable.stage_frame(channel, pos, frame);
+            return;
+        }
+        let released = peer.window.mark_durable(pos);
         if let Some(link) = peer.link.as_ref().filter(|link| link.resumed) {
-            link.outbox.push(wire::channel_frame(frame, pos));
+            for (pos, frame) in released {
+                link.outbox.push(wire::channel_frame(frame, pos));
+            }
         }
     }
 

@@ -106,6 +106,14 @@ impl BranchActor {
         let members =
             wire::bank_members(&self.name, &init.all_branches).map_err(|err| err.to_string())?;
         self.check_own_entry(&members)?;
+        if let Some(store) = &self.store {
+            self.durable = Some(super::durability::Durable::new(
+                store.database(),
+                members.len().saturating_sub(1),
+            ));
+            let meta = super::durability::meta(&self.name, &members, &secret, self.incarnation);
+            self.stage_meta(&meta);
+        }
         let balance = u64::from(init.balance);
         let window = self.settings.send_window;
         let peers: Vec<Peer> = members
@@ -144,6 +152,14 @@ impl BranchActor {
             peers,
             recorders: HashMap::new(),
         });
+        self.after_bank_created(balance, ctx);
+        Ok(())
+    }
+
+    /// What follows the bank's creation (from `InitBranch`, or restored from the store): the
+    /// peers that connected early are admitted, the peers this branch dials are dialled, and
+    /// the transfer generator starts.
+    pub(super) fn after_bank_created(&mut self, initial_balance: u64, ctx: &mut Context<Self>) {
         for parked in std::mem::take(&mut self.parked) {
             self.admit_peer(parked, ctx);
         }
@@ -157,16 +173,16 @@ impl BranchActor {
         for channel in to_dial {
             self.dial(channel, ctx);
         }
-        self.traffic.set_initial_balance(balance);
+        self.traffic.set_initial_balance(initial_balance);
         // Even with nothing to send yet: a generator without money parks until a deposit.
         self.generate(ctx);
-        Ok(())
+        self.commit_if_needed(ctx);
     }
 
     /// Checks this branch's own entry in `InitBranch` against what it knows of itself: the
     /// port it listens on. A branches file with names and ports swapped would otherwise give
     /// this branch another branch's place, and the controller would blame the wrong branch.
-    fn check_own_entry(&self, members: &[BranchEntry]) -> Result<(), String> {
+    pub(super) fn check_own_entry(&self, members: &[BranchEntry]) -> Result<(), String> {
         let Some(own) = members.iter().find(|member| *member.name == *self.name) else {
             return Err(format!("InitBranch does not list {}", self.name));
         };
@@ -290,9 +306,17 @@ impl BranchActor {
         }
     }
 
+    /// Sends an answer on controller connection `conn` once what it reports is durable (at
+    /// once without a store).
+    fn send_answer(&mut self, conn: ConnId, answer: pb::return_snapshot::LocalSnapshot) {
+        if let Some(answer) = self.answer_when_durable(conn, answer) {
+            self.send_answer_now(conn, answer);
+        }
+    }
+
     /// Sends an answer on controller connection `conn` (if it is still open), keeping a copy of
     /// a finished record for a controller that asks again.
-    fn send_answer(&mut self, conn: ConnId, answer: pb::return_snapshot::LocalSnapshot) {
+    pub(super) fn send_answer_now(&mut self, conn: ConnId, answer: pb::return_snapshot::LocalSnapshot) {
         let finished = [
             pb::SnapshotStatus::Complete as i32,
             pb::SnapshotStatus::CutShort as i32,

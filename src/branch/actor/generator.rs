@@ -28,6 +28,7 @@ impl BranchActor {
                 break;
             }
         }
+        self.commit_if_needed(ctx);
         if !self.traffic.flat_out() {
             let delay = self.traffic.next_delay();
             ctx.notify_later(SendTransfer, delay);
@@ -112,7 +113,12 @@ impl BranchActor {
                 self.name, peer.name
             );
         }
-        Self::send_on_channel(peer, Frame::Transfer { seq, amount });
+        Self::send_on_channel(
+            peer,
+            channel,
+            Frame::Transfer { seq, amount },
+            &mut self.durable,
+        );
         Ok(())
     }
 }

@@ -12,11 +12,14 @@
 //!   peer lacks, positions and acknowledgements, losing a peer only after its grace period.
 //! - `commands`: the controller's commands: `InitBranch`, `InitSnapshot`, `RetrieveSnapshot`.
 //! - `recording`: the core's effects: recorders, markers, money found in transit.
+//! - `durability`: with a store, group commit and the rule that nothing leaves the branch before
+//!   what it depends on is durable; restoring the bank from the store after a crash.
 //! - `generator`: the random transfer generator.
 
 mod admission;
 mod channels;
 mod commands;
+mod durability;
 mod generator;
 mod recording;
 
@@ -265,13 +268,25 @@ pub struct BranchActor {
     highest_snapshot: Option<SnapshotId>,
     /// An acknowledgement flush is scheduled.
     ack_scheduled: bool,
+    /// The branch's store (`--data-dir`), if it has one.
+    store: Option<crate::store::Store>,
+    /// The state read from the store at start, restored when the actor starts.
+    restored: Option<crate::store::Restored>,
+    /// With a store: what is staged for the next commit and what waits for one.
+    durable: Option<durability::Durable>,
     /// Ctrl-C or SIGTERM: no new transfers; what is queued is flushed and the connections closed.
     shutting_down: bool,
 }
 
 impl BranchActor {
-    /// A branch that has not been initialised yet, listening on `port`.
-    pub fn new(settings: BranchConfig, port: u16) -> Self {
+    /// A branch listening on `port`: not initialised yet, or (with `restored`) resuming the
+    /// state its `store` held.
+    pub fn new(
+        settings: BranchConfig,
+        port: u16,
+        store: Option<crate::store::Store>,
+        restored: Option<crate::store::Restored>,
+    ) -> Self {
         let traffic = Traffic::new(settings.min_interval, settings.max_interval, settings.seed);
         let settings_secret = settings.secret.clone();
         Self {
@@ -294,6 +309,9 @@ impl BranchActor {
             peer_handshakes: 0,
             highest_snapshot: None,
             ack_scheduled: false,
+            store,
+            restored,
+            durable: None,
             shutting_down: false,
         }
     }
@@ -313,6 +331,22 @@ impl BranchActor {
 
 impl Actor for BranchActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let Some(restored) = self.restored.take() else {
+            return;
+        };
+        if let Some(store) = &self.store {
+            self.durable = Some(durability::Durable::new(store.database(), 0));
+        }
+        if let Err(reason) = self.restore(restored, ctx) {
+            log::error!(
+                "{}: the store's state cannot be restored: {reason}; refusing to start with a guessed state",
+                self.name
+            );
+            std::process::exit(2);
+        }
+    }
 }
 
 impl Handler<Accepted> for BranchActor {
@@ -341,15 +375,19 @@ impl Handler<ConnectionClosed> for BranchActor {
 impl Handler<RecorderRetired> for BranchActor {
     type Result = ();
 
-    fn handle(&mut self, msg: RecorderRetired, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: RecorderRetired, ctx: &mut Context<Self>) {
         if msg.discarded {
             self.discarded.insert(msg.id);
+        }
+        if let Some(durable) = self.durable.as_mut() {
+            durable.remove_record(msg.id);
         }
         if let Some(bank) = self.bank.as_mut() {
             bank.recorders.remove(&msg.id);
             // A record discarded unfinished must not go on collecting transfers.
             bank.core.abandon(msg.id);
         }
+        self.commit_if_needed(ctx);
     }
 }
 
@@ -381,6 +419,7 @@ impl Handler<InboundBatch> for BranchActor {
             self.acknowledge(channel, ctx);
             self.resume(Pause::Funds, ctx);
         }
+        self.commit_if_needed(ctx);
     }
 }
 

@@ -35,6 +35,11 @@ impl BranchActor {
         let Some(bank) = self.bank.as_mut() else {
             return;
         };
+        if let Some(durable) = self.durable.as_mut()
+            && !self.effects.is_empty()
+        {
+            durable.touch();
+        }
         for effect in self.effects.drain(..) {
             match effect {
                 Effect::BeginRecord {
@@ -55,6 +60,12 @@ impl BranchActor {
                         }
                         self.discarded.insert(oldest);
                         bank.core.abandon(oldest);
+                        if let Some(durable) = self.durable.as_mut() {
+                            durable.remove_record(oldest);
+                        }
+                    }
+                    if let Some(durable) = self.durable.as_mut() {
+                        durable.begin_record(id, balance, &sent, &received);
                     }
                     self.highest_snapshot = Some(self.highest_snapshot.map_or(id, |h| h.max(id)));
                     let record = SnapshotRecord::new(id, balance, sent, received);
@@ -76,7 +87,7 @@ impl BranchActor {
                 }
                 Effect::SendMarker { to, id } => {
                     if let Some(peer) = bank.peers.get_mut(to) {
-                        Self::send_on_channel(peer, Frame::Marker { id });
+                        Self::send_on_channel(peer, to, Frame::Marker { id }, &mut self.durable);
                     }
                 }
                 Effect::RecordTransfer {
@@ -85,12 +96,16 @@ impl BranchActor {
                     seq,
                     amount,
                 } => {
-                    self.observed
-                        .entry(id)
-                        .or_default()
-                        .push(InTransit { from, seq, amount });
+                    let transfer = InTransit { from, seq, amount };
+                    if let Some(durable) = self.durable.as_mut() {
+                        durable.record_transfer(id, transfer);
+                    }
+                    self.observed.entry(id).or_default().push(transfer);
                 }
                 Effect::ChannelLost { id, from } => {
+                    if let Some(durable) = self.durable.as_mut() {
+                        durable.lose_channel(id, from);
+                    }
                     if let Some(recorder) = bank.recorders.get(&id) {
                         if let Some(observed) = self.observed.remove(&id) {
                             recorder.do_send(recorder::Observed(observed));
@@ -100,6 +115,9 @@ impl BranchActor {
                 }
                 Effect::FinishRecord { id } => {
                     debug!("{}: finished recording snapshot {id}", self.name);
+                    if let Some(durable) = self.durable.as_mut() {
+                        durable.finish_record(id);
+                    }
                     if let Some(recorder) = bank.recorders.get(&id) {
                         if let Some(observed) = self.observed.remove(&id) {
                             recorder.do_send(recorder::Observed(observed));

@@ -1,0 +1,582 @@
+//! Durability for [`BranchActor`] (a branch with `--data-dir`): group commit into its
+//! [`crate::store`], and the rule that nothing leaves the branch before what it depends on is
+//! durable.
+//!
+//! The durability rule:
+//! - a transfer (and a marker) leaves the sender only once its frame, and the debit it carries,
+//!   are durable;
+//! - the receiver acknowledges a frame (or states it as received after a reconnect) only once
+//!   its credit, and whatever it recorded in a snapshot, are durable;
+//! - a `ReturnSnapshot` leaves only once the state it reports is durable.
+//!
+//! Group commit: changes are staged as the actor makes them; when no commit is being written,
+//! the staged changes go into one write transaction on a blocking thread (one fsync), while the
+//! actor goes on staging the next batch. When a commit is durable, the frames, acknowledgements
+//! and answers it covers are released. A crash at any instant then loses nothing and creates
+//! nothing: what was not durable was never sent or acknowledged, so the peers still hold (and
+//! resend) the frames, duplicates are dropped by position, and the restarted branch reads
+//! exactly the state of its last commit.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use log::{error, info};
+use prost::Message;
+
+use super::{Bank, BranchActor, ConnId, Peer};
+use crate::auth::Secret;
+use crate::branch::recorder::SnapshotRecorder;
+use crate::config::BranchEntry;
+use crate::core::{
+    BranchCore, ChannelCount, CoreState, Frame, InTransit, Position, ReceiveCursor, SendWindow,
+    SnapshotId, SnapshotRecord,
+};
+use crate::store::{self, ChangeSet, Restored, pb};
+use crate::wire::{self, pb as wire_pb};
+
+/// How often the store's figures are logged.
+const STATS_EVERY: Duration = Duration::from_secs(10);
+
+/// A commit being written.
+struct Commit {
+    epoch: u64,
+    /// Per peer: the last position sent when the commit started (frames up to it are in it).
+    sent_upto: Vec<Position>,
+    /// Per peer: the last position delivered when the commit started.
+    delivered_upto: Vec<Position>,
+    /// The commit holds a snapshot record that is still recording (for the `mid-record`
+    /// failpoint).
+    unfinished_record: bool,
+    started: Instant,
+}
+
+/// The durable half of a branch: what is staged for the next commit and what waits for one.
+pub(super) struct Durable {
+    db: Arc<redb::Database>,
+    /// Changes for the next commit.
+    staged: ChangeSet,
+    /// Something changed since the last commit started.
+    dirty: bool,
+    /// The commit being written.
+    committing: Option<Commit>,
+    /// The next commit's epoch.
+    next_epoch: u64,
+    /// Per peer: frames sent since the last commit started, with the first one's position.
+    new_frames: Vec<Option<(Position, Vec<Frame>)>>,
+    /// Per peer: the stored frame batches, `(first, last)`, oldest first.
+    batches: Vec<VecDeque<(Position, Position)>>,
+    /// The header of every record not yet retrieved, as stored.
+    headers: HashMap<SnapshotId, pb::RecordHeader>,
+    /// Transfers found in transit since the last commit started, per record.
+    new_transit: HashMap<SnapshotId, Vec<pb::InTransit>>,
+    /// Per record: the next transit batch's index.
+    transit_batches: HashMap<SnapshotId, u64>,
+    /// Answers waiting for the commit (by epoch) that makes what they report durable.
+    held_answers: Vec<(u64, ConnId, wire_pb::return_snapshot::LocalSnapshot)>,
+    /// Figures since the last log line.
+    commits: u64,
+    frames_committed: u64,
+    commit_time: Duration,
+    stats_since: Instant,
+}
+
+fn counts(count: ChannelCount) -> pb::Counts {
+    pb::Counts {
+        count: count.count,
+        amount: count.amount,
+        digest: count.digest,
+    }
+}
+
+fn channel_count(counts: Option<&pb::Counts>) -> ChannelCount {
+    counts.map_or_else(ChannelCount::default, |c| ChannelCount {
+        count: c.count,
+        amount: c.amount,
+        digest: c.digest,
+    })
+}
+
+impl Durable {
+    /// A durable half writing to `db`, for a bank of `peers` peers.
+    pub(super) fn new(db: Arc<redb::Database>, peers: usize) -> Self {
+        Self {
+            db,
+            staged: ChangeSet::default(),
+            dirty: false,
+            committing: None,
+            next_epoch: 1,
+            new_frames: vec![None; peers],
+            batches: vec![VecDeque::new(); peers],
+            headers: HashMap::new(),
+            new_transit: HashMap::new(),
+            transit_batches: HashMap::new(),
+            held_answers: Vec::new(),
+            commits: 0,
+            frames_committed: 0,
+            commit_time: Duration::ZERO,
+            stats_since: Instant::now(),
+        }
+    }
+
+    /// Marks the core changed (a credit, a debit, a position...).
+    pub(super) fn touch(&mut self) {
+        self.dirty = true;
+    }
+
+    /// Stages the frame at `pos` sent to peer `channel`.
+    pub(super) fn stage_frame(&mut self, channel: usize, pos: Position, frame: Frame) {
+        self.dirty = true;
+        if let Some(slot) = self.new_frames.get_mut(channel) {
+            slot.get_or_insert_with(|| (pos, Vec::new())).1.push(frame);
+        }
+    }
+
+    /// Peer `channel` acknowledged up to `acked`: batches wholly acknowledged are deleted.
+    pub(super) fn stage_ack(&mut self, channel: usize, acked: Position) {
+        self.dirty = true;
+        let Some(batches) = self.batches.get_mut(channel) else {
+            return;
+        };
+        while let Some(&(first, last)) = batches.front() {
+            if last > acked {
+                break;
+            }
+            batches.pop_front();
+            self.staged
+                .removed_frame_batches
+                .push((channel as u32, first));
+        }
+    }
+
+    /// Stages `header` as record `id`'s stored header.
+    fn stage_header(&mut self, header: pb::RecordHeader) {
+        self.dirty = true;
+        self.staged
+            .records
+            .push((header.id, header.encode_to_vec()));
+        self.headers.insert(header.id, header);
+    }
+
+    /// A record begins.
+    pub(super) fn begin_record(
+        &mut self,
+        id: SnapshotId,
+        balance: u64,
+        sent: &[ChannelCount],
+        received: &[ChannelCount],
+    ) {
+        self.stage_header(pb::RecordHeader {
+            id,
+            balance,
+            sent: sent.iter().map(|&c| counts(c)).collect(),
+            received: received.iter().map(|&c| counts(c)).collect(),
+            lost: Vec::new(),
+            finished: false,
+        });
+    }
+
+    /// A transfer was found in transit for record `id`.
+    pub(super) fn record_transfer(&mut self, id: SnapshotId, transfer: InTransit) {
+        self.dirty = true;
+        self.new_transit
+            .entry(id)
+            .or_default()
+            .push(pb::InTransit {
+                from: transfer.from as u32,
+                seq: transfer.seq,
+                amount: transfer.amount,
+            });
+    }
+
+    /// Record `id` lost channel `from`.
+    pub(super) fn lose_channel(&mut self, id: SnapshotId, from: usize) {
+        if let Some(mut header) = self.headers.get(&id).cloned() {
+            header.lost.push(from as u32);
+            self.stage_header(header);
+        }
+    }
+
+    /// Record `id` is finished.
+    pub(super) fn finish_record(&mut self, id: SnapshotId) {
+        if let Some(mut header) = self.headers.get(&id).cloned() {
+            header.finished = true;
+            self.stage_header(header);
+        }
+    }
+
+    /// Record `id` was retrieved or discarded: it is deleted from the store.
+    pub(super) fn remove_record(&mut self, id: SnapshotId) {
+        if self.headers.remove(&id).is_some() {
+            self.dirty = true;
+            self.new_transit.remove(&id);
+            self.transit_batches.remove(&id);
+            self.staged.removed_records.push(id);
+        }
+    }
+
+    /// The epoch an answer produced now must wait for, or `None` if what it reports is durable
+    /// already.
+    fn epoch_for_answer(&self) -> Option<u64> {
+        if self.dirty {
+            Some(self.next_epoch)
+        } else {
+            self.committing.as_ref().map(|commit| commit.epoch)
+        }
+    }
+
+    fn log_stats(&mut self) {
+        let elapsed = self.stats_since.elapsed();
+        if elapsed < STATS_EVERY || self.commits == 0 {
+            return;
+        }
+        info!(
+            "store: {} commits in {:.1} s ({:.0} fsyncs/s), {:.1} frames per commit, mean commit {:.2} ms",
+            self.commits,
+            elapsed.as_secs_f64(),
+            self.commits as f64 / elapsed.as_secs_f64(),
+            self.frames_committed as f64 / self.commits as f64,
+            self.commit_time.as_secs_f64() * 1000.0 / self.commits as f64
+        );
+        self.commits = 0;
+        self.frames_committed = 0;
+        self.commit_time = Duration::ZERO;
+        self.stats_since = Instant::now();
+    }
+}
+
+/// The stored `Meta` of a bank.
+pub(super) fn meta(name: &str, members: &[BranchEntry], secret: &Secret, incarnation: u64) -> pb::Meta {
+    pb::Meta {
+        format: store::FORMAT,
+        name: name.to_string(),
+        members: members
+            .iter()
+            .map(|member| pb::Member {
+                name: member.name.clone(),
+                ip: member.addr.ip().to_string(),
+                port: u32::from(member.addr.port()),
+            })
+            .collect(),
+        secret: secret.as_bytes().to_vec(),
+        incarnation,
+    }
+}
+
+impl BranchActor {
+    /// Stages the bank's description (at `InitBranch`), to be made durable with the first
+    /// commit.
+    pub(super) fn stage_meta(&mut self, meta: &pb::Meta) {
+        if let Some(durable) = self.durable.as_mut() {
+            durable.staged.meta = Some(meta.encode_to_vec());
+            durable.dirty = true;
+        }
+    }
+
+    /// Holds `answer` for controller connection `conn` until what it reports is durable; gives
+    /// it back when it may go out now (no store, or nothing pending).
+    pub(super) fn answer_when_durable(
+        &mut self,
+        conn: ConnId,
+        answer: wire_pb::return_snapshot::LocalSnapshot,
+    ) -> Option<wire_pb::return_snapshot::LocalSnapshot> {
+        let Some(durable) = self.durable.as_mut() else {
+            return Some(answer);
+        };
+        let Some(epoch) = durable.epoch_for_answer() else {
+            return Some(answer);
+        };
+        durable.held_answers.push((epoch, conn, answer));
+        None
+    }
+
+    /// Starts a commit of what is staged, if anything is and none is being written.
+    pub(super) fn commit_if_needed(&mut self, ctx: &mut Context<Self>) {
+        let (Some(durable), Some(bank)) = (self.durable.as_mut(), self.bank.as_ref()) else {
+            return;
+        };
+        if durable.committing.is_some() || !durable.dirty {
+            return;
+        }
+        let mut changes = std::mem::take(&mut durable.staged);
+        let mut frames = 0u64;
+        for (channel, slot) in durable.new_frames.iter_mut().enumerate() {
+            if let Some((first, list)) = slot.take() {
+                frames += list.len() as u64;
+                let last = first + list.len() as u64 - 1;
+                durable.batches[channel].push_back((first, last));
+                let batch = pb::FrameBatch {
+                    frames: list.into_iter().map(store::encode_frame).collect(),
+                };
+                changes
+                    .frame_batches
+                    .push((channel as u32, first, batch.encode_to_vec()));
+            }
+        }
+        for (id, transfers) in durable.new_transit.drain() {
+            let index = durable.transit_batches.entry(id).or_insert(0);
+            changes.transit.push((
+                id,
+                *index,
+                pb::TransitBatch { transfers }.encode_to_vec(),
+            ));
+            *index += 1;
+        }
+        changes.core = Some(encode_core(bank, self.highest_snapshot).encode_to_vec());
+        let unfinished_record = durable.headers.values().any(|header| !header.finished);
+        let epoch = durable.next_epoch;
+        durable.next_epoch += 1;
+        durable.dirty = false;
+        durable.frames_committed += frames;
+        durable.committing = Some(Commit {
+            epoch,
+            sent_upto: bank.peers.iter().map(|p| p.window.last_sent()).collect(),
+            delivered_upto: bank.peers.iter().map(|p| p.cursor.delivered()).collect(),
+            unfinished_record,
+            started: Instant::now(),
+        });
+        let db = durable.db.clone();
+        let writing = tokio::task::spawn_blocking(move || store::commit(&db, changes));
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(writing).map(
+            |result, branch, ctx| match result {
+                Ok(Ok(())) => branch.commit_done(ctx),
+                Ok(Err(err)) => branch.store_failed(&err.to_string()),
+                Err(err) => branch.store_failed(&format!("the commit thread failed: {err}")),
+            },
+        ));
+    }
+
+    /// A branch that cannot make its state durable must not go on: it stops at once, as a
+    /// crash would, and restarts from its last commit.
+    fn store_failed(&self, reason: &str) -> ! {
+        error!(
+            "{}: {reason}; stopping (the branch restarts from its last durable commit)",
+            self.name
+        );
+        std::process::exit(1);
+    }
+
+    /// A commit is durable: release the frames, acknowledgements and answers it covers.
+    fn commit_done(&mut self, ctx: &mut Context<Self>) {
+        let Some(durable) = self.durable.as_mut() else {
+            return;
+        };
+        let Some(commit) = durable.committing.take() else {
+            return;
+        };
+        durable.commits += 1;
+        durable.commit_time += commit.started.elapsed();
+        durable.log_stats();
+        crate::failpoint::hit("commit-durable");
+        if commit.unfinished_record {
+            crate::failpoint::hit("mid-record");
+        }
+        let Some(bank) = self.bank.as_mut() else {
+            return;
+        };
+        for (channel, peer) in bank.peers.iter_mut().enumerate() {
+            let released = peer.window.mark_durable(commit.sent_upto[channel]);
+            if !released.is_empty() {
+                crate::failpoint::hit("before-send");
+                if let Some(link) = peer.link.as_ref().filter(|link| link.resumed) {
+                    for (pos, frame) in released {
+                        link.outbox.push(wire::channel_frame(frame, pos));
+                    }
+                }
+            }
+            if commit.delivered_upto[channel] > peer.cursor.durable() {
+                crate::failpoint::hit("before-ack");
+                peer.cursor.mark_durable(commit.delivered_upto[channel]);
+            }
+        }
+        let channels = bank.peers.len();
+        for channel in 0..channels {
+            self.acknowledge(channel, ctx);
+        }
+        let Some(durable) = self.durable.as_mut() else {
+            return;
+        };
+        let (ready, waiting): (Vec<_>, Vec<_>) = durable
+            .held_answers
+            .drain(..)
+            .partition(|(epoch, _, _)| *epoch <= commit.epoch);
+        durable.held_answers = waiting;
+        for (_, conn, answer) in ready {
+            self.send_answer_now(conn, answer);
+        }
+        self.commit_if_needed(ctx);
+    }
+
+    /// Rebuilds the bank from the state its store held, then reconnects.
+    pub(super) fn restore(&mut self, restored: Restored, ctx: &mut Context<Self>) -> Result<(), String> {
+        let Restored {
+            meta,
+            core,
+            frames,
+            frame_batches,
+            records,
+            transit_batches,
+        } = restored;
+        let members: Vec<wire_pb::init_branch::Branch> = meta
+            .members
+            .iter()
+            .map(|member| wire_pb::init_branch::Branch {
+                name: member.name.clone(),
+                ip: member.ip.clone(),
+                port: member.port,
+            })
+            .collect();
+        let members = wire::bank_members(&self.name, &members).map_err(|err| err.to_string())?;
+        self.check_own_entry(&members)?;
+        let secret = if meta.secret.is_empty() {
+            Secret::none()
+        } else {
+            Secret::from_bytes(meta.secret.clone(), "the store").map_err(|err| err.to_string())?
+        };
+        self.incarnation = meta.incarnation;
+        let state = CoreState {
+            balance: core.balance,
+            initial: core.initial,
+            sent: core.peers.iter().map(|p| channel_count(p.sent.as_ref())).collect(),
+            received: core
+                .peers
+                .iter()
+                .map(|p| channel_count(p.received.as_ref()))
+                .collect(),
+            recording: core
+                .recording
+                .iter()
+                .map(|r| (r.id, r.open.clone()))
+                .collect(),
+            finished: core
+                .finished_first
+                .iter()
+                .copied()
+                .zip(core.finished_last.iter().copied())
+                .collect(),
+        };
+        let branch_core = BranchCore::restore(state)?;
+        let window = self.settings.send_window;
+        let mut frames = frames.into_iter();
+        let peers: Vec<Peer> = members
+            .into_iter()
+            .filter(|member| *member.name != *self.name)
+            .zip(core.peers.iter())
+            .map(|(BranchEntry { name, addr }, stored)| Peer {
+                we_dial: *self.name < *name,
+                name,
+                addr,
+                window: SendWindow::restore(
+                    window,
+                    stored.acked,
+                    frames.next().unwrap_or_default().into_iter().map(|(_, f)| f).collect(),
+                ),
+                cursor: ReceiveCursor::restore(stored.delivered),
+                link: None,
+                dialling: false,
+                incarnation: (stored.peer_incarnation != 0).then_some(stored.peer_incarnation),
+                down_since: None,
+                grace: None,
+                refused: None,
+            })
+            .collect();
+        let unacked: usize = peers.iter().map(|peer| peer.window.unacked()).sum();
+        let balance = branch_core.ledger().balance();
+        let initial = branch_core.ledger().initial();
+        let mut durable = Durable::new(
+            self.durable
+                .as_ref()
+                .map(|d| d.db.clone())
+                .ok_or("no store to restore into")?,
+            peers.len(),
+        );
+        durable.batches = frame_batches.into_iter().map(VecDeque::from).collect();
+        durable.transit_batches = transit_batches;
+        self.secret = Some(secret.clone());
+        self.highest_snapshot = (core.highest_snapshot != 0).then_some(core.highest_snapshot);
+        let peer_names: std::rc::Rc<[String]> = peers.iter().map(|peer| peer.name.clone()).collect();
+        let mut recorders = HashMap::new();
+        for (header, found) in records {
+            let mut record = SnapshotRecord::new(
+                header.id,
+                header.balance,
+                header.sent.iter().map(|c| channel_count(Some(c))).collect(),
+                header
+                    .received
+                    .iter()
+                    .map(|c| channel_count(Some(c)))
+                    .collect(),
+            );
+            for transfer in &found {
+                record.add_in_transit(InTransit {
+                    from: transfer.from as usize,
+                    seq: transfer.seq,
+                    amount: transfer.amount,
+                });
+            }
+            for &lost in &header.lost {
+                record.lose(lost as usize);
+            }
+            if header.finished {
+                record.finish();
+            }
+            let recorder =
+                SnapshotRecorder::new(record, self.name.clone(), peer_names.clone(), ctx.address())
+                    .start();
+            recorders.insert(header.id, recorder);
+            durable.headers.insert(header.id, header);
+        }
+        info!(
+            "{}: restored from its store: balance {balance}, {} peers, {unacked} frame(s) to resend, {} snapshot record(s) kept, incarnation {:016x}",
+            self.name,
+            peers.len(),
+            recorders.len(),
+            self.incarnation
+        );
+        self.durable = Some(durable);
+        self.bank = Some(Bank {
+            core: branch_core,
+            peer_names,
+            by_name: peers
+                .iter()
+                .enumerate()
+                .map(|(channel, peer)| (peer.name.clone(), channel))
+                .collect(),
+            peers,
+            recorders,
+            authenticated: !secret.is_empty(),
+        });
+        self.after_bank_created(initial, ctx);
+        Ok(())
+    }
+}
+
+/// The stored form of the core and the peers' positions.
+fn encode_core(bank: &Bank, highest_snapshot: Option<SnapshotId>) -> pb::Core {
+    let state = bank.core.state();
+    pb::Core {
+        balance: state.balance,
+        initial: state.initial,
+        peers: bank
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(channel, peer)| pb::PeerChannel {
+                sent: state.sent.get(channel).map(|&c| counts(c)),
+                received: state.received.get(channel).map(|&c| counts(c)),
+                delivered: peer.cursor.delivered(),
+                acked: peer.window.acked(),
+                peer_incarnation: peer.incarnation.unwrap_or(0),
+            })
+            .collect(),
+        recording: state
+            .recording
+            .into_iter()
+            .map(|(id, open)| pb::Recording { id, open })
+            .collect(),
+        finished_first: state.finished.iter().map(|&(first, _)| first).collect(),
+        finished_last: state.finished.iter().map(|&(_, last)| last).collect(),
+        highest_snapshot: highest_snapshot.unwrap_or(0),
+    }
+}
