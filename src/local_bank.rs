@@ -103,12 +103,37 @@ pub struct LocalBank {
     children: Vec<Child>,
     /// Whether to leave `dir` behind on drop (so a person can read the logs).
     keep_dir: bool,
+    /// The `branch` binary, to restart a branch.
+    branch_bin: PathBuf,
+    /// Arguments every branch was started with (after name and port), to restart one.
+    branch_args: Vec<String>,
+    /// Whether each branch keeps its state in a data directory of its own (`<dir>/<name>.data`).
+    durable: bool,
 }
 
 impl LocalBank {
     /// Starts `count` branches named `branch1`... from the `branch` binary at `branch_bin`, each
     /// with `branch_args` appended, logging to `<dir>/<name>.log` at `RUST_LOG` (default info).
     pub fn start(branch_bin: &Path, count: usize, branch_args: &[String]) -> std::io::Result<Self> {
+        Self::start_with(branch_bin, count, branch_args, false)
+    }
+
+    /// As [`Self::start`], each branch with a data directory of its own ([`Self::data_dir`]):
+    /// killed and restarted, a branch resumes its state.
+    pub fn start_durable(
+        branch_bin: &Path,
+        count: usize,
+        branch_args: &[String],
+    ) -> std::io::Result<Self> {
+        Self::start_with(branch_bin, count, branch_args, true)
+    }
+
+    fn start_with(
+        branch_bin: &Path,
+        count: usize,
+        branch_args: &[String],
+        durable: bool,
+    ) -> std::io::Result<Self> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|elapsed| elapsed.subsec_nanos())
@@ -124,6 +149,9 @@ impl LocalBank {
             entries: Vec::new(),
             children: Vec::new(),
             keep_dir: false,
+            branch_bin: branch_bin.to_path_buf(),
+            branch_args: branch_args.to_vec(),
+            durable,
         };
         let ports = free_ports(count)?;
         let mut file = File::create(bank.branches_file())?;
@@ -131,27 +159,73 @@ impl LocalBank {
         for (index, port) in ports.into_iter().enumerate() {
             let name = format!("branch{}", index + 1);
             writeln!(file, "{name} 127.0.0.1 {port}")?;
-            let log = File::create(bank.log_path(&name))?;
-            let child = Command::new(branch_bin)
-                .arg(&name)
-                .arg(port.to_string())
-                .args(["--bind-ip", "127.0.0.1"])
-                .args(branch_args)
-                .env(
-                    "RUST_LOG",
-                    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-                )
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()?;
-            bank.children.push(child);
             bank.entries.push(BranchEntry {
                 name,
                 addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
             });
+            let child = bank.spawn(index, &[], &[])?;
+            bank.children.push(child);
         }
         Ok(bank)
+    }
+
+    /// Starts branch `index` (file order) with the bank's arguments plus `extra`, appending to
+    /// its log.
+    fn spawn(
+        &self,
+        index: usize,
+        extra: &[String],
+        env: &[(&str, &str)],
+    ) -> std::io::Result<Child> {
+        let entry = &self.entries[index];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(&entry.name))?;
+        let mut command = Command::new(&self.branch_bin);
+        command
+            .arg(&entry.name)
+            .arg(entry.addr.port().to_string())
+            .args(["--bind-ip", "127.0.0.1"]);
+        if self.durable {
+            command.arg("--data-dir").arg(self.data_dir(&entry.name));
+        }
+        command
+            .args(&self.branch_args)
+            .args(extra)
+            .envs(env.iter().copied())
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+    }
+
+    /// Starts branch `index` again with the same command line (after it was killed or it
+    /// crashed), plus `extra` arguments; kills it first if it is still running.
+    pub fn restart(&mut self, index: usize, extra: &[String]) -> std::io::Result<()> {
+        self.restart_with_env(index, extra, &[])
+    }
+
+    /// As [`Self::restart`], with extra environment variables (a failpoint, say).
+    pub fn restart_with_env(
+        &mut self,
+        index: usize,
+        extra: &[String],
+        env: &[(&str, &str)],
+    ) -> std::io::Result<()> {
+        self.kill(index);
+        let child = self.spawn(index, extra, env)?;
+        self.children[index] = child;
+        Ok(())
+    }
+
+    /// The data directory of branch `name` in a durable bank.
+    pub fn data_dir(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.data"))
     }
 
     /// The generated branches file, to hand to the controller.

@@ -173,7 +173,14 @@ impl Store {
             path: path.clone(),
             reason,
         };
-        let db = Database::create(&path).map_err(|err| corrupt(err.to_string()))?;
+        let db = if path.exists() {
+            Database::create(&path).map_err(|err| corrupt(err.to_string()))?
+        } else {
+            create_atomically(dir, &path).map_err(|err| StoreError::CreateDir {
+                dir: dir.to_path_buf(),
+                reason: err,
+            })?
+        };
         let restored = read_state(&db, name, &path)?;
         Ok((Self { db: Arc::new(db) }, restored))
     }
@@ -182,6 +189,22 @@ impl Store {
     pub fn database(&self) -> Arc<Database> {
         self.db.clone()
     }
+}
+
+/// Creates a new store so that a crash at any instant leaves either no store or a whole, empty
+/// one, never a half-written file: the database is created and committed under a temporary
+/// name, then renamed into place, and the directory synced.
+fn create_atomically(dir: &Path, path: &Path) -> Result<Database, String> {
+    let temporary = dir.join(format!("{FILE_NAME}.new"));
+    let _ = std::fs::remove_file(&temporary);
+    let db = Database::create(&temporary).map_err(|err| err.to_string())?;
+    let txn = db.begin_write().map_err(|err| err.to_string())?;
+    txn.commit().map_err(|err| err.to_string())?;
+    std::fs::rename(&temporary, path).map_err(|err| err.to_string())?;
+    std::fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|err| err.to_string())?;
+    Ok(db)
 }
 
 /// Reads the whole state, checking its format and owner.
@@ -240,13 +263,17 @@ fn read_state(db: &Database, name: &str, path: &Path) -> Result<Option<Restored>
     for entry in table.iter().map_err(|err| corrupt(err.to_string()))? {
         let (key, value) = entry.map_err(|err| corrupt(err.to_string()))?;
         let (channel, first) = key.value();
-        let batch =
-            pb::FrameBatch::decode(value.value()).map_err(|err| corrupt(format!("frames: {err}")))?;
+        let batch = pb::FrameBatch::decode(value.value())
+            .map_err(|err| corrupt(format!("frames: {err}")))?;
         let channel = channel as usize;
         let acked = core
             .peers
             .get(channel)
-            .ok_or_else(|| corrupt(format!("frames for channel {channel}, which does not exist")))?
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "frames for channel {channel}, which does not exist"
+                ))
+            })?
             .acked;
         let last = first + batch.frames.len() as u64 - 1;
         frame_batches[channel].push((first, last));
@@ -470,7 +497,11 @@ mod tests {
     fn a_foreign_truncated_or_other_branchs_store_is_refused() {
         let dir = temp_dir("bad");
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(FILE_NAME), b"this is not a database at all, just text").unwrap();
+        std::fs::write(
+            dir.join(FILE_NAME),
+            b"this is not a database at all, just text",
+        )
+        .unwrap();
         let err = Store::open(&dir, "a").unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
 

@@ -346,7 +346,11 @@ mod tests {
         assert_eq!(window.resume(0).unwrap().count(), 0, "nothing durable yet");
         assert_eq!(window.mark_durable(2).len(), 2);
         window.ack(1).unwrap();
-        assert_eq!(window.resume(1).unwrap().count(), 1, "only durable frames go out");
+        assert_eq!(
+            window.resume(1).unwrap().count(),
+            1,
+            "only durable frames go out"
+        );
         assert_eq!(window.mark_durable(3), vec![(3, transfer(2))]);
         let resent: Vec<_> = window.resume(2).unwrap().collect();
         assert_eq!(resent, vec![(3, transfer(2))]);
@@ -376,7 +380,11 @@ mod tests {
             })
         );
         assert_eq!(cursor.delivered(), 2, "a gap delivers nothing");
-        assert_eq!(cursor.take_ack(), None, "nothing durable to acknowledge yet");
+        assert_eq!(
+            cursor.take_ack(),
+            None,
+            "nothing durable to acknowledge yet"
+        );
         cursor.mark_durable(9);
         assert_eq!(cursor.durable(), 2, "durable never passes delivered");
         assert_eq!(cursor.unacked(), 2);

@@ -316,7 +316,11 @@ impl BranchActor {
 
     /// Sends an answer on controller connection `conn` (if it is still open), keeping a copy of
     /// a finished record for a controller that asks again.
-    pub(super) fn send_answer_now(&mut self, conn: ConnId, answer: pb::return_snapshot::LocalSnapshot) {
+    pub(super) fn send_answer_now(
+        &mut self,
+        conn: ConnId,
+        answer: pb::return_snapshot::LocalSnapshot,
+    ) {
         let finished = [
             pb::SnapshotStatus::Complete as i32,
             pb::SnapshotStatus::CutShort as i32,

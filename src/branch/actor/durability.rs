@@ -180,14 +180,11 @@ impl Durable {
     /// A transfer was found in transit for record `id`.
     pub(super) fn record_transfer(&mut self, id: SnapshotId, transfer: InTransit) {
         self.dirty = true;
-        self.new_transit
-            .entry(id)
-            .or_default()
-            .push(pb::InTransit {
-                from: transfer.from as u32,
-                seq: transfer.seq,
-                amount: transfer.amount,
-            });
+        self.new_transit.entry(id).or_default().push(pb::InTransit {
+            from: transfer.from as u32,
+            seq: transfer.seq,
+            amount: transfer.amount,
+        });
     }
 
     /// Record `id` lost channel `from`.
@@ -247,7 +244,12 @@ impl Durable {
 }
 
 /// The stored `Meta` of a bank.
-pub(super) fn meta(name: &str, members: &[BranchEntry], secret: &Secret, incarnation: u64) -> pb::Meta {
+pub(super) fn meta(
+    name: &str,
+    members: &[BranchEntry],
+    secret: &Secret,
+    incarnation: u64,
+) -> pb::Meta {
     pb::Meta {
         format: store::FORMAT,
         name: name.to_string(),
@@ -316,11 +318,9 @@ impl BranchActor {
         }
         for (id, transfers) in durable.new_transit.drain() {
             let index = durable.transit_batches.entry(id).or_insert(0);
-            changes.transit.push((
-                id,
-                *index,
-                pb::TransitBatch { transfers }.encode_to_vec(),
-            ));
+            changes
+                .transit
+                .push((id, *index, pb::TransitBatch { transfers }.encode_to_vec()));
             *index += 1;
         }
         changes.core = Some(encode_core(bank, self.highest_snapshot).encode_to_vec());
@@ -409,7 +409,11 @@ impl BranchActor {
     }
 
     /// Rebuilds the bank from the state its store held, then reconnects.
-    pub(super) fn restore(&mut self, restored: Restored, ctx: &mut Context<Self>) -> Result<(), String> {
+    pub(super) fn restore(
+        &mut self,
+        restored: Restored,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), String> {
         let Restored {
             meta,
             core,
@@ -438,7 +442,11 @@ impl BranchActor {
         let state = CoreState {
             balance: core.balance,
             initial: core.initial,
-            sent: core.peers.iter().map(|p| channel_count(p.sent.as_ref())).collect(),
+            sent: core
+                .peers
+                .iter()
+                .map(|p| channel_count(p.sent.as_ref()))
+                .collect(),
             received: core
                 .peers
                 .iter()
@@ -470,7 +478,12 @@ impl BranchActor {
                 window: SendWindow::restore(
                     window,
                     stored.acked,
-                    frames.next().unwrap_or_default().into_iter().map(|(_, f)| f).collect(),
+                    frames
+                        .next()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(_, f)| f)
+                        .collect(),
                 ),
                 cursor: ReceiveCursor::restore(stored.delivered),
                 link: None,
@@ -495,7 +508,8 @@ impl BranchActor {
         durable.transit_batches = transit_batches;
         self.secret = Some(secret.clone());
         self.highest_snapshot = (core.highest_snapshot != 0).then_some(core.highest_snapshot);
-        let peer_names: std::rc::Rc<[String]> = peers.iter().map(|peer| peer.name.clone()).collect();
+        let peer_names: std::rc::Rc<[String]> =
+            peers.iter().map(|peer| peer.name.clone()).collect();
         let mut recorders = HashMap::new();
         for (header, found) in records {
             let mut record = SnapshotRecord::new(

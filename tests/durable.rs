@@ -1,0 +1,263 @@
+//! Durable branches, crashed for real: SIGKILL at random instants under flat-out load, and
+//! failpoints that abort a branch exactly between a commit and the send it allows, between a
+//! credit's commit and its acknowledgement, in the middle of recording a snapshot, and in the
+//! middle of a commit. Each is restarted with the same command line; the assertions are on money
+//! and snapshots: no snapshot ever wrong, the total exact at the end.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use snapbank::local_bank::LocalBank;
+
+const BRANCH: &str = env!("CARGO_BIN_EXE_branch");
+const CONTROLLER: &str = env!("CARGO_BIN_EXE_controller");
+
+/// A controller process writing JSON reports to a file, killed on drop.
+struct ControllerProcess {
+    child: Child,
+    stdout: std::path::PathBuf,
+    stderr: std::path::PathBuf,
+}
+
+impl ControllerProcess {
+    fn start(bank: &LocalBank, total: &str, args: &[&str]) -> Self {
+        let stdout = bank.dir().join("controller.out");
+        let stderr = bank.dir().join("controller.err");
+        let child = Command::new(CONTROLLER)
+            .arg(total)
+            .arg(bank.branches_file())
+            .args(["--format", "json"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("start the controller");
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn finish(mut self, limit: Duration) -> (Option<i32>, Vec<Value>, String) {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() >= deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let stdout = std::fs::read_to_string(&self.stdout).unwrap_or_default();
+        let stderr = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        let status = status.unwrap_or_else(|| panic!("the controller did not finish:\n{stderr}"));
+        let reports = stdout
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("one JSON report per line"))
+            .collect();
+        (status.code(), reports, stderr)
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn verdicts(reports: &[Value]) -> Vec<String> {
+    reports
+        .iter()
+        .map(|r| r["verdict"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+/// No snapshot is ever wrong: each is ok (with the exact total) or incomplete.
+fn assert_never_wrong(reports: &[Value], total: u64) {
+    for report in reports {
+        match report["verdict"].as_str() {
+            Some("ok") => assert_eq!(report["total"], total, "{report}"),
+            Some("incomplete") => {}
+            other => panic!("a wrong snapshot ({other:?}): {report}"),
+        }
+    }
+}
+
+/// Sum of every branch's balance plus money in transit, from a quiet snapshot taken by an
+/// attached-less raw check: the last report must be ok with `total`.
+fn assert_last_ok(reports: &[Value], last: usize, total: u64) {
+    let tail = &reports[reports.len().saturating_sub(last)..];
+    assert!(
+        tail.iter()
+            .all(|r| r["verdict"] == "ok" && r["total"] == total),
+        "the last {last} snapshots: {:?}",
+        verdicts(tail)
+    );
+}
+
+#[test]
+fn branches_killed_at_random_and_restarted_lose_not_one_unit() {
+    let args = ["--max-interval-ms", "0", "--peer-timeout-ms", "1000"].map(String::from);
+    let mut bank = LocalBank::start_durable(BRANCH.as_ref(), 4, &args).unwrap();
+    let controller = ControllerProcess::start(
+        &bank,
+        "4000",
+        &[
+            "--interval-ms",
+            "50",
+            "--snapshots",
+            "400",
+            "--retrieve-timeout-ms",
+            "3000",
+            "--link-timeout-ms",
+            "1000",
+        ],
+    );
+    // 12 crashes, 1-1.8 s apart (a deterministic spread), each branch restarted 0.3 s later.
+    std::thread::sleep(Duration::from_millis(1000));
+    for round in 0..12u64 {
+        let victim = ((round * 7 + 3) % 4) as usize;
+        bank.kill(victim);
+        std::thread::sleep(Duration::from_millis(300));
+        bank.restart(victim, &[]).unwrap();
+        std::thread::sleep(Duration::from_millis(700 + (round * 137) % 800));
+    }
+    let (code, reports, stderr) = controller.finish(Duration::from_secs(90));
+    assert_eq!(
+        reports.len(),
+        400,
+        "{}",
+        stderr.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
+    assert_never_wrong(&reports, 4000);
+    let ok = verdicts(&reports).iter().filter(|v| *v == "ok").count();
+    eprintln!("{ok} of 400 snapshots ok across 12 crashes");
+    assert!(ok >= 300, "{ok} of 400 ok: {:?}", verdicts(&reports));
+    assert_last_ok(&reports, 30, 4000);
+    assert!(bank.exited().is_empty(), "{:?}", bank.exited());
+    let _ = code;
+    // The crashes really happened and the branches really came back from their stores.
+    let restored = (1..=4)
+        .map(|i| std::fs::read_to_string(bank.log_path(&format!("branch{i}"))).unwrap())
+        .filter(|log| log.contains("restored from its store"))
+        .count();
+    assert!(restored >= 3, "{restored} branches restored");
+}
+
+/// Runs a 3-branch durable bank where branch2 aborts at failpoint `point`, restarts it without
+/// the failpoint, and checks the snapshots afterwards.
+fn crash_at(point: &str) {
+    let args = ["--max-interval-ms", "0", "--peer-timeout-ms", "1000"].map(String::from);
+    let mut bank = LocalBank::start_durable(BRANCH.as_ref(), 3, &args).unwrap();
+    // branch2 runs armed: it dies at the failpoint's 50th pass, mid-run.
+    let armed = format!("{point}:50");
+    bank.restart_with_env(1, &[], &[("SNAPBANK_FAILPOINT", &armed)])
+        .unwrap();
+    let controller = ControllerProcess::start(
+        &bank,
+        "3000",
+        &[
+            "--interval-ms",
+            "40",
+            "--snapshots",
+            "100",
+            "--retrieve-timeout-ms",
+            "3000",
+            "--link-timeout-ms",
+            "1000",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !bank.exited().contains(&"branch2".to_string()) {
+        assert!(Instant::now() < deadline, "failpoint {point} never fired");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let log = std::fs::read_to_string(bank.log_path("branch2")).unwrap();
+    assert!(log.contains(&format!("failpoint {point}")), "{log}");
+    std::thread::sleep(Duration::from_millis(200));
+    bank.restart(1, &[]).unwrap();
+    let (_code, reports, stderr) = controller.finish(Duration::from_secs(60));
+    assert_eq!(reports.len(), 100, "{stderr}");
+    assert_never_wrong(&reports, 3000);
+    assert_last_ok(&reports, 20, 3000);
+    assert!(bank.exited().is_empty());
+}
+
+#[test]
+fn a_crash_between_commit_and_send_loses_nothing() {
+    crash_at("before-send");
+}
+
+#[test]
+fn a_crash_between_credit_and_ack_creates_nothing() {
+    crash_at("before-ack");
+}
+
+#[test]
+fn a_crash_while_recording_a_snapshot_loses_nothing() {
+    crash_at("mid-record");
+}
+
+#[test]
+fn a_crash_in_the_middle_of_a_commit_loses_nothing() {
+    crash_at("mid-commit");
+}
+
+#[test]
+fn a_restart_without_the_data_directory_is_refused_by_its_peers() {
+    let args = ["--max-interval-ms", "5"].map(String::from);
+    let mut bank = LocalBank::start(BRANCH.as_ref(), 2, &args).unwrap();
+    let output = Command::new(CONTROLLER)
+        .arg("200")
+        .arg(bank.branches_file())
+        .args(["--snapshots", "2", "--interval-ms", "20"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    // branch2 restarts with no state: branch1 (which dials it) knows its old incarnation and
+    // is refused at once, with the reason, instead of waiting forever.
+    bank.restart(1, &[]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let log = std::fs::read_to_string(bank.log_path("branch1")).unwrap();
+        if log.contains("refused the connection") && log.contains("restarted without its data") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_corrupt_or_foreign_store_is_refused_at_start() {
+    let dir = std::env::temp_dir().join(format!("snapbank-corrupt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(snapbank::store::FILE_NAME),
+        b"garbage, not a store",
+    )
+    .unwrap();
+    let output = Command::new(BRANCH)
+        .args(["branch1", "0", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("not a snapbank store or corrupt"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
