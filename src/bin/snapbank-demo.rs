@@ -1,6 +1,10 @@
 //! `snapbank-demo [branches] [total]` (run through `./demo`): starts a local bank on free
 //! loopback ports with fast transfers, runs the controller against it with its reports on
 //! stdout, and stops everything it started on Ctrl-C, SIGTERM or when the controller exits.
+//!
+//! `--chaos`: the branches keep their state in data directories, and every few seconds the demo
+//! kills a random branch with SIGKILL and restarts it, saying so on stderr, so a newcomer sees
+//! the total hold through crashes.
 
 use std::process::ExitCode;
 
@@ -30,6 +34,49 @@ struct Args {
     /// Print snapshots as JSON lines.
     #[arg(long)]
     json: bool,
+    /// Durable branches (a data directory each), and every --chaos-every-ms a random branch is
+    /// killed with SIGKILL and restarted 0.3 s later.
+    #[arg(long)]
+    chaos: bool,
+    /// Milliseconds between two crashes with --chaos.
+    #[arg(long, default_value_t = 3000, requires = "chaos")]
+    chaos_every_ms: u64,
+}
+
+/// The time of day, for the chaos lines.
+fn now() -> String {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        since.subsec_millis()
+    )
+}
+
+/// Kills a random branch every `every`, restarts it 0.3 s later, and says so; never returns.
+async fn chaos(bank: &mut LocalBank, every: std::time::Duration) {
+    use rand::RngExt;
+    let mut rng = rand::rng();
+    loop {
+        tokio::time::sleep(every).await;
+        let victim = rng.random_range(0..bank.entries().len());
+        let name = bank.entries()[victim].name.clone();
+        bank.kill(victim);
+        eprintln!("demo: chaos: {} killed {name} with SIGKILL", now());
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        match bank.restart(victim, &[]) {
+            Ok(()) => eprintln!(
+                "demo: chaos: {} restarted {name} from its data directory",
+                now()
+            ),
+            Err(err) => eprintln!("demo: chaos: cannot restart {name}: {err}"),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -52,7 +99,12 @@ fn main() -> ExitCode {
         "--max-interval-ms".to_string(),
         args.max_interval_ms.to_string(),
     ];
-    let mut bank = match LocalBank::start(&bin_dir.join("branch"), args.branches, &branch_args) {
+    let started = if args.chaos {
+        LocalBank::start_durable(&bin_dir.join("branch"), args.branches, &branch_args)
+    } else {
+        LocalBank::start(&bin_dir.join("branch"), args.branches, &branch_args)
+    };
+    let mut bank = match started {
         Ok(bank) => bank,
         Err(err) => {
             eprintln!("error: cannot start the branches: {err}");
@@ -88,6 +140,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let chaos_every = args
+        .chaos
+        .then(|| std::time::Duration::from_millis(args.chaos_every_ms.max(500)));
+    if chaos_every.is_some() {
+        eprintln!(
+            "demo: chaos: every {} ms a random branch is killed with SIGKILL and restarted 0.3 s later; watch the totals",
+            args.chaos_every_ms.max(500)
+        );
+    }
+    let bank_ref = &mut bank;
     let code = runtime.block_on(async move {
         let mut child = match controller.spawn() {
             Ok(child) => child,
@@ -114,6 +176,12 @@ fn main() -> ExitCode {
             },
             _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
             _ = terminate.recv() => ExitCode::SUCCESS,
+            _ = async {
+                match chaos_every {
+                    Some(every) => chaos(bank_ref, every).await,
+                    None => std::future::pending().await,
+                }
+            } => ExitCode::SUCCESS,
         }
     });
     eprintln!("demo: stopping the bank");
