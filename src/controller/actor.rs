@@ -136,6 +136,7 @@ pub(super) fn start(
                 awaiting: VecDeque::new(),
                 lost: None,
             });
+            config.observe(|o| o.link_up(&config.branches[index].name)); // web view hook
         }
         let rng = match config.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
@@ -225,6 +226,8 @@ impl ControllerActor {
             },
         );
         self.summary.max_in_flight = self.summary.max_in_flight.max(self.in_flight.len());
+        self.config
+            .observe(|o| o.snapshot_started(id, &self.names[initiator])); // web view hook
         if !live.is_empty() {
             debug!("snapshot {id}: starting at {}", self.names[initiator]);
             self.links[initiator]
@@ -314,6 +317,9 @@ impl ControllerActor {
             }
         };
         if let Some(answer) = answer {
+            let elapsed = snapshot.started.elapsed();
+            self.config
+                .observe(|o| o.record_answered(id, &self.names[index], elapsed)); // web view hook
             snapshot.answers[index] = Some(answer);
             self.try_finish(id, ctx);
         }
@@ -342,6 +348,8 @@ impl ControllerActor {
         );
         link.outbox.mark_dead();
         link.lost = Some(reason.clone());
+        self.config
+            .observe(|o| o.link_lost(&self.names[index], &reason)); // web view hook
         let waiting: Vec<u32> = link.awaiting.drain(..).collect();
         for id in waiting {
             if let Some(snapshot) = self.in_flight.get_mut(&id) {

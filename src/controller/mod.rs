@@ -10,15 +10,18 @@
 //! knows the original schema ignores `wait_ms` and answers at once.
 
 pub mod actor;
+pub mod observer;
 pub mod report;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 pub use actor::ControllerActor;
+pub use observer::ControllerObserver;
 pub use report::{BranchRecord, BranchState, SnapshotReport, Verdict};
 
 use crate::auth::Secret;
@@ -53,6 +56,9 @@ pub struct ControllerConfig {
     /// Attach to a running bank: authenticate with `secret`, skip `InitBranch`, and number
     /// snapshots after every id the branches have seen.
     pub attach: bool,
+    /// Live events for a view of the controller (`--web`); `None` for none. Added for the web
+    /// view (issue 10): an optional field, so every other caller is unchanged.
+    pub observer: Option<Arc<dyn ControllerObserver>>,
 }
 
 impl ControllerConfig {
@@ -69,6 +75,7 @@ impl ControllerConfig {
             max_frame: DEFAULT_MAX_RECORD_BYTES,
             secret: None,
             attach: false,
+            observer: None,
         }
     }
 }
