@@ -22,6 +22,8 @@
 //!   records and turns them into [`controller::SnapshotReport`]s.
 //! - [`local_bank`]: starts real `branch` processes on free loopback ports and kills them on drop;
 //!   used by `./demo` and the end-to-end tests.
+//! - [`web`]: the web view (`controller --web`): a live page, JSON API, event stream and
+//!   Prometheus metrics of the bank's snapshots, on `actix-web`.
 //! - [`mod@bench`]: the pure half of `./bench`: latency percentiles, transfer rates from snapshot
 //!   counters, `/proc` figures, and the sweep's CSV and SVG files.
 
@@ -35,4 +37,5 @@ pub mod handshake;
 pub mod local_bank;
 pub mod outbox;
 pub mod sim;
+pub mod web;
 pub mod wire;
