@@ -1,6 +1,7 @@
 //! `snapbank-demo [branches] [total]` (run through `./demo`): starts a local bank on free
 //! loopback ports with fast transfers, runs the controller against it with its reports on
 //! stdout, and stops everything it started on Ctrl-C, SIGTERM or when the controller exits.
+//! With `--web` the controller also serves the live web view and prints its URL.
 
 use std::process::ExitCode;
 
@@ -30,6 +31,10 @@ struct Args {
     /// Print snapshots as JSON lines.
     #[arg(long)]
     json: bool,
+    /// Also serve the live web view of the bank (`controller --web`) on ADDR; `--web` alone
+    /// uses 127.0.0.1:8080 (give 127.0.0.1:0 for any free port). The URL is printed.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:8080")]
+    web: Option<std::net::SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -77,6 +82,10 @@ fn main() -> ExitCode {
     }
     if args.json {
         controller.args(["--format", "json"]);
+    }
+    if let Some(addr) = args.web {
+        // The controller prints `controller: web view at <URL>` once it listens.
+        controller.args(["--web", &addr.to_string()]);
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
