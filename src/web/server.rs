@@ -8,7 +8,7 @@
 //! | `/api/history?limit=N` | their compact summaries, for the history table and charts |
 //! | `/api/overview` | counts, latest ok and failed, min/avg/max |
 //! | `/api/bank` | members, total, each controller-to-branch link |
-//! | `/api/stream` | Server-Sent Events: `status` on every change, `snapshot` per report, `resync` when a client fell behind |
+//! | `/api/stream` | Server-Sent Events: `status` (overview and bank) on connecting and whenever it changed (at most every 50 ms); `snapshot` per report; `resync` when a client fell behind |
 //! | `/metrics` | Prometheus text format |
 //!
 //! The server runs one worker thread of its own, so serving pages never runs on the
@@ -34,6 +34,9 @@ const STYLE_CSS: &str = include_str!("static/style.css");
 /// A comment line sent on an idle stream, so a client that went away is noticed (the write
 /// fails) and proxies do not time the stream out.
 const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// Kernel send buffer per connection (Linux doubles it for bookkeeping).
+const SEND_BUFFER_BYTES: u32 = 64 * 1024;
 
 /// A running web server.
 #[derive(Debug)]
@@ -75,7 +78,7 @@ pub fn serve(view: WebView, addr: SocketAddr) -> Result<WebServer, WebError> {
     .workers(1)
     .disable_signals()
     .shutdown_timeout(1)
-    .bind(addr)
+    .listen(listener(addr).map_err(|source| WebError::Bind { addr, source })?)
     .map_err(|source| WebError::Bind { addr, source })?;
     let bound = server
         .addrs()
@@ -97,6 +100,22 @@ pub fn serve(view: WebView, addr: SocketAddr) -> Result<WebServer, WebError> {
         addr: bound,
         handle,
     })
+}
+
+/// The listening socket, with a fixed kernel send buffer that every accepted connection
+/// inherits: a client that stops reading holds at most this much in the kernel (instead of
+/// autotuning's 4 MiB), then the server stops writing to it and the client falls behind in the
+/// broadcast channel, whose backlog is shared and bounded.
+fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_send_buffer_size(SEND_BUFFER_BYTES)?;
+    socket.bind(addr)?;
+    socket.listen(1024)?.into_std()
 }
 
 async fn index() -> HttpResponse {

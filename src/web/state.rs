@@ -242,6 +242,7 @@ impl ViewState {
             "transfers_per_second": transfers_per_second,
             "reason": reason,
         });
+        let view_text = view.to_string();
         let summary = json!({
             "snapshot_id": report.id,
             "initiator": report.initiator,
@@ -251,12 +252,15 @@ impl ViewState {
             "balances": balances,
             "view": view,
         });
-        // The `--format json` object, plus the view's own section.
-        let mut object: Value = serde_json::from_str(&report.to_json()).unwrap_or(Value::Null);
-        if let Some(map) = object.as_object_mut() {
-            map.insert("view".to_string(), view);
+        // The `--format json` object, plus the view's own section (spliced in before its
+        // closing brace rather than parsed and written again).
+        let mut json = report.to_json();
+        if json.ends_with('}') {
+            json.pop();
+            json.push_str(",\"view\":");
+            json.push_str(&view_text);
+            json.push('}');
         }
-        let json = object.to_string();
 
         self.reported += 1;
         self.started = self.started.max(self.reported);
