@@ -256,7 +256,9 @@ function drawGraph(names, balances, amounts, links) {
       class: 'chan' + (hot ? ' hot' : ''), d: `M${sx},${sy} Q${mx},${my} ${ex},${ey}`,
       'marker-end': hot ? 'url(#arrow-hot)' : 'url(#arrow)', 'data-from': from, 'data-to': to, 'data-amount': amount,
     }, s('title', {}, `${from} → ${to}: ${amount} in transit`)));
-    if (hot) labels.push(s('text', { class: 'chan-label', x: mx, y: my, 'text-anchor': 'middle', 'dominant-baseline': 'middle', stroke: '#fff', 'stroke-width': 3, 'paint-order': 'stroke' }, fmt(amount)));
+    // On the curve: a quadratic Bezier's midpoint is a quarter of each end plus half the bend.
+    const lx = 0.25 * sx + 0.5 * mx + 0.25 * ex, ly = 0.25 * sy + 0.5 * my + 0.25 * ey;
+    if (hot) labels.push(s('text', { class: 'chan-label', x: lx, y: ly, 'text-anchor': 'middle', 'dominant-baseline': 'middle', stroke: '#fff', 'stroke-width': 3, 'paint-order': 'stroke' }, fmt(amount)));
   }));
   labels.forEach((label) => root.append(label));
   names.forEach((name, i) => {
