@@ -26,6 +26,8 @@
 //! - [`failpoint`]: named places where a test can make a branch abort, as `kill -9` would.
 //! - [`local_bank`]: starts real `branch` processes on free loopback ports and kills them on drop;
 //!   used by `./demo` and the end-to-end tests.
+//! - [`web`]: the web view (`controller --web`): a live page, JSON API, event stream and
+//!   Prometheus metrics of the bank's snapshots, on `actix-web`.
 //! - [`mod@bench`]: the pure half of `./bench`: latency percentiles, transfer rates from snapshot
 //!   counters, `/proc` figures, and the sweep's CSV and SVG files.
 
@@ -42,4 +44,5 @@ pub mod local_bank;
 pub mod outbox;
 pub mod sim;
 pub mod store;
+pub mod web;
 pub mod wire;

@@ -1,13 +1,14 @@
 //! `controller <total> <branches-file>`: initialises a bank and prints its snapshots.
 //!
 //! Exit codes: 0 when every snapshot was complete and summed to the total, 1 otherwise (or when
-//! the branches cannot be reached), 2 for bad input.
+//! the branches cannot be reached, or `--web` cannot bind its address), 2 for bad input.
 
 use std::cell::Cell;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -59,6 +60,13 @@ struct Args {
     #[arg(long, default_value_t = snapbank::controller::DEFAULT_LINK_TIMEOUT.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(3..))]
     link_timeout_ms: u64,
+    /// Serve a live web view of the bank and its snapshots (page, JSON API, event stream,
+    /// Prometheus /metrics) on this address, e.g. 127.0.0.1:8080 (port 0 picks a free one).
+    #[arg(long, value_name = "ADDR")]
+    web: Option<std::net::SocketAddr>,
+    /// How many recent snapshots the web view keeps.
+    #[arg(long, default_value_t = snapbank::web::DEFAULT_KEEP, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    web_history: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -88,6 +96,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The web view, when asked for: fed by the observer hook and every report.
+    let web_view = args
+        .web
+        .map(|_| snapbank::web::WebView::new(&branches, args.total, args.web_history));
     let config = ControllerConfig {
         secret,
         attach: args.attach,
@@ -98,13 +110,18 @@ fn main() -> ExitCode {
         seed: args.seed,
         max_frame: args.max_frame_bytes,
         link_timeout: Duration::from_millis(args.link_timeout_ms),
+        observer: web_view.clone().map(|view| Arc::new(view) as _),
         ..ControllerConfig::new(args.total, branches)
     };
     let all_ok = Rc::new(Cell::new(true));
     let seen_ok = all_ok.clone();
     let format = args.format;
+    let report_view = web_view.clone();
     let print = Box::new(move |report: &SnapshotReport| {
         seen_ok.set(seen_ok.get() && report.is_ok());
+        if let Some(view) = &report_view {
+            view.add_report(report);
+        }
         let text = match format {
             Format::Text => report.to_text(),
             Format::Json => report.to_json() + "\n",
@@ -116,6 +133,22 @@ fn main() -> ExitCode {
             .and_then(|()| stdout.flush());
     });
     let system = actix_rt::System::new();
+    // Bind the web view before reaching the branches, so a bad address fails at once.
+    let _web_server = match web_view.zip(args.web) {
+        Some((view, addr)) => {
+            match system.block_on(async move { snapbank::web::serve(view, addr) }) {
+                Ok(server) => {
+                    eprintln!("controller: web view at {}", server.url());
+                    Some(server)
+                }
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        None => None,
+    };
     let outcome = system.block_on(async move {
         tokio::select! {
             result = run_controller(config, print) => Some(result),

@@ -5,6 +5,8 @@
 //! `--chaos`: the branches keep their state in data directories, and every few seconds the demo
 //! kills a random branch with SIGKILL and restarts it, saying so on stderr, so a newcomer sees
 //! the total hold through crashes.
+//!
+//! With `--web` the controller also serves the live web view and prints its URL.
 
 use std::process::ExitCode;
 
@@ -41,6 +43,10 @@ struct Args {
     /// Milliseconds between two crashes with --chaos.
     #[arg(long, default_value_t = 3000, requires = "chaos")]
     chaos_every_ms: u64,
+    /// Also serve the live web view of the bank (`controller --web`) on ADDR; `--web` alone
+    /// uses 127.0.0.1:8080 (give 127.0.0.1:0 for any free port). The URL is printed.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:8080")]
+    web: Option<std::net::SocketAddr>,
 }
 
 /// The time of day, for the chaos lines.
@@ -129,6 +135,10 @@ fn main() -> ExitCode {
     }
     if args.json {
         controller.args(["--format", "json"]);
+    }
+    if let Some(addr) = args.web {
+        // The controller prints `controller: web view at <URL>` once it listens.
+        controller.args(["--web", &addr.to_string()]);
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

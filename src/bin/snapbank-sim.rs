@@ -31,6 +31,10 @@ struct Args {
     /// After each snapshot, print the consistent-cut checker's verdict.
     #[arg(long)]
     check: bool,
+    /// Also draw the scenario's space-time diagram (branches as lines, messages as arrows,
+    /// each snapshot's cut) to this SVG file.
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
 }
 
 fn read(path: &Path) -> Result<String, SimError> {
@@ -40,12 +44,32 @@ fn read(path: &Path) -> Result<String, SimError> {
     })
 }
 
+/// The run's delays, made afresh for each run (the diagram replays the same scenario).
+fn delays(args: &Args) -> Result<Delays, SimError> {
+    match &args.delays {
+        Some(path) => Delays::parse_list(&path.display().to_string(), &read(path)?),
+        None => Ok(Delays::seeded(args.seed)),
+    }
+}
+
+/// Draws the space-time diagram to `--svg`'s file.
+fn draw(args: &Args, file: &Path) -> Result<(), SimError> {
+    let svg = snapbank::sim::svg::draw_scenario(
+        &args.topology.display().to_string(),
+        &read(&args.topology)?,
+        &args.events.display().to_string(),
+        &read(&args.events)?,
+        delays(args)?,
+    )?;
+    std::fs::write(file, svg).map_err(|err| SimError::InFile {
+        file: file.display().to_string(),
+        reason: format!("cannot write the diagram: {err}"),
+    })
+}
+
 fn run(args: &Args) -> Result<String, SimError> {
-    let delays = match &args.delays {
-        Some(path) => Delays::parse_list(&path.display().to_string(), &read(path)?)?,
-        None => Delays::seeded(args.seed),
-    };
-    run_scenario(
+    let delays = delays(args)?;
+    let output = run_scenario(
         &args.topology.display().to_string(),
         &read(&args.topology)?,
         &args.events.display().to_string(),
@@ -55,7 +79,11 @@ fn run(args: &Args) -> Result<String, SimError> {
             trace: args.trace,
             check: args.check,
         },
-    )
+    )?;
+    if let Some(file) = &args.svg {
+        draw(args, file)?;
+    }
+    Ok(output)
 }
 
 fn main() -> ExitCode {

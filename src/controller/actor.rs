@@ -179,6 +179,8 @@ pub(super) fn start(
                 probed: false,
             });
             controller.install(index, stream, ctx);
+            let name = &controller.names[index];
+            controller.config.observe(|o| o.link_up(name)); // web view hook
         }
         controller
     })
@@ -313,6 +315,8 @@ impl ControllerActor {
             },
         );
         self.summary.max_in_flight = self.summary.max_in_flight.max(self.in_flight.len());
+        self.config
+            .observe(|o| o.snapshot_started(id, &self.names[initiator])); // web view hook
         debug!("snapshot {id}: starting at {}", self.names[initiator]);
         if let Some(outbox) = &self.links[initiator].outbox {
             outbox.push(Body::InitSnapshot(pb::InitSnapshot { snapshot_id: id }));
@@ -428,6 +432,9 @@ impl ControllerActor {
             ))),
         };
         if let Some(answer) = answer {
+            let elapsed = snapshot.started.elapsed();
+            self.config
+                .observe(|o| o.record_answered(id, &self.names[index], elapsed)); // web view hook
             snapshot.answers[index] = Some(answer);
             self.try_finish(id, ctx);
         }
@@ -476,6 +483,8 @@ impl ControllerActor {
             self.names[index],
             link.awaiting.len()
         );
+        self.config
+            .observe(|o| o.link_lost(&self.names[index], &reason)); // web view hook
         link.down = Some((Instant::now(), reason));
         self.redial(index, ctx);
     }
@@ -539,6 +548,8 @@ impl ControllerActor {
         }
         self.install(index, authenticated, ctx);
         self.summary.reconnects += 1;
+        let name = &self.names[index];
+        self.config.observe(|o| o.link_up(name)); // web view hook
         let link = &mut self.links[index];
         if let Some((since, _)) = link.down.take() {
             info!(

@@ -10,15 +10,18 @@
 //! knows the original schema ignores `wait_ms` and answers at once.
 
 pub mod actor;
+pub mod observer;
 pub mod report;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 pub use actor::ControllerActor;
+pub use observer::ControllerObserver;
 pub use report::{BranchRecord, BranchState, SnapshotReport, Verdict};
 
 use crate::auth::Secret;
@@ -58,6 +61,9 @@ pub struct ControllerConfig {
     pub link_timeout: Duration,
     /// Whether to probe branch connections with heartbeats (snapbank branches answer them).
     pub heartbeats: bool,
+    /// Live events for a view of the controller (`--web`); `None` for none. Added for the web
+    /// view (issue 10): an optional field, so every other caller is unchanged.
+    pub observer: Option<Arc<dyn ControllerObserver>>,
 }
 
 /// Default of [`ControllerConfig::link_timeout`].
@@ -79,6 +85,7 @@ impl ControllerConfig {
             attach: false,
             link_timeout: DEFAULT_LINK_TIMEOUT,
             heartbeats: true,
+            observer: None,
         }
     }
 }

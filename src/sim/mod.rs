@@ -29,6 +29,8 @@
 //!
 //! Snapshot ids are 0, 1, 2... in the order the `snapshot` events appear.
 
+pub mod svg;
+pub mod timeline;
 pub mod topology;
 
 use std::collections::VecDeque;
@@ -37,6 +39,7 @@ use std::fmt::Write as _;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+pub use timeline::{MessageKind, TimelineEvent};
 pub use topology::{Event, Script, Topology};
 
 use crate::core::audit::{ChannelCounters, ChannelEvidence, CutEvidence};
@@ -217,6 +220,8 @@ pub struct Simulator {
     tick: u64,
     snapshots: Vec<SnapshotTrace>,
     trace: Option<Vec<String>>,
+    /// Every send, delivery and recording, for the space-time diagram, when asked for.
+    timeline: Option<Vec<TimelineEvent>>,
     effects: Vec<Effect>,
     /// Cuts so far.
     cuts: usize,
@@ -277,6 +282,7 @@ impl Simulator {
             tick: 0,
             snapshots: Vec::new(),
             trace: None,
+            timeline: None,
             effects: Vec::new(),
             cuts: 0,
             duplicates: 0,
@@ -292,6 +298,22 @@ impl Simulator {
     /// Trace lines collected so far.
     pub fn trace(&self) -> &[String] {
         self.trace.as_deref().unwrap_or_default()
+    }
+
+    /// Starts recording every send, delivery and recording point (for [`svg`]).
+    pub fn enable_timeline(&mut self) {
+        self.timeline.get_or_insert_with(Vec::new);
+    }
+
+    /// Timeline events recorded so far, in the order they happened.
+    pub fn timeline(&self) -> &[TimelineEvent] {
+        self.timeline.as_deref().unwrap_or_default()
+    }
+
+    fn note(&mut self, event: TimelineEvent) {
+        if let Some(timeline) = &mut self.timeline {
+            timeline.push(event);
+        }
     }
 
     /// The topology being simulated.
@@ -486,6 +508,13 @@ impl Simulator {
                 payload.describe()
             ));
         }
+        self.note(TimelineEvent::Send {
+            tick: self.tick,
+            src,
+            dst,
+            kind: payload.into(),
+            due: deliver_from,
+        });
         self.links[link].queue.push_back(Queued {
             deliver_from,
             pos,
@@ -530,6 +559,11 @@ impl Simulator {
                 message.payload.describe()
             ));
         }
+        self.note(TimelineEvent::Deliver {
+            tick: self.tick,
+            src,
+            dst,
+        });
         let core = &mut self.cores[dst];
         let result = match message.payload {
             Payload::Transfer { seq, amount } => {
@@ -551,9 +585,18 @@ impl Simulator {
                     self.enqueue(link, Payload::Marker { id })?;
                 }
                 Effect::RecordTransfer {
-                    id, from, amount, ..
+                    id,
+                    from,
+                    amount,
+                    seq,
                 } => {
                     let src = self.links[self.incoming[branch][from]].src;
+                    self.note(TimelineEvent::InTransit {
+                        snapshot: id,
+                        src,
+                        dst: branch,
+                        seq,
+                    });
                     if let Some(snapshot) = usize::try_from(id)
                         .ok()
                         .and_then(|i| self.snapshots.get_mut(i))
@@ -561,9 +604,12 @@ impl Simulator {
                         snapshot.in_transit.push((src, branch, amount));
                     }
                 }
-                Effect::BeginRecord { .. }
-                | Effect::FinishRecord { .. }
-                | Effect::ChannelLost { .. } => {}
+                Effect::BeginRecord { id, .. } => self.note(TimelineEvent::Record {
+                    tick: self.tick,
+                    branch,
+                    snapshot: id,
+                }),
+                Effect::FinishRecord { .. } | Effect::ChannelLost { .. } => {}
             }
         }
         self.effects = effects;

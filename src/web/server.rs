@@ -1,0 +1,268 @@
+//! The web view's HTTP routes, on `actix-web`:
+//!
+//! | route | what |
+//! | --- | --- |
+//! | `/` (`/app.js`, `/style.css`) | the page, embedded in the binary: it needs no network access |
+//! | `/api/snapshots?limit=N` | retained snapshots, newest first: the `--format json` objects plus a `view` section |
+//! | `/api/snapshots/{id}` | one of them (`404` once it is no longer retained) |
+//! | `/api/history?limit=N` | their compact summaries, for the history table and charts |
+//! | `/api/overview` | counts, latest ok and failed, min/avg/max |
+//! | `/api/bank` | members, total, each controller-to-branch link |
+//! | `/api/stream` | Server-Sent Events: `status` (overview and bank) on connecting and whenever it changed (at most every 50 ms); `snapshot` per report; `resync` when a client fell behind |
+//! | `/metrics` | Prometheus text format |
+//!
+//! The server runs one worker thread of its own, so serving pages never runs on the
+//! controller's thread.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use actix_web::http::header;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use bytes::Bytes;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{Subscription, WebError, WebView, metrics, sse_frame};
+
+/// The page and its assets, compiled in.
+const INDEX_HTML: &str = include_str!("static/index.html");
+const APP_JS: &str = include_str!("static/app.js");
+const STYLE_CSS: &str = include_str!("static/style.css");
+
+/// A comment line sent on an idle stream, so a client that went away is noticed (the write
+/// fails) and proxies do not time the stream out.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// Kernel send buffer per connection (Linux doubles it for bookkeeping).
+const SEND_BUFFER_BYTES: u32 = 64 * 1024;
+
+/// A running web server.
+#[derive(Debug)]
+pub struct WebServer {
+    /// Where it listens (the actual port when asked for port 0).
+    pub addr: SocketAddr,
+    /// Stops it.
+    pub handle: ServerHandle,
+}
+
+impl WebServer {
+    /// The page's URL.
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+}
+
+/// Binds `addr` and starts serving `view` in the background. Must be called inside an actix
+/// system (or a tokio runtime); fails at once if the address cannot be bound.
+pub fn serve(view: WebView, addr: SocketAddr) -> Result<WebServer, WebError> {
+    let data = web::Data::new(view);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/", web::get().to(index))
+            .route("/index.html", web::get().to(index))
+            .route("/app.js", web::get().to(app_js))
+            .route("/style.css", web::get().to(style_css))
+            .route("/favicon.ico", web::get().to(no_content))
+            .route("/api/snapshots", web::get().to(snapshots))
+            .route("/api/snapshots/{id}", web::get().to(snapshot))
+            .route("/api/history", web::get().to(history))
+            .route("/api/overview", web::get().to(overview))
+            .route("/api/bank", web::get().to(bank))
+            .route("/api/stream", web::get().to(stream))
+            .route("/metrics", web::get().to(metrics_text))
+            .default_service(web::to(not_found))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listener(addr).map_err(|source| WebError::Bind { addr, source })?)
+    .map_err(|source| WebError::Bind { addr, source })?;
+    let bound = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| WebError::Bind {
+            addr,
+            source: std::io::Error::other("bound to no address"),
+        })?;
+    let running = server.run();
+    let handle = running.handle();
+    actix_rt::spawn(async move {
+        if let Err(err) = running.await {
+            log::error!("web view on {bound} stopped: {err}");
+        }
+    });
+    log::info!("web view at http://{bound}/");
+    Ok(WebServer {
+        addr: bound,
+        handle,
+    })
+}
+
+/// The listening socket, with a fixed kernel send buffer that every accepted connection
+/// inherits: a client that stops reading holds at most this much in the kernel (instead of
+/// autotuning's 4 MiB), then the server stops writing to it and the client falls behind in the
+/// broadcast channel, whose backlog is shared and bounded.
+fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_send_buffer_size(SEND_BUFFER_BYTES)?;
+    socket.bind(addr)?;
+    socket.listen(1024)?.into_std()
+}
+
+async fn index() -> HttpResponse {
+    asset("text/html; charset=utf-8", INDEX_HTML)
+}
+
+async fn app_js() -> HttpResponse {
+    asset("text/javascript; charset=utf-8", APP_JS)
+}
+
+async fn style_css() -> HttpResponse {
+    asset("text/css; charset=utf-8", STYLE_CSS)
+}
+
+async fn no_content() -> HttpResponse {
+    HttpResponse::NoContent().finish()
+}
+
+fn asset(content_type: &str, body: &'static str) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(content_type)
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .body(body)
+}
+
+fn json(body: String) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(body)
+}
+
+fn error(status: actix_web::http::StatusCode, message: &str) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("application/json")
+        .body(serde_json::json!({ "error": message }).to_string())
+}
+
+async fn not_found(request: HttpRequest) -> HttpResponse {
+    error(
+        actix_web::http::StatusCode::NOT_FOUND,
+        &format!("no such page: {}", request.path()),
+    )
+}
+
+/// The `limit` query parameter: absent means every retained snapshot; anything else must be a
+/// positive integer (the error is the message for a `400`).
+fn limit(request: &HttpRequest) -> Result<usize, String> {
+    let query = request.query_string();
+    let Some(value) = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("limit="))
+    else {
+        return Ok(usize::MAX);
+    };
+    match value.parse::<usize>() {
+        Ok(limit) if limit > 0 => Ok(limit),
+        _ => Err(format!("limit must be a positive integer, not {value:?}")),
+    }
+}
+
+fn bad_request(message: &str) -> HttpResponse {
+    error(actix_web::http::StatusCode::BAD_REQUEST, message)
+}
+
+async fn snapshots(request: HttpRequest, view: web::Data<WebView>) -> HttpResponse {
+    match limit(&request) {
+        Ok(limit) => json(view.read(|state| state.snapshots_json(limit))),
+        Err(message) => bad_request(&message),
+    }
+}
+
+async fn snapshot(request: HttpRequest, view: web::Data<WebView>) -> HttpResponse {
+    let raw = request.match_info().get("id").unwrap_or_default();
+    let Ok(id) = raw.parse::<u32>() else {
+        return error(
+            actix_web::http::StatusCode::BAD_REQUEST,
+            &format!("a snapshot id is a number, not {raw:?}"),
+        );
+    };
+    match view.read(|state| state.snapshot_json(id).map(str::to_string)) {
+        Some(object) => json(object),
+        None => error(
+            actix_web::http::StatusCode::NOT_FOUND,
+            &format!("snapshot {id} is not retained (never reported, or older than the history)"),
+        ),
+    }
+}
+
+async fn history(request: HttpRequest, view: web::Data<WebView>) -> HttpResponse {
+    match limit(&request) {
+        Ok(limit) => json(view.read(|state| state.history_json(limit).to_string())),
+        Err(message) => bad_request(&message),
+    }
+}
+
+async fn overview(view: web::Data<WebView>) -> HttpResponse {
+    json(view.read(|state| state.overview_json().to_string()))
+}
+
+async fn bank(view: web::Data<WebView>) -> HttpResponse {
+    json(view.read(|state| state.bank_json().to_string()))
+}
+
+async fn metrics_text(view: web::Data<WebView>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(metrics::CONTENT_TYPE)
+        .body(view.read(metrics::render))
+}
+
+/// One stream client: the current status first, then every event as it happens.
+struct StreamState {
+    first: Option<Bytes>,
+    subscription: Subscription,
+}
+
+async fn stream(view: web::Data<WebView>) -> HttpResponse {
+    let Some(subscription) = view.subscribe() else {
+        return error(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too many live-stream clients",
+        );
+    };
+    let status = view.read(|state| state.status_json().to_string());
+    let start = StreamState {
+        first: Some(sse_frame("status", &status)),
+        subscription,
+    };
+    let frames = futures_util::stream::unfold(start, |mut client| async move {
+        if let Some(first) = client.first.take() {
+            return Some((Ok::<_, Infallible>(first), client));
+        }
+        let frame = tokio::select! {
+            event = client.subscription.events.recv() => match event {
+                Ok(frame) => frame,
+                Err(RecvError::Lagged(missed)) => {
+                    sse_frame("resync", &format!("{{\"missed\":{missed}}}"))
+                }
+                Err(RecvError::Closed) => return None,
+            },
+            () = tokio::time::sleep(KEEPALIVE) => Bytes::from_static(b": keep-alive\n\n"),
+        };
+        Some((Ok(frame), client))
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(frames)
+}
