@@ -423,6 +423,11 @@ impl Simulator {
             ));
         }
         self.cuts += 1;
+        self.note(TimelineEvent::Cut {
+            tick: self.tick,
+            src,
+            dst,
+        });
         for (pos, frame) in resend {
             self.transmit(link, pos, Payload::of(frame))?;
         }
@@ -538,6 +543,11 @@ impl Simulator {
         self.links[link].cursor.mark_durable(message.pos);
         if delivery == Delivery::Duplicate {
             self.duplicates += 1;
+            self.note(TimelineEvent::Deliver {
+                tick: self.tick,
+                src,
+                dst,
+            });
             if let Some(trace) = &mut self.trace {
                 trace.push(format!(
                     "tick {}: drop duplicate {} -> {} {} (position {})",

@@ -13,6 +13,9 @@
 //! markers sent) shares the delivery's position. Ticks with nothing happening are drawn narrow,
 //! so long quiet stretches do not stretch the picture; the SVG has a `viewBox` and scales.
 //!
+//! A message a cut lost ends where it was lost (`lost`); its resend is drawn as a message of its
+//! own (`resent`, with `data-first-sent` where the transfer was first sent).
+//!
 //! Elements carry classes and `data-` attributes (`message transfer`, `message marker`,
 //! `in-transit`, `record`, `cut`, `branch-line`) so tests and tools can check the drawing's
 //! structure.
@@ -77,6 +80,11 @@ struct Arrow {
     from_x: f64,
     /// Of the delivery; `None` if still in flight when the run ended.
     to_x: Option<f64>,
+    /// Where it was lost, when a cut of its link lost it in flight.
+    lost_x: Option<f64>,
+    /// Where the transfer was first sent (its debit), when this arrow is a resend after a cut;
+    /// else its own start.
+    first_x: f64,
     /// Snapshots that recorded it in transit.
     in_transit: Vec<SnapshotId>,
 }
@@ -118,21 +126,31 @@ pub fn draw(names: &[String], timeline: &[TimelineEvent], snapshots: usize, titl
                     .entry((src, dst))
                     .or_default()
                     .push_back(arrows.len());
-                if let MessageKind::Transfer { seq, .. } = kind {
-                    by_seq.insert((src, dst, seq), arrows.len());
+                let mut first_x = x;
+                if let MessageKind::Transfer { seq, .. } = kind
+                    && let Some(earlier) = by_seq.insert((src, dst, seq), arrows.len())
+                {
+                    first_x = arrows[earlier].first_x;
                 }
                 arrows.push(Arrow {
+                    first_x,
                     src,
                     dst,
                     kind,
                     from_x: x,
                     to_x: None,
+                    lost_x: None,
                     in_transit: Vec::new(),
                 });
             }
             TimelineEvent::Deliver { src, dst, .. } => {
                 if let Some(arrow) = queues.get_mut(&(src, dst)).and_then(VecDeque::pop_front) {
                     arrows[arrow].to_x = Some(x);
+                }
+            }
+            TimelineEvent::Cut { src, dst, .. } => {
+                for arrow in queues.entry((src, dst)).or_default().drain(..) {
+                    arrows[arrow].lost_x = Some(x);
                 }
             }
             TimelineEvent::Record {
@@ -308,6 +326,11 @@ pub fn draw(names: &[String], timeline: &[TimelineEvent], snapshots: usize, titl
         // The label sits a third of the way along, so labels of arrows sent at different
         // moments do not land on each other.
         let lx = arrow.from_x + (x2 - arrow.from_x) / 3.0;
+        let resent = if arrow.first_x < arrow.from_x {
+            " resent"
+        } else {
+            ""
+        };
         let ly = y1 + (y2 - y1) / 3.0;
         let label = if arrow.in_transit.is_empty() {
             amount.to_string()
@@ -316,7 +339,8 @@ pub fn draw(names: &[String], timeline: &[TimelineEvent], snapshots: usize, titl
         };
         let _ = writeln!(
             svg,
-            r##"<g class="message transfer{class}{open}" data-src="{src}" data-dst="{dst}" data-seq="{seq}" data-amount="{amount}" data-in-transit="{}"><title>transfer #{seq} of {amount}: {src} → {dst}{recorded}</title><line x1="{:.1}" y1="{y1:.1}" x2="{x2:.1}" y2="{y2:.1}" stroke="{stroke}" stroke-width="{width}" marker-end="url(#{head})"/><text x="{lx:.1}" y="{:.1}" text-anchor="middle" font-weight="bold" fill="{}" stroke="#fff" stroke-width="3" paint-order="stroke">{label}</text></g>"##,
+            r##"<g class="message transfer{class}{open}{resent}" data-src="{src}" data-dst="{dst}" data-seq="{seq}" data-amount="{amount}" data-first-sent="{:.1}" data-in-transit="{}"><title>transfer #{seq} of {amount}: {src} → {dst}{recorded}</title><line x1="{:.1}" y1="{y1:.1}" x2="{x2:.1}" y2="{y2:.1}" stroke="{stroke}" stroke-width="{width}" marker-end="url(#{head})"/><text x="{lx:.1}" y="{:.1}" text-anchor="middle" font-weight="bold" fill="{}" stroke="#fff" stroke-width="3" paint-order="stroke">{label}</text></g>"##,
+            arrow.first_x,
             snapshots.join(" "),
             arrow.from_x,
             ly - 4.0,
@@ -347,11 +371,13 @@ pub fn draw(names: &[String], timeline: &[TimelineEvent], snapshots: usize, titl
     svg
 }
 
-/// Where an arrow ends: at its delivery, or at the right edge (open) if still in flight.
+/// Where an arrow ends: at its delivery, where a cut lost it, or at the right edge (open) if
+/// still in flight.
 fn end(arrow: &Arrow, plot_right: f64) -> (f64, &'static str) {
-    match arrow.to_x {
-        Some(x) => (x, ""),
-        None => (plot_right + RIGHT / 2.0, " undelivered"),
+    match (arrow.to_x, arrow.lost_x) {
+        (Some(x), _) => (x, ""),
+        (None, Some(x)) => (x, " lost"),
+        (None, None) => (plot_right + RIGHT / 2.0, " undelivered"),
     }
 }
 
@@ -437,14 +463,16 @@ fn place(timeline: &[TimelineEvent]) -> Positions {
                     && matches!(timeline[index - 1], TimelineEvent::Deliver { dst, .. } if dst == branch)
             }
             TimelineEvent::InTransit { .. } => true,
-            TimelineEvent::Send { .. } | TimelineEvent::Deliver { .. } => false,
+            TimelineEvent::Send { .. }
+            | TimelineEvent::Deliver { .. }
+            | TimelineEvent::Cut { .. } => false,
         };
         if !joins || slots[t] == 0 {
             slots[t] += 1;
         }
         slot_of[index] = slots[t] - 1;
         current = match *event {
-            TimelineEvent::Send { src, .. } => Some((tick, src)),
+            TimelineEvent::Send { src, .. } | TimelineEvent::Cut { src, .. } => Some((tick, src)),
             TimelineEvent::Deliver { dst, .. } => Some((tick, dst)),
             TimelineEvent::Record { branch, .. } => Some((tick, branch)),
             TimelineEvent::InTransit { .. } => current,
@@ -485,6 +513,7 @@ fn tick_of(event: &TimelineEvent) -> Option<u64> {
     match *event {
         TimelineEvent::Send { tick, .. }
         | TimelineEvent::Deliver { tick, .. }
+        | TimelineEvent::Cut { tick, .. }
         | TimelineEvent::Record { tick, .. } => Some(tick),
         TimelineEvent::InTransit { .. } => None,
     }

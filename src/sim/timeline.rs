@@ -5,7 +5,9 @@
 //! order they happened, which is finer than their tick: within one tick the deliveries come
 //! first (in the delivery rule's order), then the script's events for that tick. A message is
 //! identified by its link and its place in that link's FIFO queue: the k-th `Deliver` on a link
-//! is the k-th `Send` on it.
+//! is the k-th `Send` on it since the link's last `Cut` (a cut loses every message in flight on
+//! the link; what the sender resends is sent again, and a resent frame the receiver already had
+//! is still delivered, then dropped).
 
 use super::Payload;
 use crate::core::SnapshotId;
@@ -41,6 +43,8 @@ pub enum TimelineEvent {
     },
     /// The head of the link `src -> dst` was delivered.
     Deliver { tick: u64, src: usize, dst: usize },
+    /// The link `src -> dst` failed: every message in flight on it is lost.
+    Cut { tick: u64, src: usize, dst: usize },
     /// `branch` recorded its state for snapshot `snapshot` (its point on the cut).
     Record {
         tick: u64,

@@ -197,7 +197,10 @@ impl Script {
                 ["cut", src, dst] => {
                     let (src, dst) = (lookup(src)?, lookup(dst)?);
                     if !topology.links.contains(&(src, dst)) {
-                        return Err(error(format!("there is no link {line:?} could cut")));
+                        return Err(error(format!(
+                            "there is no link {} -> {} to cut",
+                            topology.names[src], topology.names[dst]
+                        )));
                     }
                     Event::Cut { src, dst }
                 }
