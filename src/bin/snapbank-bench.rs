@@ -60,7 +60,15 @@ struct Args {
     /// Seconds between memory samples in a soak run.
     #[arg(long, default_value_t = 10)]
     soak_sample_secs: u64,
+    /// Durable branches: each with a data directory (`branch --data-dir`), so every transfer
+    /// is group-committed to its store; the branches' store figures (fsyncs per second, frames
+    /// per commit, mean commit time) are printed after each run of at least 10 s.
+    #[arg(long)]
+    durable: bool,
 }
+
+/// Whether this run's branches are durable (`--durable`), set once in `main`.
+static DURABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Branch arguments for sending as fast as the connections take.
 const FULL_LOAD: &[&str] = &["--max-interval-ms", "0"];
@@ -165,8 +173,14 @@ fn clock_ticks_per_sec() -> u64 {
 /// Starts the bank, runs the controller to the end of the plan, reads `/proc`, stops the bank.
 async fn run(plan: &Plan, bin_dir: &Path, ticks_per_sec: u64) -> Result<RunResult, String> {
     let branch_args: Vec<String> = plan.branch_args.iter().map(|a| a.to_string()).collect();
-    let mut bank = LocalBank::start(&bin_dir.join("branch"), plan.branches, &branch_args)
-        .map_err(|err| format!("cannot start {} branches: {err}", plan.branches))?;
+    let durable = DURABLE.load(std::sync::atomic::Ordering::Relaxed);
+    let started_bank = if durable {
+        LocalBank::start_durable(&bin_dir.join("branch"), plan.branches, &branch_args)
+    } else {
+        LocalBank::start(&bin_dir.join("branch"), plan.branches, &branch_args)
+    };
+    let mut bank =
+        started_bank.map_err(|err| format!("cannot start {} branches: {err}", plan.branches))?;
     let pids = bank.pids();
     let ticks_before: Vec<Option<u64>> = pids
         .iter()
@@ -233,6 +247,15 @@ async fn run(plan: &Plan, bin_dir: &Path, ticks_per_sec: u64) -> Result<RunResul
             bank.keep_dir();
             bank.dir().to_path_buf()
         });
+    if durable {
+        for entry in bank.entries() {
+            let log = std::fs::read_to_string(bank.log_path(&entry.name)).unwrap_or_default();
+            if let Some(line) = log.lines().rfind(|line| line.contains("store: ")) {
+                let figures = line.split_once("store: ").map_or(line, |(_, rest)| rest);
+                eprintln!("  {} store: {figures}", entry.name);
+            }
+        }
+    }
     bank.stop();
     drop(bank);
     if let Err(err) = outcome {
@@ -587,6 +610,7 @@ fn check(args: &Args) -> Result<(), String> {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("error")).init();
     let args = Args::parse();
+    DURABLE.store(args.durable, std::sync::atomic::Ordering::Relaxed);
     if let Err(err) = check(&args) {
         eprintln!("error: {err}");
         return ExitCode::from(2);
