@@ -164,10 +164,16 @@ impl Store {
     /// holds, if any (`None`: a new branch, or one that died before its `InitBranch` was
     /// durable).
     pub fn open(dir: &Path, name: &str) -> Result<(Self, Option<Restored>), StoreError> {
+        let created = !dir.exists();
         std::fs::create_dir_all(dir).map_err(|err| StoreError::CreateDir {
             dir: dir.to_path_buf(),
             reason: err.to_string(),
         })?;
+        if created {
+            // The store holds the cluster secret: only the owner may read it.
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        }
         let path = dir.join(FILE_NAME);
         let corrupt = |reason: String| StoreError::Corrupt {
             path: path.clone(),
