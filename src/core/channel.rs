@@ -155,6 +155,14 @@ impl SendWindow {
             .collect()
     }
 
+    /// Keeps `frame` for a possible resend, durable at once (a branch without a store), and
+    /// returns its position. Every earlier frame must be durable already.
+    pub fn push_durable(&mut self, frame: Frame) -> Position {
+        let pos = self.push(frame);
+        self.durable = pos;
+        pos
+    }
+
     /// Keeps `frame` for a possible resend and returns its position.
     pub fn push(&mut self, frame: Frame) -> Position {
         if matches!(frame, Frame::Transfer { .. }) {

@@ -428,16 +428,14 @@ impl BranchActor {
         frame: Frame,
         durable: &mut Option<super::durability::Durable>,
     ) {
-        let pos = peer.window.push(frame);
         if let Some(durable) = durable {
+            let pos = peer.window.push(frame);
             durable.stage_frame(channel, pos, frame);
             return;
         }
-        let released = peer.window.mark_durable(pos);
+        let pos = peer.window.push_durable(frame);
         if let Some(link) = peer.link.as_ref().filter(|link| link.resumed) {
-            for (pos, frame) in released {
-                link.outbox.push(wire::channel_frame(frame, pos));
-            }
+            link.outbox.push(wire::channel_frame(frame, pos));
         }
     }
 
