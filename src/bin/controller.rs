@@ -13,7 +13,10 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use snapbank::auth::Secret;
 use snapbank::config::load_branches;
-use snapbank::controller::{ControllerConfig, ControllerError, SnapshotReport, run_controller};
+use snapbank::controller::{
+    CompatConfig, CompatMode, ControllerConfig, ControllerError, SnapshotReport,
+    run_compat_controller, run_controller,
+};
 
 /// The controller of a snapbank bank: splits TOTAL among the branches listed in
 /// BRANCHES_FILE, then takes a Chandy-Lamport snapshot every --interval-ms and prints it.
@@ -59,6 +62,25 @@ struct Args {
     #[arg(long, default_value_t = snapbank::controller::DEFAULT_LINK_TIMEOUT.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(3..))]
     link_timeout_ms: u64,
+    /// Drive branches that speak only the exercise's original schema, with the connection
+    /// pattern they expect: no handshake, no heartbeats, no wait_ms; retrieve after
+    /// --retrieve-delay-ms.
+    #[arg(long, value_enum, conflicts_with_all = ["secret_file", "attach"])]
+    compat: Option<Compat>,
+    /// With --compat: milliseconds between InitSnapshot and RetrieveSnapshot (such branches
+    /// answer at once, with whatever they hold).
+    #[arg(long, requires = "compat",
+          default_value_t = snapbank::controller::compat::DEFAULT_RETRIEVE_DELAY.as_millis() as u64)]
+    retrieve_delay_ms: u64,
+}
+
+/// The connection pattern of `--compat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Compat {
+    /// One connection per branch for every command.
+    Persistent,
+    /// A new connection for every command.
+    PerCommand,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -115,10 +137,23 @@ fn main() -> ExitCode {
             .write_all(text.as_bytes())
             .and_then(|()| stdout.flush());
     });
+    let compat = args.compat.map(|mode| CompatConfig {
+        mode: match mode {
+            Compat::Persistent => CompatMode::Persistent,
+            Compat::PerCommand => CompatMode::PerCommand,
+        },
+        retrieve_delay: Duration::from_millis(args.retrieve_delay_ms),
+    });
     let system = actix_rt::System::new();
     let outcome = system.block_on(async move {
+        let running = async move {
+            match compat {
+                Some(compat) => run_compat_controller(config, compat, print).await,
+                None => run_controller(config, print).await,
+            }
+        };
         tokio::select! {
-            result = run_controller(config, print) => Some(result),
+            result = running => Some(result),
             _ = tokio::signal::ctrl_c() => None,
         }
     });
@@ -129,7 +164,8 @@ fn main() -> ExitCode {
             err @ (ControllerError::TotalTooLarge(_)
             | ControllerError::UnboundedBurst
             | ControllerError::NoSnapshots
-            | ControllerError::AttachNeedsSecret),
+            | ControllerError::AttachNeedsSecret
+            | ControllerError::CompatWithSecret),
         )) => {
             eprintln!("error: {err}");
             ExitCode::from(2)
