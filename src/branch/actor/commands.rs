@@ -9,8 +9,9 @@
 //! An original-schema controller neither asks to wait (`wait_ms` is absent, 0) nor reads a
 //! record's status, so in a bank without a secret (the only kind such a controller can
 //! initialise) a `RetrieveSnapshot` with `wait_ms` 0 is held until the record is finished, for a
-//! snapshot not seen yet too, at most [`ORIGINAL_SCHEMA_WAIT`]; an answer that is still not
-//! final then is logged as a warning. In a bank with a secret, `wait_ms` 0 answers at once.
+//! snapshot not seen yet too, at most [`ORIGINAL_SCHEMA_WAIT`] (and at most
+//! `MAX_HELD_WITHOUT_WAIT` such requests per connection); an answer that is still not final then
+//! is logged as a warning. In a bank with a secret, `wait_ms` 0 answers at once.
 //!
 //! [`AnsweredRecords`]: crate::branch::responses::AnsweredRecords
 
@@ -35,6 +36,11 @@ const MAX_RETRIEVE_WAIT: Duration = Duration::from_secs(60);
 /// its record to finish: an original-schema controller would print a partial record as final.
 /// Far longer than a healthy snapshot takes; shorter than such controllers' own patience.
 pub const ORIGINAL_SCHEMA_WAIT: Duration = Duration::from_secs(5);
+
+/// Most requests without `wait_ms` held at once on one controller connection (see
+/// [`ORIGINAL_SCHEMA_WAIT`]); beyond it they are answered at once. As many as snapbank's own
+/// controller keeps snapshots in progress, far more than an original-schema controller does.
+const MAX_HELD_WITHOUT_WAIT: usize = 256;
 
 /// Upper bound on requests waiting for a snapshot this branch has not begun yet.
 const MAX_EARLY_WAITERS: usize = 4096;
@@ -216,9 +222,18 @@ impl BranchActor {
         }
         let overloaded = link.held >= MAX_HELD_ANSWERS;
         // Only an original-schema controller can have initialised a bank without a secret, and
-        // it cannot tell a partial record from a final one.
-        let cannot_tell =
+        // it cannot tell a partial record from a final one. Such a controller retrieves a
+        // snapshot or two at a time: a connection with many held already is flooding, and is
+        // answered at once, as a held request costs the branch a timer and a future.
+        let without_wait =
             wait_ms == 0 && self.bank.as_ref().is_some_and(|bank| !bank.authenticated);
+        let cannot_tell = without_wait && link.held < MAX_HELD_WITHOUT_WAIT;
+        if without_wait && !cannot_tell {
+            debug!(
+                "{}: {MAX_HELD_WITHOUT_WAIT} requests without wait_ms already held on a controller connection; answering snapshot {id} at once",
+                self.name
+            );
+        }
         let wait = if cannot_tell {
             ORIGINAL_SCHEMA_WAIT
         } else {
