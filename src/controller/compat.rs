@@ -120,15 +120,19 @@ pub async fn run_compat_controller(
         CompatMode::PerCommand => {
             // Each InitBranch on a connection of its own, closed at once.
             let deadline = Instant::now() + config.connect_timeout;
-            let sends = config.branches.iter().zip(inits).map(|(branch, init)| async move {
-                send_one(branch.addr, init, deadline)
-                    .await
-                    .map_err(|reason| ControllerError::Init {
-                        name: branch.name.clone(),
-                        addr: branch.addr,
-                        reason,
-                    })
-            });
+            let sends = config
+                .branches
+                .iter()
+                .zip(inits)
+                .map(|(branch, init)| async move {
+                    send_one(branch.addr, init, deadline)
+                        .await
+                        .map_err(|reason| ControllerError::Init {
+                            name: branch.name.clone(),
+                            addr: branch.addr,
+                            reason,
+                        })
+                });
             futures_util::future::join_all(sends)
                 .await
                 .into_iter()
@@ -183,12 +187,15 @@ async fn ask(
         loop {
             match frames.next().await {
                 Some(Ok(pb::BranchMessage {
-                    branch_message: Some(Body::ReturnSnapshot(pb::ReturnSnapshot { local_snapshot })),
+                    branch_message:
+                        Some(Body::ReturnSnapshot(pb::ReturnSnapshot { local_snapshot })),
                 })) => return Ok(local_snapshot.unwrap_or_default()),
                 Some(Ok(pb::BranchMessage {
                     branch_message: Some(Body::Refusal(pb::Refusal { reason })),
                 })) => return Err(format!("refused the request: {reason}")),
-                Some(Ok(other)) => debug!("{addr} sent {other:?} while asked for a record; ignored"),
+                Some(Ok(other)) => {
+                    debug!("{addr} sent {other:?} while asked for a record; ignored")
+                }
                 Some(Err(err)) => return Err(err.to_string()),
                 None => return Err("closed the connection without answering".to_string()),
             }
@@ -203,8 +210,7 @@ async fn ask(
 async fn connect_by(addr: SocketAddr, deadline: Instant) -> Result<TcpStream, String> {
     let mut backoff = Backoff::new(FIRST_RETRY_DELAY, MAX_RETRY_DELAY);
     loop {
-        let error = match tokio::time::timeout_at(deadline.into(), TcpStream::connect(addr)).await
-        {
+        let error = match tokio::time::timeout_at(deadline.into(), TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
                 if let Err(err) = stream.set_nodelay(true) {
                     debug!("cannot set TCP_NODELAY towards {addr}: {err}");
@@ -403,16 +409,16 @@ impl CompatController {
         let kind = wire::body_kind(&body);
         let deadline = Instant::now() + self.compat.retrieve_delay.max(Duration::from_secs(1));
         let sending = async move { send_one(branch.addr, body, deadline).await };
-        ctx.spawn(
-            actix::fut::wrap_future::<_, Self>(sending).map(move |result, controller, _ctx| {
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(sending).map(
+            move |result, controller, _ctx| {
                 if let Err(reason) = result {
                     warn!(
                         "could not send {kind} to branch {}: {reason}",
                         controller.names[index]
                     );
                 }
-            }),
-        );
+            },
+        ));
     }
 
     fn started_all(&self) -> bool {
@@ -511,7 +517,11 @@ impl CompatController {
     /// Sends `RetrieveSnapshot(id)`, without `wait_ms`, to branch `index`: on its persistent
     /// connection if it is up (else it goes when the connection is back), or on a new one.
     fn request_record(&mut self, index: usize, id: u32, ctx: &mut Context<Self>) {
-        let Some(deadline) = self.in_flight.get(&id).and_then(|snapshot| snapshot.deadline) else {
+        let Some(deadline) = self
+            .in_flight
+            .get(&id)
+            .and_then(|snapshot| snapshot.deadline)
+        else {
             return;
         };
         let request = Body::RetrieveSnapshot(pb::RetrieveSnapshot {
@@ -664,7 +674,9 @@ impl CompatController {
         let unanswered: Vec<u32> = self
             .in_flight
             .iter()
-            .filter(|(_, snapshot)| snapshot.deadline.is_some() && snapshot.answers[index].is_none())
+            .filter(|(_, snapshot)| {
+                snapshot.deadline.is_some() && snapshot.answers[index].is_none()
+            })
             .map(|(&id, _)| id)
             .collect();
         for id in unanswered {
