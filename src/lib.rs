@@ -21,6 +21,8 @@
 //!   snapshot's record until the controller retrieves it.
 //! - [`controller`]: `ControllerActor` initialises the bank, schedules snapshots, retrieves the
 //!   records and turns them into [`controller::SnapshotReport`]s.
+//! - [`controller::compat`]: `CompatController` (`controller --compat`) drives branches that
+//!   speak only the exercise's original schema, one connection per branch or per command.
 //! - [`local_bank`]: starts real `branch` processes on free loopback ports and kills them on drop;
 //!   used by `./demo` and the end-to-end tests.
 //! - [`mod@bench`]: the pure half of `./bench`: latency percentiles, transfer rates from snapshot
