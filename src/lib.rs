@@ -24,6 +24,8 @@
 //! - [`store`]: a durable branch's state in an embedded crash-safe database (redb), written by
 //!   group commit and read back after a crash.
 //! - [`failpoint`]: named places where a test can make a branch abort, as `kill -9` would.
+//! - [`controller::compat`]: `CompatController` (`controller --compat`) drives branches that
+//!   speak only the exercise's original schema, one connection per branch or per command.
 //! - [`local_bank`]: starts real `branch` processes on free loopback ports and kills them on drop;
 //!   used by `./demo` and the end-to-end tests.
 //! - [`web`]: the web view (`controller --web`): a live page, JSON API, event stream and

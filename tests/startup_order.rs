@@ -83,10 +83,12 @@ fn retrieving_an_unknown_snapshot_says_so_and_a_retrieved_one_can_be_asked_again
     let mut second = RawController::connect(bank.entries()[1].addr);
     first.send(init(10, &bank));
     second.send(init(10, &bank));
-    // Never started: with no wait, the answer is immediate and says unknown.
+    // Never started: with (almost) no wait, the answer is immediate and says unknown. (No
+    // wait_ms at all, what an original-schema controller sends, holds it until the snapshot
+    // begins: tests/interop.)
     first.send(Body::RetrieveSnapshot(pb::RetrieveSnapshot {
         snapshot_id: 42,
-        wait_ms: 0,
+        wait_ms: 1,
     }));
     let Body::ReturnSnapshot(pb::ReturnSnapshot {
         local_snapshot: Some(unknown),

@@ -14,7 +14,10 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use snapbank::auth::Secret;
 use snapbank::config::load_branches;
-use snapbank::controller::{ControllerConfig, ControllerError, SnapshotReport, run_controller};
+use snapbank::controller::{
+    CompatConfig, CompatMode, ControllerConfig, ControllerError, SnapshotReport,
+    run_compat_controller, run_controller,
+};
 
 /// The controller of a snapbank bank: splits TOTAL among the branches listed in
 /// BRANCHES_FILE, then takes a Chandy-Lamport snapshot every --interval-ms and prints it.
@@ -67,6 +70,25 @@ struct Args {
     /// How many recent snapshots the web view keeps.
     #[arg(long, default_value_t = snapbank::web::DEFAULT_KEEP, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     web_history: usize,
+    /// Drive branches that speak only the exercise's original schema, with the connection
+    /// pattern they expect: no handshake, no heartbeats, no wait_ms; retrieve after
+    /// --retrieve-delay-ms.
+    #[arg(long, value_enum, conflicts_with_all = ["secret_file", "attach"])]
+    compat: Option<Compat>,
+    /// With --compat: milliseconds between InitSnapshot and RetrieveSnapshot (such branches
+    /// answer at once, with whatever they hold).
+    #[arg(long, requires = "compat",
+          default_value_t = snapbank::controller::compat::DEFAULT_RETRIEVE_DELAY.as_millis() as u64)]
+    retrieve_delay_ms: u64,
+}
+
+/// The connection pattern of `--compat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Compat {
+    /// One connection per branch for every command.
+    Persistent,
+    /// A new connection for every command.
+    PerCommand,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -132,6 +154,13 @@ fn main() -> ExitCode {
             .write_all(text.as_bytes())
             .and_then(|()| stdout.flush());
     });
+    let compat = args.compat.map(|mode| CompatConfig {
+        mode: match mode {
+            Compat::Persistent => CompatMode::Persistent,
+            Compat::PerCommand => CompatMode::PerCommand,
+        },
+        retrieve_delay: Duration::from_millis(args.retrieve_delay_ms),
+    });
     let system = actix_rt::System::new();
     // Bind the web view before reaching the branches, so a bad address fails at once.
     let _web_server = match web_view.zip(args.web) {
@@ -150,8 +179,14 @@ fn main() -> ExitCode {
         None => None,
     };
     let outcome = system.block_on(async move {
+        let running = async move {
+            match compat {
+                Some(compat) => run_compat_controller(config, compat, print).await,
+                None => run_controller(config, print).await,
+            }
+        };
         tokio::select! {
-            result = run_controller(config, print) => Some(result),
+            result = running => Some(result),
             _ = tokio::signal::ctrl_c() => None,
         }
     });
@@ -162,7 +197,8 @@ fn main() -> ExitCode {
             err @ (ControllerError::TotalTooLarge(_)
             | ControllerError::UnboundedBurst
             | ControllerError::NoSnapshots
-            | ControllerError::AttachNeedsSecret),
+            | ControllerError::AttachNeedsSecret
+            | ControllerError::CompatWithSecret),
         )) => {
             eprintln!("error: {err}");
             ExitCode::from(2)

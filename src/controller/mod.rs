@@ -1,6 +1,8 @@
 //! The controller: initialises a bank, schedules snapshots, collects and reports them.
 //!
 //! - [`actor`]: `ControllerActor`, which owns one persistent connection per branch.
+//! - [`compat`]: `CompatController` (`--compat MODE`), which drives branches that speak only
+//!   the exercise's original schema, as the exercise's own controllers do.
 //! - [`report`]: [`SnapshotReport`], assembled from the branches' records, with its verdict and
 //!   text/JSON forms.
 //!
@@ -10,6 +12,7 @@
 //! knows the original schema ignores `wait_ms` and answers at once.
 
 pub mod actor;
+pub mod compat;
 pub mod observer;
 pub mod report;
 
@@ -21,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 pub use actor::ControllerActor;
+pub use compat::{CompatConfig, CompatMode, run_compat_controller};
 pub use observer::ControllerObserver;
 pub use report::{BranchRecord, BranchState, SnapshotReport, Verdict};
 
@@ -140,6 +144,16 @@ pub enum ControllerError {
     #[error("the controller stopped before finishing its snapshots")]
     Stopped,
     #[error(
+        "--compat drives branches that speak only the original schema, which know no secret: it cannot be used with --secret-file or --attach"
+    )]
+    CompatWithSecret,
+    #[error("cannot initialise branch {name} at {addr}: {reason}")]
+    Init {
+        name: String,
+        addr: SocketAddr,
+        reason: String,
+    },
+    #[error(
         "branch {name} refused: {reason}. To drive a bank that is already running, restart its branches (or run this controller's InitBranch against fresh ones), or start the branches with --secret-file and run the controller with the same --secret-file and --attach"
     )]
     Refused { name: String, reason: String },
@@ -152,15 +166,7 @@ pub async fn run_controller(
     config: ControllerConfig,
     on_report: Box<dyn FnMut(&SnapshotReport)>,
 ) -> Result<RunSummary, ControllerError> {
-    if config.total > u64::from(u32::MAX) {
-        return Err(ControllerError::TotalTooLarge(config.total));
-    }
-    if config.interval.is_zero() && config.snapshots.is_none() {
-        return Err(ControllerError::UnboundedBurst);
-    }
-    if config.snapshots == Some(0) {
-        return Err(ControllerError::NoSnapshots);
-    }
+    check(&config)?;
     if config.attach && config.secret.is_none() {
         return Err(ControllerError::AttachNeedsSecret);
     }
@@ -203,6 +209,20 @@ pub async fn run_controller(
     let (done, finished) = oneshot::channel();
     actor::start(config, links, secret, first_id, on_report, done);
     finished.await.map_err(|_| ControllerError::Stopped)?
+}
+
+/// The checks every way of running the controller shares.
+fn check(config: &ControllerConfig) -> Result<(), ControllerError> {
+    if config.total > u64::from(u32::MAX) {
+        return Err(ControllerError::TotalTooLarge(config.total));
+    }
+    if config.interval.is_zero() && config.snapshots.is_none() {
+        return Err(ControllerError::UnboundedBurst);
+    }
+    if config.snapshots == Some(0) {
+        return Err(ControllerError::NoSnapshots);
+    }
+    Ok(())
 }
 
 async fn connect_all(

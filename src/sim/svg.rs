@@ -554,11 +554,12 @@ mod tests {
         // b -> a token(5) is the one transfer in transit for S0, and is labelled so.
         assert_eq!(svg.matches("transfer in-transit").count(), 1);
         assert!(svg.contains(
-            r#"data-src="b" data-dst="a" data-seq="1" data-amount="5" data-in-transit="0""#
+            r#"data-src="b" data-dst="a" data-seq="1" data-amount="5" data-first-sent="#
         ));
+        assert!(svg.contains(r#"data-in-transit="0""#));
         assert!(svg.contains(">5 (S0)</text>"));
         assert!(svg.contains(
-            r#"data-src="a" data-dst="b" data-seq="1" data-amount="10" data-in-transit="""#
+            r#"data-src="a" data-dst="b" data-seq="1" data-amount="10" data-first-sent="#
         ));
     }
 

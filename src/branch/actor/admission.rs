@@ -8,7 +8,10 @@
 //! - a controller that completes the controller handshake (`ControllerHello`), proving the
 //!   cluster secret;
 //! - a branch of the bank that completes the peer handshake (`Hello`), proving the secret, over
-//!   the one connection of its pair, from its configured address.
+//!   the one connection of its pair, from its configured address;
+//! - in a bank without a secret only (initialised by an original-schema controller), any
+//!   connection that opens with `InitSnapshot` or `RetrieveSnapshot`: such controllers open a
+//!   new connection per command, and such a bank authenticates nobody anyway.
 //!
 //! Anything else is closed and logged, and changes nothing.
 
@@ -152,6 +155,20 @@ impl BranchActor {
             Body::ControllerHello(pb::ControllerHello { nonce }) => {
                 self.authenticate_controller(nonce, reader, writer, remote, ctx);
             }
+            Body::InitSnapshot(_) | Body::RetrieveSnapshot(_)
+                if self.bank.as_ref().is_some_and(|bank| !bank.authenticated) =>
+            {
+                // An original-schema controller that opens a new connection per command. The
+                // command is applied before anything else the connection sends, and a
+                // RetrieveSnapshot is answered on this same connection.
+                info!(
+                    "{}: connection from {remote} opened with {} in a bank without a secret: serving it as an original-schema controller",
+                    self.name,
+                    wire::body_kind(&first)
+                );
+                let conn = self.open_controller_link(reader, writer, remote, ctx);
+                self.on_controller_frame(conn, first, ctx);
+            }
             other => warn!(
                 "{}: connection from {remote} opened with {}; a connection must start with Hello, InitBranch or ControllerHello; closing",
                 self.name,
@@ -194,14 +211,14 @@ impl BranchActor {
         Secret::from_bytes(init.secret.clone(), "InitBranch").map_err(|err| err.to_string())
     }
 
-    /// Makes an (already trusted) connection a controller connection.
+    /// Makes an (already trusted) connection a controller connection, returning its id.
     fn open_controller_link(
         &mut self,
         mut reader: FrameReader,
         writer: OwnedWriteHalf,
         remote: SocketAddr,
         ctx: &mut Context<Self>,
-    ) {
+    ) -> super::ConnId {
         let conn = self.new_conn_id();
         let outbox = Outbox::new();
         reader.decoder_mut().set_max_frame(self.settings.max_frame);
@@ -223,6 +240,7 @@ impl BranchActor {
         );
         self.controllers
             .insert(conn, ControllerLink { outbox, held: 0 });
+        conn
     }
 
     /// Runs the controller handshake with a controller attaching to this branch.

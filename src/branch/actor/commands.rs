@@ -6,6 +6,13 @@
 //! controller whose connection dropped before the answer reached it asks again after
 //! reconnecting, and gets the same record.
 //!
+//! An original-schema controller neither asks to wait (`wait_ms` is absent, 0) nor reads a
+//! record's status, so in a bank without a secret (the only kind such a controller can
+//! initialise) a `RetrieveSnapshot` with `wait_ms` 0 is held until the record is finished, for a
+//! snapshot not seen yet too, at most [`ORIGINAL_SCHEMA_WAIT`] (and at most
+//! `MAX_HELD_WITHOUT_WAIT` such requests per connection); an answer that is still not final then
+//! is logged as a warning. In a bank with a secret, `wait_ms` 0 answers at once.
+//!
 //! [`AnsweredRecords`]: crate::branch::responses::AnsweredRecords
 
 use std::collections::HashMap;
@@ -24,6 +31,16 @@ use crate::wire::{self, Body, pb};
 
 /// Upper bound on how long a `RetrieveSnapshot` may be held waiting for its record.
 const MAX_RETRIEVE_WAIT: Duration = Duration::from_secs(60);
+
+/// How long a `RetrieveSnapshot` without `wait_ms`, in a bank without a secret, is held for
+/// its record to finish: an original-schema controller would print a partial record as final.
+/// Far longer than a healthy snapshot takes; shorter than such controllers' own patience.
+pub const ORIGINAL_SCHEMA_WAIT: Duration = Duration::from_secs(5);
+
+/// Most requests without `wait_ms` held at once on one controller connection (see
+/// [`ORIGINAL_SCHEMA_WAIT`]); beyond it they are answered at once. As many as snapbank's own
+/// controller keeps snapshots in progress, far more than an original-schema controller does.
+const MAX_HELD_WITHOUT_WAIT: usize = 256;
 
 /// Upper bound on requests waiting for a snapshot this branch has not begun yet.
 const MAX_EARLY_WAITERS: usize = 4096;
@@ -220,7 +237,24 @@ impl BranchActor {
             return;
         }
         let overloaded = link.held >= MAX_HELD_ANSWERS;
-        let wait = Duration::from_millis(u64::from(wait_ms)).min(MAX_RETRIEVE_WAIT);
+        // Only an original-schema controller can have initialised a bank without a secret, and
+        // it cannot tell a partial record from a final one. Such a controller retrieves a
+        // snapshot or two at a time: a connection with many held already is flooding, and is
+        // answered at once, as a held request costs the branch a timer and a future.
+        let without_wait =
+            wait_ms == 0 && self.bank.as_ref().is_some_and(|bank| !bank.authenticated);
+        let cannot_tell = without_wait && link.held < MAX_HELD_WITHOUT_WAIT;
+        if without_wait && !cannot_tell {
+            debug!(
+                "{}: {MAX_HELD_WITHOUT_WAIT} requests without wait_ms already held on a controller connection; answering snapshot {id} at once",
+                self.name
+            );
+        }
+        let wait = if cannot_tell {
+            ORIGINAL_SCHEMA_WAIT
+        } else {
+            Duration::from_millis(u64::from(wait_ms)).min(MAX_RETRIEVE_WAIT)
+        };
         let recorder = self.bank.as_ref().and_then(|bank| bank.recorders.get(&id));
         let known = self.bank.as_ref().is_some_and(|bank| bank.core.knows(id));
         let early_count: usize = self.early_waiters.values().map(Vec::len).sum();
@@ -239,14 +273,14 @@ impl BranchActor {
             } else {
                 self.no_record(id)
             };
-            self.send_answer(conn, answer);
+            self.send_answer_to(conn, answer, cannot_tell);
             return;
         }
         if recorder.is_none() && (known || wait.is_zero() || early_count >= MAX_EARLY_WAITERS) {
             // Already retrieved or discarded, or never seen and the controller will not wait:
             // answered at once, so a flood of such requests holds nothing.
             let answer = self.no_record(id);
-            self.send_answer(conn, answer);
+            self.send_answer_to(conn, answer, cannot_tell);
             return;
         }
         let (reply, answer) = oneshot::channel();
@@ -269,9 +303,30 @@ impl BranchActor {
                 if let Some(link) = branch.controllers.get_mut(&conn) {
                     link.held -= 1;
                 }
-                branch.send_answer(conn, answer);
+                branch.send_answer_to(conn, answer, cannot_tell);
             }),
         );
+    }
+
+    /// [`Self::send_answer`], first warning when the answer is not a finished record and goes
+    /// to a controller that `cannot_tell` (it will print it as final).
+    fn send_answer_to(
+        &mut self,
+        conn: ConnId,
+        answer: pb::return_snapshot::LocalSnapshot,
+        cannot_tell: bool,
+    ) {
+        if cannot_tell && answer.status != pb::SnapshotStatus::Complete as i32 {
+            let status = pb::SnapshotStatus::try_from(answer.status)
+                .map_or("an unknown status", |status| status.as_str_name());
+            warn!(
+                "{}: snapshot {}: answering a RetrieveSnapshot without wait_ms (an original-schema controller) with a record that is not final ({status}) after waiting at most {} s; that controller cannot tell and will print it as if it were",
+                self.name,
+                answer.snapshot_id,
+                ORIGINAL_SCHEMA_WAIT.as_secs()
+            );
+        }
+        self.send_answer(conn, answer);
     }
 
     /// The answer for snapshot `id` when no recorder holds it: the copy kept after an earlier
