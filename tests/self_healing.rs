@@ -5,83 +5,14 @@
 mod common;
 
 use std::io::Read;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::ControllerProcess;
 use serde_json::Value;
 use snapbank::local_bank::LocalBank;
 
 const BRANCH: &str = env!("CARGO_BIN_EXE_branch");
-const CONTROLLER: &str = env!("CARGO_BIN_EXE_controller");
-
-/// A controller process, killed on drop whatever happens. Its output goes to files in the
-/// bank's directory (a pipe nobody reads would block it).
-struct ControllerProcess {
-    child: Child,
-    stdout: std::path::PathBuf,
-    stderr: std::path::PathBuf,
-}
-
-impl ControllerProcess {
-    fn start(bank: &LocalBank, total: &str, args: &[&str]) -> Self {
-        let stdout = bank.dir().join("controller.out");
-        let stderr = bank.dir().join("controller.err");
-        let child = Command::new(CONTROLLER)
-            .arg(total)
-            .arg(bank.branches_file())
-            .args(["--format", "json"])
-            .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&stdout).expect("create the output file"))
-            .stderr(std::fs::File::create(&stderr).expect("create the log file"))
-            .spawn()
-            .expect("start the controller");
-        Self {
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    /// Waits (at most `limit`) for the controller to exit; returns its exit code, its reports
-    /// and its stderr.
-    fn finish(mut self, limit: Duration) -> (Option<i32>, Vec<Value>, String) {
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("poll the controller") {
-                break Some(status);
-            }
-            if Instant::now() >= deadline {
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let stdout = std::fs::read_to_string(&self.stdout).unwrap_or_default();
-        let stderr = std::fs::read_to_string(&self.stderr).unwrap_or_default();
-        let tail: String = stderr.lines().rev().take(40).collect::<Vec<_>>().join("\n");
-        let status = status.unwrap_or_else(|| {
-            panic!("the controller did not finish in time; its log ends (newest first):\n{tail}")
-        });
-        let reports = stdout
-            .lines()
-            .map(|line| serde_json::from_str(line).expect("one JSON report per line"))
-            .collect();
-        (status.code(), reports, stderr)
-    }
-}
-
-impl Drop for ControllerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Resets every TCP connection to or from `port` on this machine, as a NAT timeout or a switch
 /// reboot would. Panics (loudly) where `ss -K` cannot kill sockets.

@@ -21,12 +21,13 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures_util::StreamExt;
-use log::{debug, error, info, warn};
+use log::{debug, info, warn};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
+use super::schedule::{Reports, Ticker};
 use super::{ControllerConfig, ControllerError, RunSummary, SnapshotReport};
 use crate::auth::Secret;
 use crate::core::split_total;
@@ -118,18 +119,13 @@ pub struct ControllerActor {
     /// Snapshots started so far.
     started: u32,
     /// When the next scheduled snapshot is due.
-    next_tick: Instant,
+    ticker: Ticker,
     /// The cluster secret: handed to the branches in `InitBranch`, and proven on every
     /// reconnect.
     secret: Secret,
     in_flight: BTreeMap<u32, InFlight>,
-    /// Finished reports waiting for a lower id to finish, so reports come out in id order.
-    finished: BTreeMap<u32, SnapshotReport>,
-    /// Id of the next report to emit.
-    next_to_emit: u32,
-    summary: RunSummary,
-    on_report: Box<dyn FnMut(&SnapshotReport)>,
-    done: Option<oneshot::Sender<Result<RunSummary, ControllerError>>>,
+    /// Finished reports, handed out in id order, and the run's outcome.
+    reports: Reports,
 }
 
 /// Starts the actor on connected (and, when attaching, authenticated) connections, one per
@@ -150,24 +146,14 @@ pub(super) fn start(
         let mut controller = ControllerActor {
             names: config.branches.iter().map(|b| b.name.clone()).collect(),
             links: Vec::with_capacity(streams.len()),
-            next_tick: Instant::now(),
+            ticker: Ticker::new(config.interval),
             config,
             rng,
             next_id: first_id,
             started: 0,
             secret,
             in_flight: BTreeMap::new(),
-            finished: BTreeMap::new(),
-            next_to_emit: first_id,
-            summary: RunSummary {
-                snapshots: 0,
-                ok: 0,
-                max_in_flight: 0,
-                skipped_ticks: 0,
-                reconnects: 0,
-            },
-            on_report,
-            done: Some(done),
+            reports: Reports::new(first_id, on_report, done),
         };
         for (index, stream) in streams.into_iter().enumerate() {
             controller.links.push(Link {
@@ -250,29 +236,17 @@ impl ControllerActor {
     /// A scheduled tick: starts a snapshot, first skipping ticks that a stall made the
     /// controller miss.
     fn tick(&mut self, ctx: &mut Context<Self>) {
-        let interval = self.config.interval;
-        let now = Instant::now();
-        let late = now.saturating_duration_since(self.next_tick);
-        let missed = (late.as_nanos() / interval.as_nanos().max(1)) as u64;
-        if missed > 0 {
-            warn!(
-                "the controller was stalled for {} ms: skipping {missed} missed snapshot tick(s)",
-                late.as_millis()
-            );
-            self.summary.skipped_ticks += missed;
-        }
-        self.next_tick += interval * u32::try_from(missed + 1).unwrap_or(u32::MAX);
+        self.reports.summary.skipped_ticks += self.ticker.on_tick();
         if self.in_flight.len() >= MAX_IN_FLIGHT {
             warn!(
                 "{MAX_IN_FLIGHT} snapshots are still in progress: skipping this tick (is --interval-ms shorter than a snapshot takes?)"
             );
-            self.summary.skipped_ticks += 1;
+            self.reports.summary.skipped_ticks += 1;
         } else {
             self.start_snapshot(ctx);
         }
         if !self.started_all() {
-            let wait = self.next_tick.saturating_duration_since(Instant::now());
-            ctx.run_later(wait, |controller, ctx| controller.tick(ctx));
+            ctx.run_later(self.ticker.wait(), |controller, ctx| controller.tick(ctx));
         }
     }
 
@@ -314,7 +288,8 @@ impl ControllerActor {
                 answers: vec![None; self.links.len()],
             },
         );
-        self.summary.max_in_flight = self.summary.max_in_flight.max(self.in_flight.len());
+        let summary = &mut self.reports.summary;
+        summary.max_in_flight = summary.max_in_flight.max(self.in_flight.len());
         self.config
             .observe(|o| o.snapshot_started(id, &self.names[initiator])); // web view hook
         debug!("snapshot {id}: starting at {}", self.names[initiator]);
@@ -472,7 +447,7 @@ impl ControllerActor {
         ctx: &mut Context<Self>,
     ) {
         let link = &mut self.links[index];
-        if link.generation != generation || link.outbox.is_none() || self.done.is_none() {
+        if link.generation != generation || link.outbox.is_none() || self.reports.over() {
             return;
         }
         if let Some(outbox) = link.outbox.take() {
@@ -543,11 +518,11 @@ impl ControllerActor {
 
     /// Branch `index` is back: re-send what is still unanswered on it.
     fn reconnected(&mut self, index: usize, authenticated: Authenticated, ctx: &mut Context<Self>) {
-        if self.done.is_none() {
+        if self.reports.over() {
             return;
         }
         self.install(index, authenticated, ctx);
-        self.summary.reconnects += 1;
+        self.reports.summary.reconnects += 1;
         let name = &self.names[index];
         self.config.observe(|o| o.link_up(name)); // web view hook
         let link = &mut self.links[index];
@@ -605,10 +580,7 @@ impl ControllerActor {
 
     /// Ends the run with `error`.
     fn fail(&mut self, error: ControllerError, ctx: &mut Context<Self>) {
-        if let Some(done) = self.done.take() {
-            error!("{error}");
-            let _ = done.send(Err(error));
-        }
+        self.reports.fail(error);
         ctx.stop();
     }
 
@@ -635,17 +607,9 @@ impl ControllerActor {
             self.config.total,
             snapshot.started.elapsed(),
         );
-        self.finished.insert(id, report);
-        while let Some(report) = self.finished.remove(&self.next_to_emit) {
-            self.next_to_emit = self.next_to_emit.wrapping_add(1);
-            self.summary.snapshots += 1;
-            self.summary.ok += u32::from(report.is_ok());
-            (self.on_report)(&report);
-        }
-        if self.started_all() && self.in_flight.is_empty() && self.finished.is_empty() {
-            if let Some(done) = self.done.take() {
-                let _ = done.send(Ok(self.summary.clone()));
-            }
+        self.reports.add(id, report);
+        if self.started_all() && self.in_flight.is_empty() && !self.reports.waiting() {
+            self.reports.complete();
             ctx.stop();
             return;
         }
@@ -672,7 +636,7 @@ impl Actor for ControllerActor {
         if self.config.interval.is_zero() {
             self.fill_pipeline(ctx);
         } else {
-            self.next_tick = Instant::now();
+            self.ticker = Ticker::new(self.config.interval);
             self.tick(ctx);
         }
     }

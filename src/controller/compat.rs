@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures_util::StreamExt;
-use log::{debug, error, info, warn};
+use log::{debug, info, warn};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tokio::io::AsyncWriteExt;
@@ -42,6 +42,7 @@ use tokio::sync::oneshot;
 use tokio_util::codec::FramedRead;
 
 use super::actor::MAX_IN_FLIGHT;
+use super::schedule::{Reports, Ticker};
 use super::{ControllerConfig, ControllerError, RunSummary, SnapshotReport};
 use crate::backoff::Backoff;
 use crate::core::split_total;
@@ -308,14 +309,10 @@ pub struct CompatController {
     /// Snapshots started so far.
     started: u32,
     /// When the next scheduled snapshot is due.
-    next_tick: Instant,
+    ticker: Ticker,
     in_flight: BTreeMap<u32, Pending>,
-    /// Finished reports waiting for a lower id to finish, so reports come out in id order.
-    finished: BTreeMap<u32, SnapshotReport>,
-    next_to_emit: u32,
-    summary: RunSummary,
-    on_report: Box<dyn FnMut(&SnapshotReport)>,
-    done: Option<oneshot::Sender<Result<RunSummary, ControllerError>>>,
+    /// Finished reports, handed out in id order, and the run's outcome.
+    reports: Reports,
 }
 
 impl CompatController {
@@ -333,6 +330,7 @@ impl CompatController {
                 Some(seed) => StdRng::seed_from_u64(seed),
                 None => rand::make_rng(),
             };
+            let config_interval = config.interval;
             let mut controller = CompatController {
                 names: config.branches.iter().map(|b| b.name.clone()).collect(),
                 links: Vec::with_capacity(links.len()),
@@ -341,19 +339,9 @@ impl CompatController {
                 rng,
                 next_id: 1,
                 started: 0,
-                next_tick: Instant::now(),
+                ticker: Ticker::new(config_interval),
                 in_flight: BTreeMap::new(),
-                finished: BTreeMap::new(),
-                next_to_emit: 1,
-                summary: RunSummary {
-                    snapshots: 0,
-                    ok: 0,
-                    max_in_flight: 0,
-                    skipped_ticks: 0,
-                    reconnects: 0,
-                },
-                on_report,
-                done: Some(done),
+                reports: Reports::new(1, on_report, done),
             };
             for (index, (stream, init)) in links.into_iter().enumerate() {
                 controller.links.push(Link {
@@ -430,26 +418,15 @@ impl CompatController {
     /// A scheduled tick: starts a snapshot, first skipping ticks that a stall made the
     /// controller miss.
     fn tick(&mut self, ctx: &mut Context<Self>) {
-        let interval = self.config.interval;
-        let late = Instant::now().saturating_duration_since(self.next_tick);
-        let missed = (late.as_nanos() / interval.as_nanos().max(1)) as u64;
-        if missed > 0 {
-            warn!(
-                "the controller was stalled for {} ms: skipping {missed} missed snapshot tick(s)",
-                late.as_millis()
-            );
-            self.summary.skipped_ticks += missed;
-        }
-        self.next_tick += interval * u32::try_from(missed + 1).unwrap_or(u32::MAX);
+        self.reports.summary.skipped_ticks += self.ticker.on_tick();
         if self.in_flight.len() >= MAX_IN_FLIGHT {
             warn!("{MAX_IN_FLIGHT} snapshots are still in progress: skipping this tick");
-            self.summary.skipped_ticks += 1;
+            self.reports.summary.skipped_ticks += 1;
         } else {
             self.start_snapshot(ctx);
         }
         if !self.started_all() {
-            let wait = self.next_tick.saturating_duration_since(Instant::now());
-            ctx.run_later(wait, |controller, ctx| controller.tick(ctx));
+            ctx.run_later(self.ticker.wait(), |controller, ctx| controller.tick(ctx));
         }
     }
 
@@ -496,7 +473,8 @@ impl CompatController {
                 answers: vec![None; self.names.len()],
             },
         );
-        self.summary.max_in_flight = self.summary.max_in_flight.max(self.in_flight.len());
+        let summary = &mut self.reports.summary;
+        summary.max_in_flight = summary.max_in_flight.max(self.in_flight.len());
     }
 
     /// The retrieve delay is over: asks every branch for its record of snapshot `id`.
@@ -615,7 +593,7 @@ impl CompatController {
         ctx: &mut Context<Self>,
     ) {
         let link = &mut self.links[index];
-        if link.generation != generation || link.outbox.is_none() || self.done.is_none() {
+        if link.generation != generation || link.outbox.is_none() || self.reports.over() {
             return;
         }
         if let Some(outbox) = link.outbox.take() {
@@ -659,11 +637,11 @@ impl CompatController {
 
     /// Branch `index` is reachable again: re-sends the retrievals still unanswered by it.
     fn reconnected(&mut self, index: usize, stream: TcpStream, ctx: &mut Context<Self>) {
-        if self.done.is_none() {
+        if self.reports.over() {
             return;
         }
         self.install(index, stream, ctx);
-        self.summary.reconnects += 1;
+        self.reports.summary.reconnects += 1;
         if let Some((since, _)) = self.links[index].down.take() {
             info!(
                 "reconnected to branch {} after {} ms (a plain reconnect: a branch that serves only its first connection will not answer on this one)",
@@ -686,10 +664,7 @@ impl CompatController {
 
     /// Ends the run with `error`.
     fn fail(&mut self, error: ControllerError, ctx: &mut Context<Self>) {
-        if let Some(done) = self.done.take() {
-            error!("{error}");
-            let _ = done.send(Err(error));
-        }
+        self.reports.fail(error);
         ctx.stop();
     }
 
@@ -717,17 +692,9 @@ impl CompatController {
             self.config.total,
             snapshot.started.elapsed(),
         );
-        self.finished.insert(id, report);
-        while let Some(report) = self.finished.remove(&self.next_to_emit) {
-            self.next_to_emit = self.next_to_emit.wrapping_add(1);
-            self.summary.snapshots += 1;
-            self.summary.ok += u32::from(report.is_ok());
-            (self.on_report)(&report);
-        }
-        if self.started_all() && self.in_flight.is_empty() && self.finished.is_empty() {
-            if let Some(done) = self.done.take() {
-                let _ = done.send(Ok(self.summary.clone()));
-            }
+        self.reports.add(id, report);
+        if self.started_all() && self.in_flight.is_empty() && !self.reports.waiting() {
+            self.reports.complete();
             ctx.stop();
             return;
         }
@@ -746,7 +713,7 @@ impl Actor for CompatController {
         if self.config.interval.is_zero() {
             self.fill_pipeline(ctx);
         } else {
-            self.next_tick = Instant::now();
+            self.ticker = Ticker::new(self.config.interval);
             self.tick(ctx);
         }
     }

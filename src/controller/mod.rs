@@ -5,6 +5,8 @@
 //!   the exercise's original schema, as the exercise's own controllers do.
 //! - [`report`]: [`SnapshotReport`], assembled from the branches' records, with its verdict and
 //!   text/JSON forms.
+//! - `schedule`: what both controllers share about a run: the ticks (skipping those a stall
+//!   missed) and handing reports out in id order.
 //!
 //! Retrieval without blind sleeps: right after `InitSnapshot`, the controller sends every branch
 //! `RetrieveSnapshot` with `wait_ms` (a snapbank extension) set to the time left before the
@@ -15,6 +17,7 @@ pub mod actor;
 pub mod compat;
 pub mod observer;
 pub mod report;
+mod schedule;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
