@@ -30,12 +30,9 @@
 //!   used by `./demo` and the end-to-end tests.
 //! - [`web`]: the web view (`controller --web`): a live page, JSON API, event stream and
 //!   Prometheus metrics of the bank's snapshots, on `actix-web`.
-//! - [`mod@bench`]: the pure half of `./bench`: latency percentiles, transfer rates from snapshot
-//!   counters, `/proc` figures, and the sweep's CSV and SVG files.
 
 pub mod auth;
 pub mod backoff;
-pub mod bench;
 pub mod branch;
 pub mod config;
 pub mod controller;

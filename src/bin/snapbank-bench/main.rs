@@ -13,6 +13,11 @@
 //!
 //! Every process it starts is stopped on every exit path: banks are dropped when a run ends,
 //! and Ctrl-C or SIGTERM drops the run in progress.
+//!
+//! The bench is tooling, not the product: it lives beside the binaries, outside the library's
+//! API. `figures` is its pure half (percentiles, rates from counters, `/proc`, CSV and SVG).
+
+mod figures;
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -21,7 +26,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use snapbank::bench::{
+use figures::{
     CounterSample, LatencySummary, ProcessSample, SnapshotCost, SoakSample, SweepRow, Throughput,
     cpu_percent, describe_failure, draw_soak_plot, draw_sweep_plot, write_soak_csv,
     write_sweep_csv,

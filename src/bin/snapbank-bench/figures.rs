@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use plotters::prelude::*;
 
-use crate::controller::SnapshotReport;
+use snapbank::controller::SnapshotReport;
 
 /// Why a benchmark file could not be read, written or drawn.
 #[derive(Debug, thiserror::Error)]
@@ -701,8 +701,8 @@ pub fn describe_failure(report: &SnapshotReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::{BranchRecord, BranchState, Verdict};
-    use crate::wire::pb::return_snapshot::{ChannelAudit, LocalSnapshot};
+    use snapbank::controller::{BranchRecord, BranchState, Verdict};
+    use snapbank::wire::pb::return_snapshot::{ChannelAudit, LocalSnapshot};
 
     #[test]
     fn percentile_of_nothing_or_a_bad_rank_is_none() {
