@@ -214,3 +214,34 @@ fn a_corrupt_or_foreign_store_is_refused_at_start() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_record_retrieved_just_before_a_crash_can_be_retrieved_again_after_it() {
+    use common::RawController;
+    use snapbank::wire::{self, Body, pb};
+    let args = ["--max-interval-ms", "2"].map(String::from);
+    let mut bank = LocalBank::start_durable(BRANCH.as_ref(), 2, &args).unwrap();
+    let init = |balance| {
+        Body::InitBranch(pb::InitBranch {
+            balance,
+            all_branches: wire::branch_list(bank.entries()),
+            secret: Vec::new(),
+        })
+    };
+    let mut first = RawController::connect(bank.entries()[0].addr);
+    let mut second = RawController::connect(bank.entries()[1].addr);
+    first.send(init(100));
+    second.send(init(100));
+    first.send(Body::InitSnapshot(pb::InitSnapshot { snapshot_id: 1 }));
+    let before = first.retrieve(1);
+    assert_eq!(before.status, pb::SnapshotStatus::Complete as i32);
+    let _ = second.retrieve(1);
+    // The answer reached us; a controller whose connection died with the branch would ask
+    // again after the restart, and must get the same record.
+    std::thread::sleep(Duration::from_millis(200));
+    bank.kill(0);
+    bank.restart(0, &[]).unwrap();
+    let mut again = RawController::connect(bank.entries()[0].addr);
+    let after = again.retrieve(1);
+    assert_eq!(after, before);
+}

@@ -39,6 +39,10 @@ use crate::wire::{self, pb as wire_pb};
 /// How often the store's figures are logged.
 const STATS_EVERY: Duration = Duration::from_secs(10);
 
+/// Retrieved records kept in the store (the most recent ones), so that a controller whose
+/// answer was lost with a crash gets the same record when it asks again.
+const KEPT_RETRIEVED: usize = 128;
+
 /// A commit being written.
 struct Commit {
     epoch: u64,
@@ -73,6 +77,8 @@ pub(super) struct Durable {
     new_transit: HashMap<SnapshotId, Vec<pb::InTransit>>,
     /// Per record: the next transit batch's index.
     transit_batches: HashMap<SnapshotId, u64>,
+    /// Retrieved records still kept in the store, oldest first.
+    retrieved: VecDeque<SnapshotId>,
     /// Answers waiting for the commit (by epoch) that makes what they report durable.
     held_answers: Vec<(u64, ConnId, wire_pb::return_snapshot::LocalSnapshot)>,
     /// Figures since the last log line.
@@ -112,6 +118,7 @@ impl Durable {
             headers: HashMap::new(),
             new_transit: HashMap::new(),
             transit_batches: HashMap::new(),
+            retrieved: VecDeque::new(),
             held_answers: Vec::new(),
             commits: 0,
             frames_committed: 0,
@@ -174,6 +181,7 @@ impl Durable {
             received: received.iter().map(|&c| counts(c)).collect(),
             lost: Vec::new(),
             finished: false,
+            retrieved: false,
         });
     }
 
@@ -203,7 +211,24 @@ impl Durable {
         }
     }
 
-    /// Record `id` was retrieved or discarded: it is deleted from the store.
+    /// Record `id` was handed to a controller: it stays in the store, marked retrieved, among the
+    /// [`KEPT_RETRIEVED`] most recent; older ones are deleted.
+    pub(super) fn retire_record(&mut self, id: SnapshotId) {
+        let Some(mut header) = self.headers.get(&id).cloned() else {
+            return;
+        };
+        header.retrieved = true;
+        self.stage_header(header);
+        self.retrieved.push_back(id);
+        while self.retrieved.len() > KEPT_RETRIEVED {
+            if let Some(oldest) = self.retrieved.pop_front() {
+                self.remove_record(oldest);
+            }
+        }
+    }
+
+    /// Record `id` was discarded, or aged out after its retrieval: it is deleted from the
+    /// store.
     pub(super) fn remove_record(&mut self, id: SnapshotId) {
         if self.headers.remove(&id).is_some() {
             self.dirty = true;
@@ -534,6 +559,23 @@ impl BranchActor {
             }
             if header.finished {
                 record.finish();
+            }
+            if header.retrieved {
+                // Answered before the crash: kept as the answer, for a controller that asks again.
+                let status = if record.lost().is_empty() {
+                    wire_pb::SnapshotStatus::Complete
+                } else {
+                    wire_pb::SnapshotStatus::CutShort
+                };
+                self.answered.keep(&wire::local_snapshot(
+                    &record,
+                    status,
+                    &self.name,
+                    &peer_names,
+                ));
+                durable.retrieved.push_back(header.id);
+                durable.headers.insert(header.id, header);
+                continue;
             }
             let recorder =
                 SnapshotRecorder::new(record, self.name.clone(), peer_names.clone(), ctx.address())

@@ -380,7 +380,11 @@ impl Handler<RecorderRetired> for BranchActor {
             self.discarded.insert(msg.id);
         }
         if let Some(durable) = self.durable.as_mut() {
-            durable.remove_record(msg.id);
+            if msg.discarded {
+                durable.remove_record(msg.id);
+            } else {
+                durable.retire_record(msg.id);
+            }
         }
         if let Some(bank) = self.bank.as_mut() {
             bank.recorders.remove(&msg.id);
