@@ -275,6 +275,27 @@ pub struct SweepRow {
     pub cpu_max_pct: Option<f64>,
     /// Snapshot cost, where measured at this size.
     pub cost: Option<SnapshotCost>,
+    /// Frames per second that N processes in the same full mesh move with no per-frame work
+    /// (the transport's ceiling here, measured in the same run).
+    pub ceiling_per_sec: Option<f64>,
+    /// Median round trip of a transfer-sized ping-pong over one loopback connection, ms.
+    pub rtt_p50_ms: Option<f64>,
+}
+
+impl SweepRow {
+    /// Transfers per second as a percentage of the same-run ceiling.
+    pub fn pct_of_ceiling(&self) -> Option<f64> {
+        let ceiling = self.ceiling_per_sec.filter(|&c| c > 0.0)?;
+        self.throughput
+            .as_ref()
+            .map(|t| t.aggregate / ceiling * 100.0)
+    }
+
+    /// Idle snapshot p50 in loopback round trips.
+    pub fn idle_p50_round_trips(&self) -> Option<f64> {
+        let rtt = self.rtt_p50_ms.filter(|&r| r > 0.0)?;
+        self.idle_latency.map(|l| l.p50_ms / rtt)
+    }
 }
 
 /// What taking snapshots costs the bank's throughput.
@@ -324,6 +345,10 @@ pub const SWEEP_CSV_HEADER: &[&str] = &[
     "cost_transfers_per_s_with_snapshots",
     "cost_transfers_per_s_baseline",
     "cost_drop_pct",
+    "ceiling_frames_per_s",
+    "pct_of_ceiling",
+    "rtt_p50_ms",
+    "idle_p50_round_trips",
 ];
 
 /// A float with three decimals, or an empty field.
@@ -378,6 +403,10 @@ impl SweepRow {
             field(cost.map(|c| c.with_snapshots)),
             field(cost.map(|c| c.baseline)),
             field(cost.and_then(SnapshotCost::drop_pct)),
+            field(self.ceiling_per_sec),
+            field(self.pct_of_ceiling()),
+            field(self.rtt_p50_ms),
+            field(self.idle_p50_round_trips()),
         ]
     }
 }
@@ -948,8 +977,22 @@ mod tests {
                     with_snapshots: 900.0,
                     baseline: 1000.0,
                 }),
+                ceiling_per_sec: Some(100_000.0 * n as f64),
+                rtt_p50_ms: Some(0.05),
             })
             .collect()
+    }
+
+    #[test]
+    fn throughput_is_a_share_of_the_ceiling_and_latency_a_count_of_round_trips() {
+        let rows = sample_rows();
+        let row = &rows[1];
+        assert_eq!(row.branches, 4);
+        let pct = row.pct_of_ceiling().unwrap();
+        assert!((pct - 1.0).abs() < 1e-9, "{pct}");
+        let rtts = row.idle_p50_round_trips().unwrap();
+        assert!((rtts - 4.0).abs() < 1e-9, "{rtts}");
+        assert_eq!(rows[2].idle_p50_round_trips(), None, "no idle run at N=8");
     }
 
     fn scratch(name: &str) -> PathBuf {

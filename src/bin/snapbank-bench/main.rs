@@ -17,6 +17,7 @@
 //! The bench is tooling, not the product: it lives beside the binaries, outside the library's
 //! API. `figures` is its pure half (percentiles, rates from counters, `/proc`, CSV and SVG).
 
+mod ceiling;
 mod figures;
 
 use std::cell::RefCell;
@@ -65,6 +66,12 @@ struct Args {
     /// Seconds between memory samples in a soak run.
     #[arg(long, default_value_t = 10)]
     soak_sample_secs: u64,
+    /// Skip measuring the transport's ceiling and the loopback round trip.
+    #[arg(long)]
+    skip_ceiling: bool,
+    /// How long each ceiling run lasts, in seconds.
+    #[arg(long, default_value_t = 3)]
+    ceiling_secs: u64,
     /// Durable branches: each with a data directory (`branch --data-dir`), so every transfer
     /// is group-committed to its store; the branches' store figures (fsyncs per second, frames
     /// per commit, mean commit time) are printed after each run of at least 10 s.
@@ -361,16 +368,18 @@ fn print_run(plan: &Plan, result: &RunResult) {
 fn print_table(rows: &[SweepRow]) {
     println!();
     println!(
-        "{:>4} {:>6} {:>5} {:>11} {:>23} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>7}",
+        "{:>4} {:>6} {:>5} {:>11} {:>7} {:>23} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8} {:>7}",
         "N",
         "snaps",
         "fail",
         "transfers/s",
+        "% ceil",
         "per branch min/mean/max",
         "p50 ms",
         "p99 ms",
         "max ms",
         "idle p50",
+        "idle RTTs",
         "idle p99",
         "RSS MiB",
         "CPU %"
@@ -386,16 +395,18 @@ fn print_table(rows: &[SweepRow]) {
             )
         });
         println!(
-            "{:>4} {:>6} {:>5} {:>11} {:>23} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>7}",
+            "{:>4} {:>6} {:>5} {:>11} {:>7} {:>23} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8} {:>7}",
             row.branches,
             row.snapshots,
             row.failed,
             fmt_opt(tp.map(|t| t.aggregate), 0),
+            fmt_opt(row.pct_of_ceiling(), 2),
             per_branch,
             fmt_opt(row.latency.map(|l| l.p50_ms), 2),
             fmt_opt(row.latency.map(|l| l.p99_ms), 2),
             fmt_opt(row.latency.map(|l| l.max_ms), 2),
             fmt_opt(row.idle_latency.map(|l| l.p50_ms), 2),
+            fmt_opt(row.idle_p50_round_trips(), 1),
             fmt_opt(row.idle_latency.map(|l| l.p99_ms), 2),
             fmt_opt(row.peak_rss_max_kib.map(|kib| kib as f64 / 1024.0), 1),
             fmt_opt(row.cpu_mean_pct, 0),
@@ -436,6 +447,18 @@ async fn sweep(args: &Args, bin_dir: &Path, progress: &RefCell<Progress>) -> Res
     let ticks = clock_ticks_per_sec();
     let duration = Duration::from_secs(args.duration_secs);
     let interval = Duration::from_millis(args.snapshot_interval_ms);
+    let frame = ceiling::transfer_frame_bytes();
+    let rtt = if args.skip_ceiling {
+        None
+    } else {
+        let rtt = ceiling::round_trip(frame, 4000)?;
+        eprintln!(
+            "bench: loopback round trip of a {frame}-byte message: p50 {:.1} us",
+            rtt.as_secs_f64() * 1e6
+        );
+        Some(rtt.as_secs_f64() * 1000.0)
+    };
+    let bench = std::env::current_exe().map_err(|err| err.to_string())?;
     for &n in &args.branches {
         let plan = Plan {
             label: format!("N={n} load"),
@@ -462,8 +485,16 @@ async fn sweep(args: &Args, bin_dir: &Path, progress: &RefCell<Progress>) -> Res
             peak_rss_max_kib: result.peak_rss_max_kib(),
             cpu_mean_pct: result.cpu_mean(),
             cpu_max_pct: result.cpu_max(),
+            rtt_p50_ms: rtt,
             ..SweepRow::default()
         };
+        if !args.skip_ceiling {
+            let ceiling = ceiling::mesh_ceiling(&bench, n, args.ceiling_secs, frame)?;
+            eprintln!(
+                "bench: N={n}: ceiling {ceiling:.0} {frame}-byte frames/s (full mesh, 4 KiB writes, no per-frame work)"
+            );
+            row.ceiling_per_sec = Some(ceiling);
+        }
         let mut failed = result.failed() > 0 || !result.exited.is_empty();
         if !args.skip_idle {
             let plan = Plan {
@@ -613,6 +644,16 @@ fn check(args: &Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    let raw: Vec<String> = std::env::args().collect();
+    if raw.get(1).map(String::as_str) == Some(ceiling::WORKER_FLAG) {
+        return match ceiling::run_worker(&raw[2..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: mesh worker: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("error")).init();
     let args = Args::parse();
     DURABLE.store(args.durable, std::sync::atomic::Ordering::Relaxed);
