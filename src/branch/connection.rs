@@ -77,7 +77,7 @@ impl PeerConnection {
     ) -> Addr<Self> {
         PeerConnection::create(move |ctx| {
             if settings.probe {
-                let every = (settings.peer_timeout / 6).max(Duration::from_millis(1));
+                let every = (settings.peer_timeout / 3).max(Duration::from_millis(1));
                 ctx.run_interval(every, |connection, ctx| connection.check_liveness(ctx));
             }
             // Every frame already decodable after a read goes to the branch as one message.

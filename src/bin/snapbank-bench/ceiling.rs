@@ -35,7 +35,10 @@ pub fn run_worker(args: &[String]) -> Result<(), String> {
     let [index, ports, start_ms, secs, frame] = args else {
         return Err("usage: --mesh-worker INDEX PORTS START_MS SECS FRAME_BYTES".into());
     };
-    let parse = |text: &str| text.parse::<u64>().map_err(|err| format!("{text:?}: {err}"));
+    let parse = |text: &str| {
+        text.parse::<u64>()
+            .map_err(|err| format!("{text:?}: {err}"))
+    };
     let index = parse(index)? as usize;
     let ports: Vec<u16> = ports
         .split(',')

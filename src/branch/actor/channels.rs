@@ -23,13 +23,15 @@ use crate::outbox::Outbox;
 use crate::wire::{self, Body, pb};
 
 /// Frames delivered on a channel before an acknowledgement goes out at once, without waiting
-/// for [`ACK_DELAY`]: a quarter of the default window, so a sender never stalls on a full window
-/// while acknowledgements are merely delayed.
-const ACK_BATCH: u64 = 4096;
+/// for [`ACK_DELAY`]: a sixteenth of the default window, so a busy sender never stalls on a full
+/// window while acknowledgements are merely delayed.
+const ACK_BATCH: u64 = 1024;
 
-/// Longest an acknowledgement waits for more frames to cover: acks go out at most this often
-/// per channel (plus one per [`ACK_BATCH`] frames), not one per transfer.
-const ACK_DELAY: Duration = Duration::from_millis(5);
+/// Longest an acknowledgement waits for more frames to cover. Acks only free the sender's
+/// window (and bound what a reconnect resends), so on a quiet channel they can wait: with 63
+/// peers each carrying a few dozen transfers a second, acking every 5 ms put more ack frames on
+/// the wire than transfers, and every 50 ms two for every three transfers.
+const ACK_DELAY: Duration = Duration::from_millis(500);
 
 impl BranchActor {
     /// A peer proved itself: its connection now carries channel `channel`, replacing any older
