@@ -171,19 +171,18 @@ impl BranchActor {
                 return;
             }
         };
-        if pos == 0 || matches!(frame, Frame::Transfer { seq: 0, .. }) {
-            // Unnumbered frames cannot be checked or resent: only an original-schema sender in a
-            // bank without a secret may send them.
-            if authenticated {
-                let what = if pos == 0 {
-                    "position"
-                } else {
-                    "sequence number"
-                };
-                self.protocol_error(channel, format!("sent a frame without a {what}"), ctx);
-                return;
-            }
-        } else {
+        // Unnumbered frames cannot be checked or resent: only an original-schema sender in a
+        // bank without a secret may send them.
+        if authenticated && (pos == 0 || matches!(frame, Frame::Transfer { seq: 0, .. })) {
+            let what = if pos == 0 {
+                "position"
+            } else {
+                "sequence number"
+            };
+            self.protocol_error(channel, format!("sent a frame without a {what}"), ctx);
+            return;
+        }
+        if pos != 0 {
             match peer.cursor.accept(pos) {
                 Ok(Delivery::Deliver) => match self.durable.as_mut() {
                     // Acknowledged once the commit holding its effects is durable.
