@@ -15,8 +15,9 @@ use prost::Message;
 use crate::core::{IdSet, SnapshotId};
 use crate::wire::pb::return_snapshot::LocalSnapshot;
 
-/// Bytes of answers kept (their encoded size), all together.
-pub const KEPT_ANSWER_BYTES: usize = 4 << 20;
+/// Bytes of answers kept (their encoded size), all together: enough for the answers in flight
+/// when a controller's connection drops, small enough not to weigh on the branch's memory.
+pub const KEPT_ANSWER_BYTES: usize = 256 << 10;
 
 /// Recently answered records, oldest first, bounded by their total encoded size.
 #[derive(Debug, Default)]
