@@ -91,10 +91,15 @@ fn cutting_every_connection_again_and_again_loses_no_money_and_no_snapshot() {
     let (code, reports, stderr) = controller.finish(Duration::from_secs(60));
     let verdicts = verdicts(&reports);
     let ok = verdicts.iter().filter(|v| *v == "ok").count();
+    let not_ok: Vec<String> = reports
+        .iter()
+        .filter(|r| r["verdict"] != "ok")
+        .map(ToString::to_string)
+        .collect();
     assert_eq!(
         (ok, reports.len()),
         (400, 400),
-        "verdicts: {verdicts:?}\n{stderr}"
+        "not ok: {not_ok:?}\n{stderr}"
     );
     assert!(
         reports

@@ -101,9 +101,14 @@ impl SnapshotRecorder {
     /// Hands the finished record over and stops: a retrieved record is not kept here (the
     /// branch keeps a copy of recent answers). `discarded`: it was never handed over.
     fn retire(&mut self, discarded: bool, ctx: &mut Context<Self>) {
+        // The answer travels with the retirement too: the branch keeps it the moment it forgets
+        // this recorder, so a request arriving in between (a controller asking again on a new
+        // connection) finds the record, not "unknown".
+        let answer = (!discarded && self.record.is_finished()).then(|| self.answer());
         self.branch.do_send(RecorderRetired {
             id: self.record.id(),
             discarded,
+            answer,
         });
         ctx.stop();
     }

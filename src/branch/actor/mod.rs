@@ -81,6 +81,8 @@ pub struct RecorderRetired {
     pub id: SnapshotId,
     /// It retired unretrieved (kept too long).
     pub discarded: bool,
+    /// The finished record's answer, as handed to the controller.
+    pub answer: Option<crate::wire::pb::return_snapshot::LocalSnapshot>,
 }
 
 /// Decoded frames from one connection, in arrival order: whatever one read produced, so a busy
@@ -378,6 +380,9 @@ impl Handler<RecorderRetired> for BranchActor {
     fn handle(&mut self, msg: RecorderRetired, ctx: &mut Context<Self>) {
         if msg.discarded {
             self.discarded.insert(msg.id);
+        }
+        if let Some(answer) = &msg.answer {
+            self.answered.keep(answer);
         }
         if let Some(durable) = self.durable.as_mut() {
             if msg.discarded {
