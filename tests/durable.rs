@@ -9,19 +9,12 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::ControllerProcess;
+use common::{ControllerProcess, transfers_sent, verdicts};
 use serde_json::Value;
 use snapbank::local_bank::LocalBank;
 
 const BRANCH: &str = env!("CARGO_BIN_EXE_branch");
 const CONTROLLER: &str = env!("CARGO_BIN_EXE_controller");
-
-fn verdicts(reports: &[Value]) -> Vec<String> {
-    reports
-        .iter()
-        .map(|r| r["verdict"].as_str().unwrap_or("?").to_string())
-        .collect()
-}
 
 /// No snapshot is ever wrong: each is ok (with the exact total) or incomplete.
 fn assert_never_wrong(reports: &[Value], total: u64) {
@@ -44,19 +37,6 @@ fn assert_last_ok(reports: &[Value], last: usize, total: u64) {
         "the last {last} snapshots: {:?}",
         verdicts(tail)
     );
-}
-
-/// Transfers sent by all branches before their cut, from a report's own counters.
-fn transfers_sent(report: &Value) -> u64 {
-    report["branches"]
-        .as_array()
-        .map(|branches| {
-            branches
-                .iter()
-                .filter_map(|branch| branch["transfers_sent"].as_u64())
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// The acceptance run: 4 branches flat out with data directories, a snapshot every

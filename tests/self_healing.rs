@@ -8,7 +8,7 @@ use std::io::Read;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::ControllerProcess;
+use common::{ControllerProcess, transfers_sent, verdicts};
 use serde_json::Value;
 use snapbank::local_bank::LocalBank;
 
@@ -47,26 +47,6 @@ fn assert_ss_kills_sockets() {
             && !matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "ss -K did not reset a loopback connection (run the tests as root on a kernel with INET_DIAG_DESTROY): {result:?}"
     );
-}
-
-fn verdicts(reports: &[Value]) -> Vec<String> {
-    reports
-        .iter()
-        .map(|report| report["verdict"].as_str().unwrap_or("?").to_string())
-        .collect()
-}
-
-/// Transfers sent by all branches before their cut, from a report's own counters.
-fn transfers_sent(report: &Value) -> u64 {
-    report["branches"]
-        .as_array()
-        .map(|branches| {
-            branches
-                .iter()
-                .filter_map(|branch| branch["transfers_sent"].as_u64())
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 #[test]

@@ -598,16 +598,14 @@ impl ControllerActor {
         if let Some(timer) = snapshot.timer {
             ctx.cancel_future(timer);
         }
-        let answers = snapshot.answers.into_iter().flatten().collect();
-        let report = SnapshotReport::assemble(
+        self.reports.add_answers(
             id,
-            &self.names[snapshot.initiator],
+            snapshot.initiator,
             &self.names,
-            answers,
+            snapshot.answers,
             self.config.total,
-            snapshot.started.elapsed(),
+            snapshot.started,
         );
-        self.reports.add(id, report);
         if self.started_all() && self.in_flight.is_empty() && !self.reports.waiting() {
             self.reports.complete();
             ctx.stop();

@@ -9,6 +9,7 @@ use log::{error, warn};
 use tokio::sync::oneshot;
 
 use super::{ControllerError, RunSummary, SnapshotReport};
+use crate::wire::pb::return_snapshot::LocalSnapshot;
 
 /// Snapshot starts every `interval`, skipping the ticks a stall (a suspended or starved
 /// controller) made it miss rather than firing them all at once.
@@ -93,6 +94,29 @@ impl Reports {
             self.summary.ok += u32::from(report.is_ok());
             (self.on_report)(&report);
         }
+    }
+
+    /// Snapshot `id` (started at `started` by branch `initiator`) has an answer from every
+    /// branch: assembles its report against `total` and hands out what is now in order.
+    pub(super) fn add_answers(
+        &mut self,
+        id: u32,
+        initiator: usize,
+        names: &[String],
+        answers: Vec<Option<Result<LocalSnapshot, String>>>,
+        total: u64,
+        started: Instant,
+    ) {
+        let answers = answers.into_iter().flatten().collect();
+        let report = SnapshotReport::assemble(
+            id,
+            &names[initiator],
+            names,
+            answers,
+            total,
+            started.elapsed(),
+        );
+        self.add(id, report);
     }
 
     /// Whether some finished report still waits for an earlier one.

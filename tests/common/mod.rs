@@ -216,3 +216,24 @@ impl Drop for ControllerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Each report's verdict (`ok`, `incomplete`...), in order.
+pub fn verdicts(reports: &[serde_json::Value]) -> Vec<String> {
+    reports
+        .iter()
+        .map(|report| report["verdict"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+/// Transfers sent by all branches before their cut, from a report's own counters.
+pub fn transfers_sent(report: &serde_json::Value) -> u64 {
+    report["branches"]
+        .as_array()
+        .map(|branches| {
+            branches
+                .iter()
+                .filter_map(|branch| branch["transfers_sent"].as_u64())
+                .sum()
+        })
+        .unwrap_or(0)
+}
