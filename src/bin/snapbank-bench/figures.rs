@@ -89,6 +89,8 @@ pub struct CounterSample {
     pub at: Duration,
     /// Per branch, in branches-file order: transfers it had sent to all its peers at its cut.
     pub sent: Vec<u64>,
+    /// Transfers the snapshot found in transit, all channels together.
+    pub in_transit: u64,
 }
 
 impl CounterSample {
@@ -107,8 +109,29 @@ impl CounterSample {
                 Some(audits.iter().map(|audit| audit.sent_count).sum())
             })
             .collect::<Option<Vec<u64>>>()?;
-        Some(Self { at, sent })
+        let in_transit = report
+            .branches
+            .iter()
+            .filter_map(|branch| branch.record.as_ref().ok()?.audits.as_ref())
+            .flatten()
+            .map(|audit| audit.in_transit_seq.len() as u64)
+            .sum();
+        Some(Self {
+            at,
+            sent,
+            in_transit,
+        })
     }
+}
+
+/// The mean number of transfers the good snapshots of a run found in transit: by Little's law,
+/// throughput is this number divided by a transfer's mean time in flight (from the sender's
+/// debit to the receiver's credit). `None` without samples.
+pub fn mean_in_transit(samples: &[CounterSample]) -> Option<f64> {
+    if samples.is_empty() {
+        return None;
+    }
+    Some(samples.iter().map(|s| s.in_transit as f64).sum::<f64>() / samples.len() as f64)
 }
 
 /// Transfers per second over a run, from its first and last good snapshots.
@@ -280,6 +303,8 @@ pub struct SweepRow {
     pub ceiling_per_sec: Option<f64>,
     /// Median round trip of a transfer-sized ping-pong over one loopback connection, ms.
     pub rtt_p50_ms: Option<f64>,
+    /// Mean transfers in transit at the loaded run's snapshots ([`mean_in_transit`]).
+    pub in_transit_mean: Option<f64>,
 }
 
 impl SweepRow {
@@ -289,6 +314,20 @@ impl SweepRow {
         self.throughput
             .as_ref()
             .map(|t| t.aggregate / ceiling * 100.0)
+    }
+
+    /// A transfer's mean time in flight under load, in microseconds, by Little's law: transfers
+    /// in transit over transfers per second. With the balances spent (flat out, every branch
+    /// waiting for money), throughput can only grow by shortening this time.
+    pub fn flight_us(&self) -> Option<f64> {
+        let rate = self.throughput.as_ref()?.aggregate;
+        (rate > 0.0).then(|| self.in_transit_mean.map(|n| n / rate * 1e6))?
+    }
+
+    /// [`Self::flight_us`] in one-way trips (half the loopback round trip).
+    pub fn flight_one_ways(&self) -> Option<f64> {
+        let one_way_us = self.rtt_p50_ms.filter(|&r| r > 0.0)? * 1e3 / 2.0;
+        self.flight_us().map(|us| us / one_way_us)
     }
 
     /// Idle snapshot p50 in loopback round trips.
@@ -349,6 +388,9 @@ pub const SWEEP_CSV_HEADER: &[&str] = &[
     "pct_of_ceiling",
     "rtt_p50_ms",
     "idle_p50_round_trips",
+    "in_transit_mean",
+    "flight_us",
+    "flight_one_ways",
 ];
 
 /// A float with three decimals, or an empty field.
@@ -407,6 +449,9 @@ impl SweepRow {
             field(self.pct_of_ceiling()),
             field(self.rtt_p50_ms),
             field(self.idle_p50_round_trips()),
+            field(self.in_transit_mean),
+            field(self.flight_us()),
+            field(self.flight_one_ways()),
         ]
     }
 }
@@ -819,6 +864,30 @@ mod tests {
         let sample = CounterSample::from_report(&report, Duration::from_secs(1)).unwrap();
         assert_eq!(sample.sent, vec![10, 4]);
         assert_eq!(sample.at, Duration::from_secs(1));
+        assert_eq!(sample.in_transit, 0, "every transfer was received");
+    }
+
+    #[test]
+    fn transfers_in_transit_are_counted_on_every_channel_and_averaged() {
+        // branch1 sent 10 transfers and branch2 had received 7 of them at its cut: branch2
+        // recorded the other 3 in transit on its channel from branch1.
+        let mut report = assembled(1, 10, 4);
+        let Ok(record) = report.branches[1].record.as_mut() else {
+            panic!("branch2 answered");
+        };
+        let audit = &mut record.audits.as_mut().unwrap()[0];
+        audit.in_transit_seq = vec![8, 9, 10];
+        audit.in_transit_amount = vec![1, 1, 1];
+        assert!(report.is_ok());
+        let sample = CounterSample::from_report(&report, Duration::ZERO).unwrap();
+        assert_eq!(sample.in_transit, 3);
+        let at = |in_transit| CounterSample {
+            at: Duration::ZERO,
+            sent: vec![0],
+            in_transit,
+        };
+        assert_eq!(mean_in_transit(&[]), None);
+        assert_eq!(mean_in_transit(&[at(3), at(5), at(10)]), Some(6.0));
     }
 
     #[test]
@@ -883,6 +952,7 @@ mod tests {
         let at = |ms| CounterSample {
             at: Duration::from_millis(ms),
             sent: vec![1, 2],
+            in_transit: 0,
         };
         assert_eq!(Throughput::from_samples(&[]), None);
         assert_eq!(Throughput::from_samples(&[at(5)]), None);
@@ -890,6 +960,7 @@ mod tests {
         let other_size = CounterSample {
             at: Duration::from_millis(9),
             sent: vec![1, 2, 3],
+            in_transit: 0,
         };
         assert_eq!(Throughput::from_samples(&[at(5), other_size]), None);
         assert_eq!(
@@ -979,6 +1050,7 @@ mod tests {
                 }),
                 ceiling_per_sec: Some(100_000.0 * n as f64),
                 rtt_p50_ms: Some(0.05),
+                in_transit_mean: Some(50.0 * n as f64),
             })
             .collect()
     }
@@ -993,6 +1065,17 @@ mod tests {
         let rtts = row.idle_p50_round_trips().unwrap();
         assert!((rtts - 4.0).abs() < 1e-9, "{rtts}");
         assert_eq!(rows[2].idle_p50_round_trips(), None, "no idle run at N=8");
+        // 200 transfers in transit at 4000 transfers/s: each is in flight 50 ms, which is 2000
+        // one-way trips of 25 us.
+        let flight = row.flight_us().unwrap();
+        assert!((flight - 50_000.0).abs() < 1e-6, "{flight}");
+        let one_ways = row.flight_one_ways().unwrap();
+        assert!((one_ways - 2000.0).abs() < 1e-6, "{one_ways}");
+        let idle = SweepRow {
+            throughput: None,
+            ..row.clone()
+        };
+        assert_eq!(idle.flight_us(), None, "no throughput, no time in flight");
     }
 
     fn scratch(name: &str) -> PathBuf {
