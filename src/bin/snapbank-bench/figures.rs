@@ -83,7 +83,7 @@ impl LatencySummary {
 }
 
 /// Each branch's transfers-sent counter at one snapshot's cut, and when that snapshot started.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CounterSample {
     /// When the snapshot started (its `InitSnapshot` was sent), from the start of the run.
     pub at: Duration,
@@ -91,6 +91,8 @@ pub struct CounterSample {
     pub sent: Vec<u64>,
     /// Transfers the snapshot found in transit, all channels together.
     pub in_transit: u64,
+    /// The money in those transfers, as a percentage of the bank's total.
+    pub money_in_transit_pct: f64,
 }
 
 impl CounterSample {
@@ -116,12 +118,34 @@ impl CounterSample {
             .flatten()
             .map(|audit| audit.in_transit_seq.len() as u64)
             .sum();
+        let money: u64 = report
+            .branches
+            .iter()
+            .filter_map(|branch| branch.record.as_ref().ok())
+            .flat_map(|record| record.incoming.iter().map(|(_, amount)| amount))
+            .sum();
+        let money_in_transit_pct = if report.expected_total == 0 {
+            0.0
+        } else {
+            money as f64 / report.expected_total as f64 * 100.0
+        };
         Some(Self {
             at,
             sent,
             in_transit,
+            money_in_transit_pct,
         })
     }
+}
+
+/// The mean share of the bank's money the good snapshots of a run found in transit. Near 100 %,
+/// every branch has spent what it holds and throughput waits on money coming back; well below,
+/// branches hold money they have not spent yet. `None` without samples.
+pub fn mean_money_in_transit_pct(samples: &[CounterSample]) -> Option<f64> {
+    if samples.is_empty() {
+        return None;
+    }
+    Some(samples.iter().map(|s| s.money_in_transit_pct).sum::<f64>() / samples.len() as f64)
 }
 
 /// The mean number of transfers the good snapshots of a run found in transit: by Little's law,
@@ -305,6 +329,8 @@ pub struct SweepRow {
     pub rtt_p50_ms: Option<f64>,
     /// Mean transfers in transit at the loaded run's snapshots ([`mean_in_transit`]).
     pub in_transit_mean: Option<f64>,
+    /// Mean share of the money in transit at those snapshots ([`mean_money_in_transit_pct`]).
+    pub money_in_transit_pct: Option<f64>,
 }
 
 impl SweepRow {
@@ -389,6 +415,7 @@ pub const SWEEP_CSV_HEADER: &[&str] = &[
     "rtt_p50_ms",
     "idle_p50_round_trips",
     "in_transit_mean",
+    "money_in_transit_pct",
     "flight_us",
     "flight_one_ways",
 ];
@@ -450,6 +477,7 @@ impl SweepRow {
             field(self.rtt_p50_ms),
             field(self.idle_p50_round_trips()),
             field(self.in_transit_mean),
+            field(self.money_in_transit_pct),
             field(self.flight_us()),
             field(self.flight_one_ways()),
         ]
@@ -865,6 +893,7 @@ mod tests {
         assert_eq!(sample.sent, vec![10, 4]);
         assert_eq!(sample.at, Duration::from_secs(1));
         assert_eq!(sample.in_transit, 0, "every transfer was received");
+        assert_eq!(sample.money_in_transit_pct, 0.0);
     }
 
     #[test]
@@ -878,16 +907,25 @@ mod tests {
         let audit = &mut record.audits.as_mut().unwrap()[0];
         audit.in_transit_seq = vec![8, 9, 10];
         audit.in_transit_amount = vec![1, 1, 1];
+        record.incoming = vec![("branch1".into(), 3)];
         assert!(report.is_ok());
         let sample = CounterSample::from_report(&report, Duration::ZERO).unwrap();
         assert_eq!(sample.in_transit, 3);
+        // 3 of the bank's 2000 in transit.
+        assert!((sample.money_in_transit_pct - 0.15).abs() < 1e-9);
         let at = |in_transit| CounterSample {
             at: Duration::ZERO,
             sent: vec![0],
             in_transit,
+            money_in_transit_pct: in_transit as f64 * 10.0,
         };
         assert_eq!(mean_in_transit(&[]), None);
         assert_eq!(mean_in_transit(&[at(3), at(5), at(10)]), Some(6.0));
+        assert_eq!(mean_money_in_transit_pct(&[]), None);
+        assert_eq!(
+            mean_money_in_transit_pct(&[at(3), at(5), at(10)]),
+            Some(60.0)
+        );
     }
 
     #[test]
@@ -953,6 +991,7 @@ mod tests {
             at: Duration::from_millis(ms),
             sent: vec![1, 2],
             in_transit: 0,
+            money_in_transit_pct: 0.0,
         };
         assert_eq!(Throughput::from_samples(&[]), None);
         assert_eq!(Throughput::from_samples(&[at(5)]), None);
@@ -961,6 +1000,7 @@ mod tests {
             at: Duration::from_millis(9),
             sent: vec![1, 2, 3],
             in_transit: 0,
+            money_in_transit_pct: 0.0,
         };
         assert_eq!(Throughput::from_samples(&[at(5), other_size]), None);
         assert_eq!(
@@ -1051,6 +1091,7 @@ mod tests {
                 ceiling_per_sec: Some(100_000.0 * n as f64),
                 rtt_p50_ms: Some(0.05),
                 in_transit_mean: Some(50.0 * n as f64),
+                money_in_transit_pct: Some(40.0),
             })
             .collect()
     }

@@ -30,7 +30,7 @@ use clap::Parser;
 use figures::{
     CounterSample, LatencySummary, ProcessSample, SnapshotCost, SoakSample, SweepRow, Throughput,
     cpu_percent, describe_failure, draw_soak_plot, draw_sweep_plot, mean_in_transit,
-    write_soak_csv, write_sweep_csv,
+    mean_money_in_transit_pct, write_soak_csv, write_sweep_csv,
 };
 use snapbank::controller::{ControllerConfig, SnapshotReport, run_controller};
 use snapbank::local_bank::LocalBank;
@@ -368,13 +368,14 @@ fn print_run(plan: &Plan, result: &RunResult) {
 fn print_table(rows: &[SweepRow]) {
     println!();
     println!(
-        "{:>4} {:>6} {:>5} {:>11} {:>7} {:>9} {:>9} {:>23} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8} {:>7}",
+        "{:>4} {:>6} {:>5} {:>11} {:>7} {:>9} {:>8} {:>9} {:>23} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8} {:>7}",
         "N",
         "snaps",
         "fail",
         "transfers/s",
         "% ceil",
         "in flight",
+        "% money",
         "flight us",
         "per branch min/mean/max",
         "p50 ms",
@@ -397,13 +398,14 @@ fn print_table(rows: &[SweepRow]) {
             )
         });
         println!(
-            "{:>4} {:>6} {:>5} {:>11} {:>7} {:>9} {:>9} {:>23} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8} {:>7}",
+            "{:>4} {:>6} {:>5} {:>11} {:>7} {:>9} {:>8} {:>9} {:>23} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8} {:>7}",
             row.branches,
             row.snapshots,
             row.failed,
             fmt_opt(tp.map(|t| t.aggregate), 0),
             fmt_opt(row.pct_of_ceiling(), 2),
             fmt_opt(row.in_transit_mean, 1),
+            fmt_opt(row.money_in_transit_pct, 1),
             fmt_opt(row.flight_us(), 1),
             per_branch,
             fmt_opt(row.latency.map(|l| l.p50_ms), 2),
@@ -433,8 +435,8 @@ fn print_table(rows: &[SweepRow]) {
          latency: good snapshots only."
     );
     println!(
-        "in flight: mean transfers the loaded run's snapshots found in transit; flight us: a \
-         transfer's mean time in flight (in flight / transfers/s, Little's law)."
+        "in flight: mean transfers the loaded run's snapshots found in transit; % money: \
+         their share of the bank's money; flight us: a transfer's mean time in flight (in flight / transfers/s, Little's law)."
     );
 }
 
@@ -495,6 +497,7 @@ async fn sweep(args: &Args, bin_dir: &Path, progress: &RefCell<Progress>) -> Res
             cpu_max_pct: result.cpu_max(),
             rtt_p50_ms: rtt,
             in_transit_mean: mean_in_transit(&result.collected.samples),
+            money_in_transit_pct: mean_money_in_transit_pct(&result.collected.samples),
             ..SweepRow::default()
         };
         if !args.skip_ceiling {
