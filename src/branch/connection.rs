@@ -25,7 +25,9 @@ use tokio_util::codec::FramedRead;
 
 use futures_util::StreamExt;
 
-use super::actor::{BranchActor, ConnectionClosed, InboundBatch, Source};
+use super::actor::{
+    BranchActor, ConnectionClosed, ControllerDoneAsking, InboundBatch, MAX_RETRIEVE_WAIT, Source,
+};
 use crate::outbox::{Outbox, write_loop};
 use crate::wire::{Body, FrameCodec, FrameError, pb};
 
@@ -34,6 +36,10 @@ const MAX_BATCH: usize = 1024;
 
 /// After the other side closes its half, queued frames get this long to be written.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// After a controller closes its half, the answers it is owed get this long to be ready and
+/// written: the longest a branch holds a request, plus [`DRAIN_TIMEOUT`].
+pub const ANSWER_DRAIN_TIMEOUT: Duration = MAX_RETRIEVE_WAIT.saturating_add(DRAIN_TIMEOUT);
 
 /// The read half of a connection, decoding delimited frames.
 pub type FrameReader = FramedRead<OwnedReadHalf, FrameCodec>;
@@ -182,7 +188,18 @@ impl StreamHandler<Vec<Result<pb::BranchMessage, FrameError>>> for PeerConnectio
     fn finished(&mut self, ctx: &mut Context<Self>) {
         info!("{}: connection closed by the other side", self.label);
         // The writer finishes what is queued, shuts the socket down and then stops the actor.
-        self.outbox.close();
-        ctx.run_later(DRAIN_TIMEOUT, |_connection, ctx| ctx.stop());
+        // A controller may still be owed answers to requests the branch holds: the branch
+        // closes the outbox once they are written.
+        let drain = match self.source {
+            Source::Controller(conn) => {
+                self.branch.do_send(ControllerDoneAsking { conn });
+                ANSWER_DRAIN_TIMEOUT
+            }
+            Source::Peer { .. } => {
+                self.outbox.close();
+                DRAIN_TIMEOUT
+            }
+        };
+        ctx.run_later(drain, |_connection, ctx| ctx.stop());
     }
 }

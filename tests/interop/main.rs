@@ -161,6 +161,52 @@ fn a_retrieve_without_wait_for_an_unseen_snapshot_is_held_until_its_marker_comes
 }
 
 #[test]
+fn a_controller_that_closes_its_half_after_asking_still_gets_the_held_answer() {
+    let bank = our_bank(2);
+    let branches = entries(&bank);
+    let _ = original_controller::run(&branches, 1000, Pattern::PerCommand, 0, Duration::ZERO);
+    // Ask branch2 for a snapshot nobody has started, then close the writing half at once:
+    // the branch holds the request, and still owes the answer on this connection.
+    let mut asking = std::net::TcpStream::connect(branches[1].1).unwrap();
+    v1::write(
+        &mut asking,
+        v1::Msg::RetrieveSnapshot(v1::RetrieveSnapshot { snapshot_id: 9 }),
+    )
+    .unwrap();
+    asking.shutdown(std::net::Shutdown::Write).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut start = std::net::TcpStream::connect(branches[0].1).unwrap();
+    v1::write(
+        &mut start,
+        v1::Msg::InitSnapshot(v1::InitSnapshot { snapshot_id: 9 }),
+    )
+    .unwrap();
+    asking
+        .set_read_timeout(Some(Duration::from_secs(4)))
+        .unwrap();
+    let answer = v1::read(&mut asking);
+    let Ok(Some(Some(v1::Msg::ReturnSnapshot(v1::ReturnSnapshot {
+        local_snapshot: Some(held),
+    })))) = answer
+    else {
+        panic!("the half-closed connection got no answer: {answer:?}");
+    };
+    assert_eq!(held.snapshot_id, 9);
+    // Nothing more is owed: the branch closes the connection.
+    let end = v1::read(&mut asking);
+    assert!(
+        matches!(end, Ok(None)),
+        "expected the end of the stream, got {end:?}"
+    );
+    let first = original_controller::run_retrieve(branches[0].1, 9);
+    let total = [&first, &held]
+        .iter()
+        .map(|r| u64::from(r.balance) + r.channel_state.iter().map(|&c| u64::from(c)).sum::<u64>())
+        .sum::<u64>();
+    assert_eq!(total, 1000, "{first:?} {held:?}");
+}
+
+#[test]
 fn a_held_retrieve_answers_what_it_has_after_the_bound_and_warns() {
     let bank = our_bank(2);
     let branches = entries(&bank);

@@ -238,8 +238,14 @@ impl BranchActor {
             settings,
             ctx.address(),
         );
-        self.controllers
-            .insert(conn, ControllerLink { outbox, held: 0 });
+        self.controllers.insert(
+            conn,
+            ControllerLink {
+                outbox,
+                held: 0,
+                done_asking: false,
+            },
+        );
         conn
     }
 

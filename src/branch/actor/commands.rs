@@ -30,7 +30,7 @@ use crate::core::{BranchCore, Channel, ReceiveCursor, SendWindow, SnapshotId};
 use crate::wire::{self, Body, pb};
 
 /// Upper bound on how long a `RetrieveSnapshot` may be held waiting for its record.
-const MAX_RETRIEVE_WAIT: Duration = Duration::from_secs(60);
+pub const MAX_RETRIEVE_WAIT: Duration = Duration::from_secs(60);
 
 /// How long a `RetrieveSnapshot` without `wait_ms`, in a bank without a secret, is held for
 /// its record to finish: an original-schema controller would print a partial record as final.
@@ -304,6 +304,7 @@ impl BranchActor {
                     link.held -= 1;
                 }
                 branch.send_answer_to(conn, answer, cannot_tell);
+                branch.close_if_nothing_owed(conn);
             }),
         );
     }
@@ -389,5 +390,22 @@ impl BranchActor {
         link.outbox.push(Body::ReturnSnapshot(pb::ReturnSnapshot {
             local_snapshot: Some(answer),
         }));
+        self.close_if_nothing_owed(conn);
+    }
+
+    /// Closes controller connection `conn` (once what is queued is written) if the controller
+    /// has closed its half and no answer is owed on it any more: none held waiting for its
+    /// record, none waiting for a commit.
+    pub(super) fn close_if_nothing_owed(&mut self, conn: ConnId) {
+        let Some(link) = self.controllers.get(&conn) else {
+            return;
+        };
+        let waiting_for_commit = self
+            .durable
+            .as_ref()
+            .is_some_and(|durable| durable.owes_answer_on(conn));
+        if link.done_asking && link.held == 0 && !waiting_for_commit {
+            link.outbox.close();
+        }
     }
 }

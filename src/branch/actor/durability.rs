@@ -105,6 +105,13 @@ fn channel_count(counts: Option<&pb::Counts>) -> ChannelCount {
 }
 
 impl Durable {
+    /// Whether an answer for controller connection `conn` waits for a commit.
+    pub(super) fn owes_answer_on(&self, conn: ConnId) -> bool {
+        self.held_answers
+            .iter()
+            .any(|(_, held_conn, _)| *held_conn == conn)
+    }
+
     /// A durable half writing to `db`, for a bank of `peers` peers.
     pub(super) fn new(db: Arc<redb::Database>, peers: usize) -> Self {
         Self {

@@ -19,6 +19,8 @@
 mod admission;
 mod channels;
 mod commands;
+
+pub use commands::MAX_RETRIEVE_WAIT;
 mod durability;
 mod generator;
 mod recording;
@@ -72,6 +74,15 @@ pub struct Accepted {
 #[rtype(result = "()")]
 pub struct ConnectionClosed {
     pub source: Source,
+}
+
+/// A controller closed its half of a connection: it sends nothing more, but may still be
+/// reading the answers to what it asked (an original-schema controller asks, half-closes and
+/// reads). The branch closes the connection once no answer is owed on it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ControllerDoneAsking {
+    pub conn: ConnId,
 }
 
 /// A recorder handed over its finished record and stopped.
@@ -197,6 +208,8 @@ struct ControllerLink {
     outbox: Outbox,
     /// Requests held on this connection, waiting for their answer.
     held: usize,
+    /// The controller closed its half: close ours once no answer is owed.
+    done_asking: bool,
 }
 
 /// A `RetrieveSnapshot` for a snapshot this branch has not begun yet.
@@ -371,6 +384,17 @@ impl Handler<ConnectionClosed> for BranchActor {
             }
             Source::Peer { channel, conn } => self.peer_link_closed(channel, conn, ctx),
         }
+    }
+}
+
+impl Handler<ControllerDoneAsking> for BranchActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ControllerDoneAsking, _ctx: &mut Context<Self>) {
+        if let Some(link) = self.controllers.get_mut(&msg.conn) {
+            link.done_asking = true;
+        }
+        self.close_if_nothing_owed(msg.conn);
     }
 }
 
