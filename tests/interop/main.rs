@@ -42,6 +42,51 @@ fn log(bank: &LocalBank, name: &str) -> String {
     std::fs::read_to_string(bank.log_path(name)).unwrap_or_default()
 }
 
+/// Opens a connection to the branch at `addr` and sends a v1 `RetrieveSnapshot` (no `wait_ms`)
+/// for snapshot `id` on it.
+fn ask_for(addr: SocketAddr, id: u32) -> std::net::TcpStream {
+    let mut asking = std::net::TcpStream::connect(addr).unwrap();
+    v1::write(
+        &mut asking,
+        v1::Msg::RetrieveSnapshot(v1::RetrieveSnapshot { snapshot_id: id }),
+    )
+    .unwrap();
+    asking
+}
+
+/// Starts snapshot `id` at the branch at `addr`, on a connection of its own (returned, so that
+/// it stays open as long as the caller wants).
+fn start_at(addr: SocketAddr, id: u32) -> std::net::TcpStream {
+    let mut start = std::net::TcpStream::connect(addr).unwrap();
+    v1::write(
+        &mut start,
+        v1::Msg::InitSnapshot(v1::InitSnapshot { snapshot_id: id }),
+    )
+    .unwrap();
+    start
+}
+
+/// Reads the answer held for a request on `asking` (within 4 s); `what` says which answer.
+fn read_held(asking: &mut std::net::TcpStream, what: &str) -> v1::LocalSnapshot {
+    asking
+        .set_read_timeout(Some(Duration::from_secs(4)))
+        .unwrap();
+    match v1::read(asking) {
+        Ok(Some(Some(v1::Msg::ReturnSnapshot(v1::ReturnSnapshot {
+            local_snapshot: Some(held),
+        })))) => held,
+        other => panic!("{what}: {other:?}"),
+    }
+}
+
+/// The money a set of records accounts for: balances plus money in transit.
+fn money(records: &[&v1::LocalSnapshot]) -> u64 {
+    records
+        .iter()
+        .map(|r| u64::from(r.balance) + r.channel_state.iter().map(|&c| u64::from(c)).sum::<u64>())
+        .sum()
+}
+
 fn controller(file: &std::path::Path, args: &[&str]) -> Output {
     let mut command = Command::new(CONTROLLER);
     command.arg("4000").arg(file).args(args);
@@ -121,12 +166,7 @@ fn a_retrieve_without_wait_for_an_unseen_snapshot_is_held_until_its_marker_comes
     // Initialise (one connection per command), then ask branch2 for snapshot 7 before anyone
     // has started it.
     let _ = original_controller::run(&branches, 1000, Pattern::PerCommand, 0, Duration::ZERO);
-    let mut asking = std::net::TcpStream::connect(branches[1].1).unwrap();
-    v1::write(
-        &mut asking,
-        v1::Msg::RetrieveSnapshot(v1::RetrieveSnapshot { snapshot_id: 7 }),
-    )
-    .unwrap();
+    let mut asking = ask_for(branches[1].1, 7);
     asking
         .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
@@ -135,28 +175,11 @@ fn a_retrieve_without_wait_for_an_unseen_snapshot_is_held_until_its_marker_comes
         matches!(&early, Err(err) if err.kind() == std::io::ErrorKind::WouldBlock),
         "answered before the snapshot began: {early:?}"
     );
-    let mut start = std::net::TcpStream::connect(branches[0].1).unwrap();
-    v1::write(
-        &mut start,
-        v1::Msg::InitSnapshot(v1::InitSnapshot { snapshot_id: 7 }),
-    )
-    .unwrap();
-    asking
-        .set_read_timeout(Some(Duration::from_secs(4)))
-        .unwrap();
-    let Ok(Some(Some(v1::Msg::ReturnSnapshot(v1::ReturnSnapshot {
-        local_snapshot: Some(held),
-    })))) = v1::read(&mut asking)
-    else {
-        panic!("no answer once the snapshot began");
-    };
+    let _start = start_at(branches[0].1, 7);
+    let held = read_held(&mut asking, "no answer once the snapshot began");
     assert_eq!(held.snapshot_id, 7);
     let first = original_controller::run_retrieve(branches[0].1, 7);
-    let total = [&first, &held]
-        .iter()
-        .map(|r| u64::from(r.balance) + r.channel_state.iter().map(|&c| u64::from(c)).sum::<u64>())
-        .sum::<u64>();
-    assert_eq!(total, 1000, "{first:?} {held:?}");
+    assert_eq!(money(&[&first, &held]), 1000, "{first:?} {held:?}");
     assert!(log(&bank, "branch2").contains("serving it as an original-schema controller"));
 }
 
@@ -167,30 +190,11 @@ fn a_controller_that_closes_its_half_after_asking_still_gets_the_held_answer() {
     let _ = original_controller::run(&branches, 1000, Pattern::PerCommand, 0, Duration::ZERO);
     // Ask branch2 for a snapshot nobody has started, then close the writing half at once:
     // the branch holds the request, and still owes the answer on this connection.
-    let mut asking = std::net::TcpStream::connect(branches[1].1).unwrap();
-    v1::write(
-        &mut asking,
-        v1::Msg::RetrieveSnapshot(v1::RetrieveSnapshot { snapshot_id: 9 }),
-    )
-    .unwrap();
+    let mut asking = ask_for(branches[1].1, 9);
     asking.shutdown(std::net::Shutdown::Write).unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let mut start = std::net::TcpStream::connect(branches[0].1).unwrap();
-    v1::write(
-        &mut start,
-        v1::Msg::InitSnapshot(v1::InitSnapshot { snapshot_id: 9 }),
-    )
-    .unwrap();
-    asking
-        .set_read_timeout(Some(Duration::from_secs(4)))
-        .unwrap();
-    let answer = v1::read(&mut asking);
-    let Ok(Some(Some(v1::Msg::ReturnSnapshot(v1::ReturnSnapshot {
-        local_snapshot: Some(held),
-    })))) = answer
-    else {
-        panic!("the half-closed connection got no answer: {answer:?}");
-    };
+    let _start = start_at(branches[0].1, 9);
+    let held = read_held(&mut asking, "the half-closed connection got no answer");
     assert_eq!(held.snapshot_id, 9);
     // Nothing more is owed: the branch closes the connection.
     let end = v1::read(&mut asking);
@@ -199,11 +203,7 @@ fn a_controller_that_closes_its_half_after_asking_still_gets_the_held_answer() {
         "expected the end of the stream, got {end:?}"
     );
     let first = original_controller::run_retrieve(branches[0].1, 9);
-    let total = [&first, &held]
-        .iter()
-        .map(|r| u64::from(r.balance) + r.channel_state.iter().map(|&c| u64::from(c)).sum::<u64>())
-        .sum::<u64>();
-    assert_eq!(total, 1000, "{first:?} {held:?}");
+    assert_eq!(money(&[&first, &held]), 1000, "{first:?} {held:?}");
 }
 
 #[test]
