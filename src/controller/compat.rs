@@ -56,6 +56,11 @@ pub const DEFAULT_RETRIEVE_DELAY: Duration = Duration::from_secs(3);
 
 /// First pause between two attempts to reach a branch; doubles up to [`MAX_RETRY_DELAY`].
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(10);
+
+/// How long a command's own connection is read after the command, for a `Refusal`. A branch
+/// that takes the command closes the connection (or just says nothing); one that refuses it
+/// (given another branch's name and port, say) sends its reason first.
+const REFUSAL_WAIT: Duration = Duration::from_secs(1);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// Which connection pattern the driven branches expect.
@@ -126,13 +131,18 @@ pub async fn run_compat_controller(
                 .iter()
                 .zip(inits)
                 .map(|(branch, init)| async move {
-                    send_one(branch.addr, init, deadline)
-                        .await
-                        .map_err(|reason| ControllerError::Init {
+                    match send_one(branch.addr, init, deadline).await {
+                        Ok(None) => Ok(()),
+                        Ok(Some(reason)) => Err(ControllerError::Refused {
+                            name: branch.name.clone(),
+                            reason,
+                        }),
+                        Err(reason) => Err(ControllerError::Init {
                             name: branch.name.clone(),
                             addr: branch.addr,
                             reason,
-                        })
+                        }),
+                    }
                 });
             futures_util::future::join_all(sends)
                 .await
@@ -146,8 +156,14 @@ pub async fn run_compat_controller(
     finished.await.map_err(|_| ControllerError::Stopped)?
 }
 
-/// Connects to `addr` (retrying until `deadline`), writes `body` and closes the connection.
-async fn send_one(addr: SocketAddr, body: Body, deadline: Instant) -> Result<(), String> {
+/// Connects to `addr` (retrying until `deadline`), writes `body` and closes the writing half,
+/// then listens for up to [`REFUSAL_WAIT`]: `Ok(Some(reason))` when the branch refused the
+/// command, `Ok(None)` when it closed the connection or said nothing.
+async fn send_one(
+    addr: SocketAddr,
+    body: Body,
+    deadline: Instant,
+) -> Result<Option<String>, String> {
     let mut stream = connect_by(addr, deadline).await?;
     let mut bytes = Vec::new();
     wire::encode_frame(body, &mut bytes);
@@ -158,7 +174,22 @@ async fn send_one(addr: SocketAddr, body: Body, deadline: Instant) -> Result<(),
     tokio::time::timeout_at(deadline.into(), writing)
         .await
         .map_err(|_| "timed out writing".to_string())?
-        .map_err(|err| format!("write failed: {err}"))
+        .map_err(|err| format!("write failed: {err}"))?;
+    let mut frames = FramedRead::new(stream, FrameCodec::default());
+    let listening = async {
+        // A read error (a reset once the branch has closed) ends the listening too.
+        while let Some(Ok(frame)) = frames.next().await {
+            if let Some(Body::Refusal(pb::Refusal { reason })) = frame.branch_message {
+                return Some(reason);
+            }
+        }
+        None
+    };
+    let until = (Instant::now() + REFUSAL_WAIT).min(deadline);
+    Ok(tokio::time::timeout_at(until.into(), listening)
+        .await
+        .ok()
+        .flatten())
 }
 
 /// Asks the branch at `addr` for its record of snapshot `id` on a connection of its own, and
@@ -398,13 +429,16 @@ impl CompatController {
         let deadline = Instant::now() + self.compat.retrieve_delay.max(Duration::from_secs(1));
         let sending = async move { send_one(branch.addr, body, deadline).await };
         ctx.spawn(actix::fut::wrap_future::<_, Self>(sending).map(
-            move |result, controller, _ctx| {
-                if let Err(reason) = result {
-                    warn!(
-                        "could not send {kind} to branch {}: {reason}",
-                        controller.names[index]
-                    );
+            move |result, controller, ctx| match result {
+                Ok(None) => {}
+                Ok(Some(reason)) => {
+                    let name = controller.names[index].clone();
+                    controller.fail(ControllerError::Refused { name, reason }, ctx);
                 }
+                Err(reason) => warn!(
+                    "could not send {kind} to branch {}: {reason}",
+                    controller.names[index]
+                ),
             },
         ));
     }

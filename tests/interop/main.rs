@@ -352,6 +352,47 @@ fn compat_modes_drive_our_branches_too() {
 }
 
 #[test]
+fn compat_per_command_stops_with_the_reason_when_a_branch_refuses_its_init() {
+    let bank = our_bank(2);
+    // The file says branch2 is where branch1 listens, and the reverse: each branch refuses the
+    // InitBranch that gives it another branch's name and port.
+    let swapped = bank.dir().join("swapped.txt");
+    let [one, two] = [&bank.entries()[0], &bank.entries()[1]];
+    std::fs::write(
+        &swapped,
+        format!(
+            "branch2 127.0.0.1 {}\nbranch1 127.0.0.1 {}\n",
+            one.addr.port(),
+            two.addr.port()
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let output = controller(
+        &swapped,
+        &[
+            "--compat",
+            "per-command",
+            "--snapshots",
+            "2",
+            "--interval-ms",
+            "100",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("refused") && stderr.contains("names and ports swapped"),
+        "{stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).is_empty(),
+        "no snapshot of an uninitialised bank is reported"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10), "{stderr}");
+}
+
+#[test]
 fn compat_refuses_a_secret() {
     let bank = OriginalBank::start(2, ControllerPattern::Persistent);
     let secret = bank.branches_file().with_file_name("secret");
