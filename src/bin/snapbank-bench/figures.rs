@@ -331,9 +331,88 @@ pub struct SweepRow {
     pub in_transit_mean: Option<f64>,
     /// Mean share of the money in transit at those snapshots ([`mean_money_in_transit_pct`]).
     pub money_in_transit_pct: Option<f64>,
+    /// How many runs this row sums up ([`SweepRow::median_of`]); 0 or 1 for a single run.
+    pub runs: usize,
+    /// Over those runs: the lowest and the highest throughput.
+    pub throughput_range: Option<(f64, f64)>,
+}
+
+/// The median of `values` by nearest rank (the lower middle of an even count); `None` for none.
+fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let mut sorted: Vec<f64> = values.filter(|v| v.is_finite()).collect();
+    sorted.sort_by(f64::total_cmp);
+    percentile(&sorted, 50.0)
+}
+
+/// The element of `items` whose `key` is the median of all keys (`None` keys are left out).
+fn median_by<T: Clone>(items: &[T], key: impl Fn(&T) -> Option<f64>) -> Option<T> {
+    let mut keyed: Vec<(f64, &T)> = items
+        .iter()
+        .filter_map(|item| key(item).filter(|k| k.is_finite()).map(|k| (k, item)))
+        .collect();
+    keyed.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let rank = keyed.len().div_ceil(2);
+    keyed
+        .get(rank.checked_sub(1)?)
+        .map(|(_, item)| (*item).clone())
 }
 
 impl SweepRow {
+    /// One row for several runs of the same bank size: each figure the median of the runs'
+    /// (a machine shared with other work moves single runs by 10 % or more). Throughput and
+    /// snapshot cost are taken whole from the median run, so a row's per-branch rates belong
+    /// together; counts of snapshots and failures are summed, so no failure is hidden; peak
+    /// memory and the busiest branch's CPU are the highest seen. `None` for no rows.
+    pub fn median_of(rows: &[SweepRow]) -> Option<SweepRow> {
+        let first = rows.first()?;
+        let med = |f: &dyn Fn(&SweepRow) -> Option<f64>| median(rows.iter().filter_map(f));
+        let latency = |pick: &dyn Fn(&SweepRow) -> Option<LatencySummary>| {
+            let all: Vec<LatencySummary> = rows.iter().filter_map(pick).collect();
+            Some(LatencySummary {
+                count: all.iter().map(|l| l.count).sum(),
+                p50_ms: median(all.iter().map(|l| l.p50_ms))?,
+                p99_ms: median(all.iter().map(|l| l.p99_ms))?,
+                max_ms: median(all.iter().map(|l| l.max_ms))?,
+            })
+        };
+        let throughputs: Vec<Throughput> =
+            rows.iter().filter_map(|r| r.throughput.clone()).collect();
+        let rates: Vec<f64> = throughputs.iter().map(|t| t.aggregate).collect();
+        let idle_runs: Vec<(u32, u32)> = rows.iter().filter_map(|r| r.idle_snapshots).collect();
+        let costs: Vec<SnapshotCost> = rows.iter().filter_map(|r| r.cost).collect();
+        Some(SweepRow {
+            branches: first.branches,
+            duration_secs: first.duration_secs,
+            snapshot_interval_ms: first.snapshot_interval_ms,
+            snapshots: rows.iter().map(|r| r.snapshots).sum(),
+            failed: rows.iter().map(|r| r.failed).sum(),
+            throughput: median_by(&throughputs, |t| Some(t.aggregate)),
+            latency: latency(&|r| r.latency),
+            idle_snapshots: (!idle_runs.is_empty()).then(|| {
+                (
+                    idle_runs.iter().map(|(count, _)| count).sum(),
+                    idle_runs.iter().map(|(_, failed)| failed).sum(),
+                )
+            }),
+            idle_latency: latency(&|r| r.idle_latency),
+            peak_rss_max_kib: rows.iter().filter_map(|r| r.peak_rss_max_kib).max(),
+            cpu_mean_pct: med(&|r| r.cpu_mean_pct),
+            cpu_max_pct: rows.iter().filter_map(|r| r.cpu_max_pct).reduce(f64::max),
+            cost: median_by(&costs, SnapshotCost::drop_pct),
+            ceiling_per_sec: med(&|r| r.ceiling_per_sec),
+            rtt_p50_ms: med(&|r| r.rtt_p50_ms),
+            in_transit_mean: med(&|r| r.in_transit_mean),
+            money_in_transit_pct: med(&|r| r.money_in_transit_pct),
+            runs: rows.len(),
+            throughput_range: (!rates.is_empty()).then(|| {
+                (
+                    rates.iter().copied().fold(f64::INFINITY, f64::min),
+                    rates.iter().copied().fold(0.0, f64::max),
+                )
+            }),
+        })
+    }
+
     /// Transfers per second as a percentage of the same-run ceiling.
     pub fn pct_of_ceiling(&self) -> Option<f64> {
         let ceiling = self.ceiling_per_sec.filter(|&c| c > 0.0)?;
@@ -418,6 +497,9 @@ pub const SWEEP_CSV_HEADER: &[&str] = &[
     "money_in_transit_pct",
     "flight_us",
     "flight_one_ways",
+    "runs",
+    "transfers_per_s_min",
+    "transfers_per_s_max",
 ];
 
 /// A float with three decimals, or an empty field.
@@ -480,6 +562,9 @@ impl SweepRow {
             field(self.money_in_transit_pct),
             field(self.flight_us()),
             field(self.flight_one_ways()),
+            self.runs.max(1).to_string(),
+            field(self.throughput_range.map(|(low, _)| low)),
+            field(self.throughput_range.map(|(_, high)| high)),
         ]
     }
 }
@@ -1092,6 +1177,8 @@ mod tests {
                 rtt_p50_ms: Some(0.05),
                 in_transit_mean: Some(50.0 * n as f64),
                 money_in_transit_pct: Some(40.0),
+                runs: 1,
+                throughput_range: None,
             })
             .collect()
     }
@@ -1117,6 +1204,60 @@ mod tests {
             ..row.clone()
         };
         assert_eq!(idle.flight_us(), None, "no throughput, no time in flight");
+    }
+
+    #[test]
+    fn several_runs_sum_up_as_medians_with_failures_kept_and_peaks_the_highest() {
+        let base = sample_rows()[1].clone();
+        let run = |rate: f64, p99: f64, rss: u64, failed: u32, drop: f64| {
+            let mut row = base.clone();
+            row.throughput = Some(Throughput {
+                aggregate: rate,
+                per_branch: vec![rate / 4.0; 4],
+                ..base.throughput.clone().unwrap()
+            });
+            row.latency = Some(LatencySummary {
+                p99_ms: p99,
+                ..base.latency.unwrap()
+            });
+            row.peak_rss_max_kib = Some(rss);
+            row.failed = failed;
+            row.cost = Some(SnapshotCost {
+                interval_ms: 10,
+                with_snapshots: 1000.0 - drop * 10.0,
+                baseline: 1000.0,
+            });
+            row
+        };
+        let rows = [
+            run(3000.0, 9.0, 5000, 0, 3.0),
+            run(1000.0, 1.0, 7000, 1, 1.0),
+            run(2000.0, 4.0, 6000, 0, 2.0),
+        ];
+        let median = SweepRow::median_of(&rows).unwrap();
+        assert_eq!(median.runs, 3);
+        let throughput = median.throughput.clone().unwrap();
+        assert_eq!(throughput.aggregate, 2000.0);
+        assert_eq!(
+            throughput.per_branch,
+            vec![500.0; 4],
+            "taken whole from the median run"
+        );
+        assert_eq!(median.throughput_range, Some((1000.0, 3000.0)));
+        assert_eq!(median.latency.unwrap().p99_ms, 4.0);
+        assert_eq!(median.latency.unwrap().count, 30, "counts are summed");
+        assert_eq!(median.failed, 1, "a failure in any run shows");
+        assert_eq!(median.snapshots, 150);
+        assert_eq!(median.peak_rss_max_kib, Some(7000));
+        let drop = median.cost.unwrap().drop_pct().unwrap();
+        assert!((drop - 2.0).abs() < 1e-9, "{drop}");
+        assert_eq!(SweepRow::median_of(&[]), None);
+        // Two runs: the lower middle.
+        let two = SweepRow::median_of(&rows[..2]).unwrap();
+        assert_eq!(two.throughput.unwrap().aggregate, 1000.0);
+        let fields = median.csv_fields();
+        assert_eq!(fields.len(), SWEEP_CSV_HEADER.len());
+        assert_eq!(&fields[fields.len() - 3..], ["3", "1000.000", "3000.000"]);
     }
 
     fn scratch(name: &str) -> PathBuf {

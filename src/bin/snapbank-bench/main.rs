@@ -77,6 +77,12 @@ struct Args {
     /// per commit, mean commit time) are printed after each run of at least 10 s.
     #[arg(long)]
     durable: bool,
+    /// Run the whole sweep this many times, the bank sizes in turn each time, and report each
+    /// figure as the median of the runs with the spread of throughput: one run on a machine
+    /// shared with other work is off by 10 % or more. Every run's rows also go to
+    /// `sweep-run<K>.csv`.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
 }
 
 /// Whether this run's branches are durable (`--durable`), set once in `main`.
@@ -430,6 +436,25 @@ fn print_table(rows: &[SweepRow]) {
             );
         }
     }
+    if let Some(runs) = rows
+        .iter()
+        .map(|row| row.runs)
+        .max()
+        .filter(|&runs| runs > 1)
+    {
+        let ranges: Vec<String> = rows
+            .iter()
+            .filter_map(|row| {
+                let (low, high) = row.throughput_range?;
+                Some(format!("N={} {low:.0}-{high:.0}", row.branches))
+            })
+            .collect();
+        println!(
+            "\nMedians of {runs} runs (snapshots and failures summed, RSS and max CPU the highest). \
+             transfers/s ranged: {}",
+            ranges.join(", ")
+        );
+    }
     println!(
         "\nRSS: the largest peak (VmHWM) of any branch; CPU: mean over branches, % of one core; \
          latency: good snapshots only."
@@ -449,8 +474,43 @@ fn snapshots_for(duration: Duration, interval: Duration) -> u32 {
 /// Results so far, kept outside the run so an interrupted sweep still writes what it has.
 #[derive(Debug, Default)]
 struct Progress {
+    /// The rows of the run in progress.
     rows: Vec<SweepRow>,
+    /// The rows of every finished run (with `--runs`).
+    finished: Vec<Vec<SweepRow>>,
     any_failure: bool,
+}
+
+impl Progress {
+    /// Every run's rows so far, the one in progress included if it has any.
+    fn all_runs(&self) -> Vec<Vec<SweepRow>> {
+        let mut runs = self.finished.clone();
+        if !self.rows.is_empty() {
+            runs.push(self.rows.clone());
+        }
+        runs
+    }
+}
+
+/// One row per bank size: each figure the median over `runs` ([`SweepRow::median_of`]).
+fn median_rows(runs: &[Vec<SweepRow>]) -> Vec<SweepRow> {
+    // Every run measures the same sizes in the same order.
+    let Some(first) = runs.first() else {
+        return Vec::new();
+    };
+    first
+        .iter()
+        .map(|row| row.branches)
+        .filter_map(|n| {
+            let rows: Vec<SweepRow> = runs
+                .iter()
+                .flatten()
+                .filter(|row| row.branches == n)
+                .cloned()
+                .collect();
+            SweepRow::median_of(&rows)
+        })
+        .collect()
 }
 
 async fn sweep(args: &Args, bin_dir: &Path, progress: &RefCell<Progress>) -> Result<(), String> {
@@ -578,10 +638,18 @@ async fn sweep(args: &Args, bin_dir: &Path, progress: &RefCell<Progress>) -> Res
     Ok(())
 }
 
-/// Writes the sweep's CSV and plot, printing where.
-fn write_sweep(out_dir: &Path, rows: &[SweepRow]) -> Result<(), String> {
+/// Writes the sweep's CSV and plot (of `rows`, the medians when there were several runs) and,
+/// with several `runs`, each run's own CSV, printing where.
+fn write_sweep(out_dir: &Path, rows: &[SweepRow], runs: &[Vec<SweepRow>]) -> Result<(), String> {
     std::fs::create_dir_all(out_dir)
         .map_err(|err| format!("cannot create {}: {err}", out_dir.display()))?;
+    if runs.len() > 1 {
+        for (k, run) in runs.iter().enumerate() {
+            let csv = out_dir.join(format!("sweep-run{}.csv", k + 1));
+            write_sweep_csv(&csv, run).map_err(|err| err.to_string())?;
+        }
+        println!("wrote sweep-run1.csv .. sweep-run{}.csv", runs.len());
+    }
     let csv = out_dir.join("sweep.csv");
     write_sweep_csv(&csv, rows).map_err(|err| err.to_string())?;
     let svg = out_dir.join("sweep.svg");
@@ -646,6 +714,9 @@ fn check(args: &Args) -> Result<(), String> {
             args.cost_branches
         ));
     }
+    if args.runs == 0 {
+        return Err("--runs must be at least 1".to_string());
+    }
     if args.duration_secs == 0 || args.snapshot_interval_ms == 0 {
         return Err("--duration-secs and --snapshot-interval-ms must be at least 1".to_string());
     }
@@ -693,9 +764,18 @@ fn main() -> ExitCode {
         let work = async {
             match args.soak_secs {
                 Some(secs) => soak(&args, secs, &bin_dir).await,
-                None => sweep(&args, &bin_dir, &progress)
-                    .await
-                    .map(|()| !progress.borrow().any_failure),
+                None => {
+                    for run in 1..=args.runs {
+                        if args.runs > 1 {
+                            eprintln!("bench: run {run} of {}", args.runs);
+                        }
+                        sweep(&args, &bin_dir, &progress).await?;
+                        let mut progress = progress.borrow_mut();
+                        let rows = std::mem::take(&mut progress.rows);
+                        progress.finished.push(rows);
+                    }
+                    Ok(!progress.borrow().any_failure)
+                }
             }
         };
         tokio::select! {
@@ -704,10 +784,15 @@ fn main() -> ExitCode {
             _ = terminate.recv() => None,
         }
     });
-    let progress = progress.into_inner();
-    if args.soak_secs.is_none() && !progress.rows.is_empty() {
-        print_table(&progress.rows);
-        if let Err(err) = write_sweep(&args.out_dir, &progress.rows) {
+    let runs = progress.into_inner().all_runs();
+    if args.soak_secs.is_none() && !runs.is_empty() {
+        let rows = if runs.len() == 1 {
+            runs[0].clone()
+        } else {
+            median_rows(&runs)
+        };
+        print_table(&rows);
+        if let Err(err) = write_sweep(&args.out_dir, &rows, &runs) {
             eprintln!("error: {err}");
             return ExitCode::FAILURE;
         }
