@@ -135,6 +135,38 @@ fn unreachable_branches_time_out_with_a_clear_error() {
     );
 }
 
+#[test]
+fn a_branch_reports_its_port_in_the_port_file_or_exits_naming_it() {
+    let dir = std::env::temp_dir().join(format!("snapbank-bad-{}-portfile", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A port file in a directory that does not exist: one line naming it, exit 1.
+    let missing = dir.join("no-such-dir").join("b1.port");
+    let output = Command::new(BRANCH)
+        .args(["b1", "0", "--bind-ip", "127.0.0.1", "--port-file"])
+        .arg(&missing)
+        .run_limited();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: cannot write ") && last.contains("no-such-dir"),
+        "{stderr}"
+    );
+    // LocalBank starts its branches on port 0 and learns their ports from the port files: the
+    // branches file it writes names ports the branches really listen on.
+    let bank = LocalBank::start(BRANCH.as_ref(), 2, &[]).unwrap();
+    for entry in bank.entries() {
+        assert_ne!(entry.addr.port(), 0);
+        TcpStream::connect(entry.addr).expect("the branch listens where the file says");
+    }
+    let file = std::fs::read_to_string(bank.branches_file()).unwrap();
+    assert!(file.contains(&format!(
+        "branch2 127.0.0.1 {}",
+        bank.entries()[1].addr.port()
+    )));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Sends `bytes` to `addr` and waits for the branch to close the connection.
 fn assert_branch_hangs_up(addr: std::net::SocketAddr, bytes: &[u8]) {
     let mut stream = TcpStream::connect(addr).unwrap();

@@ -64,6 +64,11 @@ struct Args {
     /// in memory.
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
+    /// Once listening, write the port (a decimal number and a newline) to this file: how a
+    /// script that started the branch on port 0 learns the port it got, with no window in which
+    /// another process could take a port chosen for it in advance.
+    #[arg(long)]
+    port_file: Option<std::path::PathBuf>,
 }
 
 fn parse_name(name: &str) -> Result<String, String> {
@@ -102,9 +107,15 @@ fn main() -> ExitCode {
         max_frame: args.max_frame_bytes,
         ..BranchConfig::new(args.name, SocketAddr::new(args.bind_ip, args.port))
     };
+    let port_file = args.port_file;
     let system = actix_rt::System::new();
     let result = system.block_on(async move {
         let branch = start_branch(config).await?;
+        if let Some(path) = &port_file {
+            write_port_file(path, branch.addr.port()).map_err(|err| {
+                StartError::PortFile(format!("cannot write {}: {err}", path.display()))
+            })?;
+        }
         wait_for_shutdown().await;
         flush_and_stop(&branch).await;
         Ok::<_, StartError>(())
@@ -120,6 +131,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes `port` to `path` through a temporary file renamed into place, so a reader polling for
+/// the file never sees it half written.
+fn write_port_file(path: &std::path::Path, port: u16) -> std::io::Result<()> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    std::fs::write(&temporary, format!("{port}\n"))?;
+    std::fs::rename(&temporary, path)
 }
 
 /// Stops the branch's transfers and waits (at most 3 s) until what it already sent is written,

@@ -111,6 +111,9 @@ pub enum StartError {
     },
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
+    /// The `branch` command could not tell where it listens (`--port-file`).
+    #[error("{0}")]
+    PortFile(String),
 }
 
 /// Opens the branch's store (with `data_dir`), binds the listening socket and starts the
