@@ -7,9 +7,11 @@
 //! - [`round_trip`]: a ping-pong of transfer-sized messages over one loopback connection, the
 //!   floor under any exchange; a snapshot's latency is reported as a number of these.
 //!
-//! The mesh workers are this binary started again with [`WORKER_FLAG`].
+//! The mesh workers are this binary started again with [`WORKER_FLAG`]. Each binds port 0 and
+//! tells the parent the port it got (no port is chosen in advance for another process to take
+//! first); the parent then sends every worker the whole list and the time to start.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -28,24 +30,43 @@ fn now_ms() -> u64 {
         .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
-/// A mesh worker's whole life: `args` are its index, the comma-separated ports of all workers,
-/// the start time (ms since the epoch), the seconds to run and the frame size. Prints the frames
-/// it received while the clock ran.
+/// A mesh worker's whole life: `args` are its index, the seconds to run and the frame size. It
+/// listens on a port of the OS's choice and prints it; then reads one line from stdin, the
+/// comma-separated ports of all workers and the start time (ms since the epoch); and at the end
+/// prints the frames it received while the clock ran.
 pub fn run_worker(args: &[String]) -> Result<(), String> {
-    let [index, ports, start_ms, secs, frame] = args else {
-        return Err("usage: --mesh-worker INDEX PORTS START_MS SECS FRAME_BYTES".into());
+    let [index, secs, frame] = args else {
+        return Err("usage: --mesh-worker INDEX SECS FRAME_BYTES".into());
     };
     let parse = |text: &str| {
         text.parse::<u64>()
             .map_err(|err| format!("{text:?}: {err}"))
     };
     let index = parse(index)? as usize;
+    let (secs, frame) = (parse(secs)?, parse(frame)? as usize);
+    let listener = TcpListener::bind(("127.0.0.1", 0)).map_err(|err| err.to_string())?;
+    let port = listener.local_addr().map_err(|err| err.to_string())?.port();
+    println!("{port}");
+    std::io::stdout().flush().map_err(|err| err.to_string())?;
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|err| err.to_string())?;
+    let Some((ports, start_ms)) = line.trim().split_once(' ') else {
+        return Err(format!(
+            "expected \"PORTS START_MS\" on stdin, got {line:?}"
+        ));
+    };
     let ports: Vec<u16> = ports
         .split(',')
         .map(|port| port.parse().map_err(|err| format!("{port:?}: {err}")))
         .collect::<Result<_, String>>()?;
-    let (start_ms, secs, frame) = (parse(start_ms)?, parse(secs)?, parse(frame)? as usize);
-    let listener = TcpListener::bind(("127.0.0.1", ports[index])).map_err(|err| err.to_string())?;
+    let start_ms = parse(start_ms)?;
+    if ports.get(index) != Some(&port) {
+        return Err(format!(
+            "worker {index} listens on {port}, not in {ports:?}"
+        ));
+    }
     let mut streams = Vec::new();
     // Exactly one connection per pair: the lower index dials, as branches do.
     for &port in &ports[index + 1..] {
@@ -111,41 +132,49 @@ pub fn run_worker(args: &[String]) -> Result<(), String> {
 /// Frames per second that `n` processes in a full mesh move between them, with frames of
 /// `frame` bytes and no per-frame work, over `secs` seconds.
 pub fn mesh_ceiling(bench: &Path, n: usize, secs: u64, frame: usize) -> Result<f64, String> {
-    let ports = snapbank::local_bank::free_ports(n).map_err(|err| err.to_string())?;
-    let list = ports
-        .iter()
-        .map(u16::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    // Time for every worker to start and connect before the clock runs.
-    let start_ms = now_ms() + 1000 + 20 * n as u64;
     let mut workers = Vec::new();
     for index in 0..n {
         let child = Command::new(bench)
             .arg(WORKER_FLAG)
-            .args([
-                index.to_string(),
-                list.clone(),
-                start_ms.to_string(),
-                secs.to_string(),
-                frame.to_string(),
-            ])
-            .stdin(Stdio::null())
+            .args([index.to_string(), secs.to_string(), frame.to_string()])
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|err| format!("cannot start a mesh worker: {err}"))?;
         workers.push(child);
     }
+    // Each worker's first line is the port it listens on. (A worker that fails first closes
+    // its stdout, and the error shows below.)
+    let mut ports = Vec::with_capacity(n);
+    let mut outputs = Vec::with_capacity(n);
+    for worker in &mut workers {
+        let mut stdout = BufReader::new(worker.stdout.take().ok_or("a mesh worker's stdout")?);
+        let mut line = String::new();
+        let _ = stdout.read_line(&mut line);
+        ports.push(line.trim().parse::<u16>().ok());
+        outputs.push(stdout);
+    }
+    let list = ports
+        .iter()
+        .map(|port| port.map_or_else(|| "0".to_string(), |port| port.to_string()))
+        .collect::<Vec<_>>()
+        .join(",");
+    // Time for every worker to connect before the clock runs.
+    let start_ms = now_ms() + 1000 + 20 * n as u64;
+    for worker in &mut workers {
+        if let Some(mut stdin) = worker.stdin.take() {
+            let _ = writeln!(stdin, "{list} {start_ms}");
+        }
+    }
     let mut frames = 0u64;
     let mut problems = Vec::new();
-    for worker in workers {
+    for (worker, mut stdout) in workers.into_iter().zip(outputs) {
+        let mut rest = String::new();
+        let _ = stdout.read_to_string(&mut rest);
         match worker.wait_with_output() {
             Ok(output) if output.status.success() => {
-                frames += String::from_utf8_lossy(&output.stdout)
-                    .trim()
-                    .parse::<u64>()
-                    .unwrap_or(0);
+                frames += rest.trim().parse::<u64>().unwrap_or(0);
             }
             Ok(output) => problems.push(String::from_utf8_lossy(&output.stderr).into_owned()),
             Err(err) => problems.push(err.to_string()),
