@@ -144,17 +144,7 @@ fn a_name_over_the_limit_is_refused_at_every_door() {
 fn a_branch_given_another_branchs_port_is_refused_with_the_reason() {
     let bank = bank(2, "1000");
     // The file says branch2 is where branch1 listens, and the reverse: names and ports swapped.
-    let swapped = bank.dir().join("swapped.txt");
-    let [one, two] = [&bank.entries()[0], &bank.entries()[1]];
-    std::fs::write(
-        &swapped,
-        format!(
-            "branch2 127.0.0.1 {}\nbranch1 127.0.0.1 {}\n",
-            one.addr.port(),
-            two.addr.port()
-        ),
-    )
-    .unwrap();
+    let swapped = common::swapped_branches_file(&bank);
     let output = run_controller("100", &swapped, &["--snapshots", "1"]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);

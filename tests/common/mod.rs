@@ -237,3 +237,21 @@ pub fn transfers_sent(report: &serde_json::Value) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Writes, in `bank`'s directory, a branches file for its first two branches with their names
+/// and ports swapped (branch2 where branch1 listens, and the reverse), and returns its path:
+/// each branch must refuse the `InitBranch` that gives it the other's place.
+pub fn swapped_branches_file(bank: &snapbank::local_bank::LocalBank) -> std::path::PathBuf {
+    let swapped = bank.dir().join("swapped.txt");
+    let [one, two] = [&bank.entries()[0], &bank.entries()[1]];
+    std::fs::write(
+        &swapped,
+        format!(
+            "branch2 127.0.0.1 {}\nbranch1 127.0.0.1 {}\n",
+            one.addr.port(),
+            two.addr.port()
+        ),
+    )
+    .expect("write the swapped branches file");
+    swapped
+}

@@ -9,6 +9,8 @@
 //!   connection; and the wrong mode failing, as it must;
 //! - `--compat` driving our own branches too.
 
+#[path = "../common/mod.rs"]
+mod common;
 mod original_branch;
 mod original_controller;
 mod v1;
@@ -356,17 +358,7 @@ fn compat_per_command_stops_with_the_reason_when_a_branch_refuses_its_init() {
     let bank = our_bank(2);
     // The file says branch2 is where branch1 listens, and the reverse: each branch refuses the
     // InitBranch that gives it another branch's name and port.
-    let swapped = bank.dir().join("swapped.txt");
-    let [one, two] = [&bank.entries()[0], &bank.entries()[1]];
-    std::fs::write(
-        &swapped,
-        format!(
-            "branch2 127.0.0.1 {}\nbranch1 127.0.0.1 {}\n",
-            one.addr.port(),
-            two.addr.port()
-        ),
-    )
-    .unwrap();
+    let swapped = common::swapped_branches_file(&bank);
     let started = Instant::now();
     let output = controller(
         &swapped,
