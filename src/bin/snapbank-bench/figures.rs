@@ -142,20 +142,22 @@ impl CounterSample {
 /// every branch has spent what it holds and throughput waits on money coming back; well below,
 /// branches hold money they have not spent yet. `None` without samples.
 pub fn mean_money_in_transit_pct(samples: &[CounterSample]) -> Option<f64> {
-    if samples.is_empty() {
-        return None;
-    }
-    Some(samples.iter().map(|s| s.money_in_transit_pct).sum::<f64>() / samples.len() as f64)
+    mean_over(samples, |s| s.money_in_transit_pct)
 }
 
 /// The mean number of transfers the good snapshots of a run found in transit: by Little's law,
 /// throughput is this number divided by a transfer's mean time in flight (from the sender's
 /// debit to the receiver's credit). `None` without samples.
 pub fn mean_in_transit(samples: &[CounterSample]) -> Option<f64> {
+    mean_over(samples, |s| s.in_transit as f64)
+}
+
+/// The mean of `figure` over `samples`; `None` without samples.
+fn mean_over(samples: &[CounterSample], figure: impl Fn(&CounterSample) -> f64) -> Option<f64> {
     if samples.is_empty() {
         return None;
     }
-    Some(samples.iter().map(|s| s.in_transit as f64).sum::<f64>() / samples.len() as f64)
+    Some(samples.iter().map(figure).sum::<f64>() / samples.len() as f64)
 }
 
 /// Transfers per second over a run, from its first and last good snapshots.

@@ -303,8 +303,9 @@ impl BranchActor {
                 if let Some(link) = branch.controllers.get_mut(&conn) {
                     link.held -= 1;
                 }
+                // Sending (now, or after a commit) closes a half-closed connection once nothing
+                // more is owed on it.
                 branch.send_answer_to(conn, answer, cannot_tell);
-                branch.close_if_nothing_owed(conn);
             }),
         );
     }
