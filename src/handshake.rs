@@ -67,7 +67,7 @@ async fn read_frame(reader: &mut FrameReader, deadline: Duration) -> Result<Body
             got: "an unknown message",
         }),
         Ok(Some(Ok(pb::BranchMessage {
-            branch_message: Some(Body::Refusal(pb::Refusal { reason })),
+            branch_message: Some(Body::Refusal(pb::Refusal { reason, .. })),
         }))) => Err(HandshakeError::Refused(reason)),
         Ok(Some(Ok(pb::BranchMessage {
             branch_message: Some(body),

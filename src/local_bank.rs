@@ -309,6 +309,26 @@ impl LocalBank {
             .collect()
     }
 
+    /// Waits (at most `limit`) for branch `index` to exit by itself, and returns how it ended
+    /// (`None`: still running at the deadline).
+    pub fn wait_for_exit(
+        &mut self,
+        index: usize,
+        limit: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let child = self.children.get_mut(index)?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The process id of each branch, in file order.
     pub fn pids(&self) -> Vec<u32> {
         self.children.iter().map(Child::id).collect()

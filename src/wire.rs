@@ -169,10 +169,17 @@ pub fn channel_frame(frame: crate::core::Frame, pos: u64) -> Body {
     }
 }
 
-/// A refusal frame carrying `reason`.
+/// A refusal frame carrying `reason`, after which the other side may try again.
 pub fn refusal(reason: impl Into<String>) -> Body {
+    final_refusal(pb::RefusalKind::Retry, reason)
+}
+
+/// A refusal frame of `kind`: a peer that has proved the secret tells the other side that
+/// retrying cannot help.
+pub fn final_refusal(kind: pb::RefusalKind, reason: impl Into<String>) -> Body {
     Body::Refusal(pb::Refusal {
         reason: reason.into(),
+        kind: kind.into(),
     })
 }
 

@@ -158,12 +158,15 @@ fn a_restart_without_the_data_directory_is_refused_by_its_peers() {
         .unwrap();
     assert!(output.status.success());
     // branch2 restarts with no state: branch1 (which dials it) knows its old incarnation and
-    // is refused at once, with the reason, instead of waiting forever.
+    // is refused at once, with the reason, instead of waiting forever. The refusal comes before
+    // any proof, so branch1 keeps retrying (with backoff) rather than believe it.
     bank.restart(1, &[]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let log = std::fs::read_to_string(bank.log_path("branch1")).unwrap();
-        if log.contains("refused the connection") && log.contains("restarted without its data") {
+        if log.contains("refused before proving the cluster secret, so retrying")
+            && log.contains("restarted without its data")
+        {
             break;
         }
         assert!(Instant::now() < deadline, "{log}");

@@ -134,7 +134,7 @@ fn a_name_over_the_limit_is_refused_at_every_door() {
         all_branches,
         secret: Vec::new(),
     }));
-    let Body::Refusal(pb::Refusal { reason }) = raw.receive() else {
+    let Body::Refusal(pb::Refusal { reason, .. }) = raw.receive() else {
         panic!("expected a Refusal");
     };
     assert!(reason.contains("255-byte limit"), "{reason}");
@@ -290,9 +290,7 @@ fn an_unnumbered_transfer_in_an_authenticated_bank_is_refused() {
     assert!(secret.verify(&welcome.proof, Role::Accept, &nonce, "branch1", "a0"));
     let proof = secret.prove(Role::Dial, &welcome.nonce, "a0", "branch1");
     write_frame(&mut peer.stream, Body::Auth(pb::Auth { proof })).unwrap();
-    let Some(Body::Resume(_)) = peer.receive() else {
-        panic!("expected the branch's Resume");
-    };
+    // The dialler states who it is first; the acceptor answers with its own Resume.
     write_frame(
         &mut peer.stream,
         Body::Resume(pb::Resume {
@@ -301,7 +299,10 @@ fn an_unnumbered_transfer_in_an_authenticated_bank_is_refused() {
         }),
     )
     .unwrap();
-    // Positioned, but without a transfer number: refused, and the channel given up.
+    let Some(Body::Resume(_)) = peer.receive() else {
+        panic!("expected the branch's Resume");
+    };
+    // Positioned, but without a transfer number: refused, and the connection closed.
     write_frame(
         &mut peer.stream,
         Body::Transfer(pb::Transfer {
@@ -313,7 +314,7 @@ fn an_unnumbered_transfer_in_an_authenticated_bank_is_refused() {
     .unwrap();
     let refusal = std::iter::from_fn(|| peer.receive())
         .find_map(|body| match body {
-            Body::Refusal(pb::Refusal { reason }) => Some(reason),
+            Body::Refusal(pb::Refusal { reason, .. }) => Some(reason),
             _ => None,
         })
         .expect("a Refusal before the connection closes");

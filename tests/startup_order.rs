@@ -33,7 +33,7 @@ fn transfers_sent_before_the_receiver_is_initialised_are_all_applied() {
     std::thread::sleep(Duration::from_millis(300));
     // A repeated InitBranch must not create money, and the controller is told why.
     first.send(init(1_000_000, &bank));
-    let Body::Refusal(pb::Refusal { reason }) = first.receive() else {
+    let Body::Refusal(pb::Refusal { reason, .. }) = first.receive() else {
         panic!("expected a Refusal of the second InitBranch");
     };
     assert!(reason.contains("already initialised"), "{reason}");

@@ -116,12 +116,22 @@ fn main() -> ExitCode {
                 StartError::PortFile(format!("cannot write {}: {err}", path.display()))
             })?;
         }
-        wait_for_shutdown().await;
+        let mut halted = branch.halted.clone();
+        tokio::select! {
+            () = wait_for_shutdown() => {}
+            Ok(reason) = halted.wait_for(Option::is_some) => {
+                return Ok(reason.clone());
+            }
+        }
         flush_and_stop(&branch).await;
-        Ok::<_, StartError>(())
+        Ok::<_, StartError>(None)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(reason)) => {
+            eprintln!("error: {reason}");
+            ExitCode::from(2)
+        }
         Err(err @ StartError::Store(_)) => {
             eprintln!("error: {err}");
             ExitCode::from(2)

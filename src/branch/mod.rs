@@ -99,6 +99,8 @@ pub struct BranchHandle {
     pub addr: SocketAddr,
     /// The branch's actor, for status queries.
     pub actor: actix::Addr<BranchActor>,
+    /// `Some(reason)` once the branch has halted (see [`BranchActor::halted`]).
+    pub halted: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 /// Why a branch cannot start.
@@ -147,6 +149,11 @@ pub async fn start_branch(config: BranchConfig) -> Result<BranchHandle, StartErr
         );
     }
     let branch = BranchActor::new(config, addr.port(), store, restored);
+    let halted = branch.halted();
     let actor = actor::start_accepting(branch, listener);
-    Ok(BranchHandle { addr, actor })
+    Ok(BranchHandle {
+        addr,
+        actor,
+        halted,
+    })
 }

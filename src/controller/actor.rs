@@ -337,7 +337,7 @@ impl ControllerActor {
                 }
                 return;
             }
-            Body::Refusal(pb::Refusal { reason }) => {
+            Body::Refusal(pb::Refusal { reason, .. }) => {
                 self.fail(
                     ControllerError::Refused {
                         name: name.clone(),

@@ -179,7 +179,7 @@ async fn send_one(
     let listening = async {
         // A read error (a reset once the branch has closed) ends the listening too.
         while let Some(Ok(frame)) = frames.next().await {
-            if let Some(Body::Refusal(pb::Refusal { reason })) = frame.branch_message {
+            if let Some(Body::Refusal(pb::Refusal { reason, .. })) = frame.branch_message {
                 return Some(reason);
             }
         }
@@ -223,7 +223,7 @@ async fn ask(
                         Some(Body::ReturnSnapshot(pb::ReturnSnapshot { local_snapshot })),
                 })) => return Ok(local_snapshot.unwrap_or_default()),
                 Some(Ok(pb::BranchMessage {
-                    branch_message: Some(Body::Refusal(pb::Refusal { reason })),
+                    branch_message: Some(Body::Refusal(pb::Refusal { reason, .. })),
                 })) => return Err(format!("refused the request: {reason}")),
                 Some(Ok(other)) => {
                     debug!("{addr} sent {other:?} while asked for a record; ignored")
@@ -767,7 +767,7 @@ impl StreamHandler<LinkEvent> for CompatController {
                     Ok(Some(Body::ReturnSnapshot(pb::ReturnSnapshot { local_snapshot }))) => {
                         self.on_record(index, local_snapshot.unwrap_or_default(), ctx);
                     }
-                    Ok(Some(Body::Refusal(pb::Refusal { reason }))) => {
+                    Ok(Some(Body::Refusal(pb::Refusal { reason, .. }))) => {
                         let name = name.clone();
                         self.fail(ControllerError::Refused { name, reason }, ctx);
                     }

@@ -41,6 +41,11 @@ const DIAL_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 const FIRST_REDIAL_DELAY: Duration = Duration::from_millis(10);
 const MAX_REDIAL_DELAY: Duration = Duration::from_secs(1);
 
+/// The redial schedule of a peer whose connections keep failing.
+pub(super) fn redial_backoff() -> crate::backoff::Backoff {
+    crate::backoff::Backoff::new(FIRST_REDIAL_DELAY, MAX_REDIAL_DELAY)
+}
+
 /// How long a refusal frame may take to be written before the connection is dropped anyway.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -414,91 +419,93 @@ impl BranchActor {
     }
 
     /// Dials peer `channel` and runs the peer handshake, retrying with capped exponential
-    /// backoff and jitter until both succeed, or until the peer refuses the channel.
+    /// backoff and jitter until both succeed.
+    ///
+    /// A `Refusal` read during the handshake is one more failed attempt, never a reason to stop:
+    /// it comes before the other side has proved anything, so any process holding the peer's
+    /// port while the peer restarts (another bank's branch, a squatter) could have sent it. Only
+    /// a peer that has proved the cluster secret can stop this branch dialling it (see
+    /// `on_refusal`).
     pub(super) fn dial(&mut self, channel: Channel, ctx: &mut Context<Self>) {
         let secret = self.secret.clone();
         let (Some(peer), Some(secret)) = (peer_mut(&mut self.bank, channel), secret) else {
             return;
         };
-        if std::mem::replace(&mut peer.dialling, true) {
+        if peer.stopped_dialling.is_some() || std::mem::replace(&mut peer.dialling, true) {
             return;
         }
         let (name, addr, me) = (peer.name.clone(), peer.addr, self.name.clone());
         let known_incarnation = peer.incarnation.unwrap_or(0);
         let max_frame = self.settings.max_frame;
+        // A connection that failed before resuming the channel is not redialled at once, so a
+        // peer (or an impostor) that refuses every connection is retried at the backoff's pace.
+        let first_pause =
+            std::mem::take(&mut peer.redial_pending_pause).then(|| peer.redial.next_pause());
+        let mut backoff = peer.redial.clone();
         let dialling = async move {
+            if let Some(pause) = first_pause {
+                tokio::time::sleep(pause).await;
+            }
             let started = Instant::now();
-            let mut last_warning = started;
-            let mut backoff = crate::backoff::Backoff::new(FIRST_REDIAL_DELAY, MAX_REDIAL_DELAY);
+            let mut last_warning: Option<Instant> = None;
             loop {
-                let error =
-                    match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
-                        .await
-                    {
-                        Ok(Ok(stream)) => {
-                            if let Err(err) = stream.set_nodelay(true) {
-                                log::debug!("cannot set TCP_NODELAY towards {name}: {err}");
-                            }
-                            match handshake::dial_peer(
-                                stream,
-                                &secret,
-                                &me,
-                                &name,
-                                known_incarnation,
-                                max_frame,
-                                DIAL_ANSWER_TIMEOUT,
-                            )
-                            .await
-                            {
-                                Ok(authenticated) => return Ok(authenticated),
-                                Err(HandshakeError::Refused(reason)) => return Err(reason),
-                                Err(err) => format!("handshake failed: {err}"),
-                            }
-                        }
-                        Ok(Err(err)) => err.to_string(),
-                        Err(_) => "connect timed out".to_string(),
-                    };
-                if last_warning.elapsed() >= Duration::from_secs(5)
-                    || error.starts_with("handshake")
+                // What failed, and whether the other side answered at all (a handshake failure
+                // is worth a warning at once; an absent peer only every few seconds).
+                let (error, answered) = match tokio::time::timeout(
+                    Duration::from_secs(2),
+                    TcpStream::connect(addr),
+                )
+                .await
                 {
+                    Ok(Ok(stream)) => {
+                        if let Err(err) = stream.set_nodelay(true) {
+                            log::debug!("cannot set TCP_NODELAY towards {name}: {err}");
+                        }
+                        match handshake::dial_peer(
+                            stream,
+                            &secret,
+                            &me,
+                            &name,
+                            known_incarnation,
+                            max_frame,
+                            DIAL_ANSWER_TIMEOUT,
+                        )
+                        .await
+                        {
+                            Ok(authenticated) => return authenticated,
+                            Err(HandshakeError::Refused(reason)) => (
+                                format!(
+                                    "refused before proving the cluster secret, so retrying: {reason}"
+                                ),
+                                true,
+                            ),
+                            Err(err) => (format!("handshake failed: {err}"), true),
+                        }
+                    }
+                    Ok(Err(err)) => (err.to_string(), false),
+                    Err(_) => ("connect timed out".to_string(), false),
+                };
+                let quiet_for = last_warning.unwrap_or(started).elapsed();
+                if (answered && last_warning.is_none()) || quiet_for >= Duration::from_secs(5) {
                     warn!(
                         "{me}: still trying to reach {name} at {addr} after {} s: {error}",
                         started.elapsed().as_secs()
                     );
-                    last_warning = Instant::now();
+                    last_warning = Some(Instant::now());
                 }
                 tokio::time::sleep(backoff.next_pause()).await;
             }
         };
-        ctx.spawn(
-            actix::fut::wrap_future::<_, Self>(dialling).map(
-                move |result, branch, ctx| match result {
-                    Ok(authenticated) => {
-                        let to = branch
-                            .bank
-                            .as_ref()
-                            .map(|bank| bank.peers[channel].addr.to_string())
-                            .unwrap_or_default();
-                        branch.peer_connected(
-                            channel,
-                            authenticated,
-                            &format!("dialled {to}"),
-                            ctx,
-                        );
-                    }
-                    Err(reason) => {
-                        if let Some(peer) = peer_mut(&mut branch.bank, channel) {
-                            peer.dialling = false;
-                            error!(
-                                "{}: {} refused the connection: {reason}; not dialling it again",
-                                branch.name, peer.name
-                            );
-                            peer.refused = Some(format!("{} refused it: {reason}", peer.name));
-                        }
-                    }
-                },
-            ),
-        );
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(dialling).map(
+            move |authenticated, branch, ctx| {
+                let to = branch
+                    .bank
+                    .as_ref()
+                    .map(|bank| bank.peers[channel].addr.to_string())
+                    .unwrap_or_default();
+                branch.peer_connected(channel, authenticated, &format!("dialled {to}"), ctx);
+            },
+        ));
     }
 
     /// Stops sending, and closes every connection once what is queued on it is written.

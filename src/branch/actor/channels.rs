@@ -8,7 +8,23 @@
 //! the other lacks before anything new. Snapshots in progress keep waiting for the peer's
 //! markers through the outage, up to `peer_grace`; after that the channel counts as lost
 //! (records waiting for it are cut short), until the peer comes back.
+//!
+//! What one connection can do to a channel:
+//! - A protocol error (a frame before `Resume`, a `Resume` from another incarnation, an ack
+//!   beyond what was sent, a position gap, a transfer the ledger cannot take) closes that
+//!   connection and is logged; the frame changes nothing. The channel stays: the real peer
+//!   takes it back when it (re)connects, and only the grace period decides when snapshots stop
+//!   waiting for it. In a bank without a secret any stranger can open such a connection, so
+//!   nothing it says may end more than that connection.
+//! - A `Refusal` closes the connection too. Its kind is believed only from a peer that has
+//!   proved the cluster secret, and only two kinds end anything: `NEW_INCARNATION` (this branch
+//!   restarted without its state: it stops dialling that peer, since retrying cannot help) and
+//!   `STATE_REGRESSED` (this branch's store lost a commit: it halts).
+//! - A proven peer whose `Resume` acknowledges more than this durable branch's store says was
+//!   ever sent shows that the store lost a commit: the branch halts (exit 2) instead of trading
+//!   with the wrong money.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -17,7 +33,7 @@ use log::{error, info, warn};
 use super::{BranchActor, ConnId, PeerLink, Source, peer_mut};
 use crate::branch::connection::{LinkSettings, PeerConnection};
 use crate::branch::traffic::Pause;
-use crate::core::{Channel, CoreError, Delivery, Frame};
+use crate::core::{Channel, ChannelError, CoreError, Delivery, Frame};
 use crate::handshake::Authenticated;
 use crate::outbox::Outbox;
 use crate::wire::{self, Body, pb};
@@ -35,8 +51,9 @@ const ACK_DELAY: Duration = Duration::from_millis(500);
 
 impl BranchActor {
     /// A peer proved itself: its connection now carries channel `channel`, replacing any older
-    /// one (the peer only connects again when it has given the old one up). The first frame out
-    /// is this branch's `Resume`; nothing else goes out until the peer's `Resume` arrives.
+    /// one (the peer only connects again when it has given the old one up). The dialler's first
+    /// frame is its `Resume`; the acceptor sends its own once the dialler's checks out. Nothing
+    /// else goes out until the peer's `Resume` arrives.
     pub(super) fn peer_connected(
         &mut self,
         channel: Channel,
@@ -54,14 +71,6 @@ impl BranchActor {
             return;
         };
         peer.dialling = false;
-        if let Some(reason) = &peer.refused {
-            warn!(
-                "{}: {} connected again ({from}), but its channel was given up ({reason}); closing",
-                self.name, peer.name
-            );
-            refuse_on(authenticated, reason.clone(), ctx);
-            return;
-        }
         if let Some(old) = peer.link.take() {
             info!(
                 "{}: {} connected again ({from}); the new connection replaces the old one",
@@ -74,12 +83,11 @@ impl BranchActor {
             .decoder_mut()
             .set_max_frame(self.settings.max_frame);
         let outbox = Outbox::new();
-        // Only what is durable counts as received: the peer forgets what this side states.
-        outbox.push(Body::Resume(pb::Resume {
-            incarnation,
-            received: peer.cursor.durable(),
-        }));
-        peer.cursor.acked_by_resume();
+        // The dialler states who it is first; the acceptor answers only once that matches the
+        // incarnation it knows, so a stranger that merely connects learns nothing of it.
+        if peer.we_dial {
+            push_resume(peer, &outbox, incarnation);
+        }
         info!(
             "{}: peer {} connected and authenticated ({from})",
             self.name, peer.name
@@ -121,7 +129,7 @@ impl BranchActor {
         if !link.resumed {
             match body {
                 Body::Resume(resume) => self.on_resume(channel, resume, ctx),
-                Body::Refusal(pb::Refusal { reason }) => self.on_refusal(channel, reason, ctx),
+                Body::Refusal(refusal) => self.on_refusal(channel, refusal, ctx),
                 other => self.protocol_error(
                     channel,
                     format!(
@@ -157,8 +165,8 @@ impl BranchActor {
                 }
                 return;
             }
-            Body::Refusal(pb::Refusal { reason }) => {
-                self.on_refusal(channel, reason, ctx);
+            Body::Refusal(refusal) => {
+                self.on_refusal(channel, refusal, ctx);
                 return;
             }
             other => {
@@ -182,6 +190,9 @@ impl BranchActor {
             self.protocol_error(channel, format!("sent a frame without a {what}"), ctx);
             return;
         }
+        // Put back if the frame turns out to be unusable, so that its position is still owed
+        // and the sender's resend after the reconnect is delivered.
+        let cursor_before = peer.cursor;
         if pos != 0 {
             match peer.cursor.accept(pos) {
                 Ok(Delivery::Deliver) => match self.durable.as_mut() {
@@ -207,14 +218,16 @@ impl BranchActor {
         };
         match result {
             Ok(()) => self.apply_effects(ctx),
-            // A transfer that cannot be applied leaves the channel's numbering broken for good:
-            // the channel cannot be trusted, so it is given up rather than left to refuse
-            // everything that follows.
+            // A transfer that cannot be applied: nothing changed, and its connection cannot be
+            // trusted with what follows.
             Err(
                 err @ (CoreError::OutOfSequence { .. }
                 | CoreError::BalanceOverflow { .. }
                 | CoreError::UnknownChannel(_)),
-            ) => self.protocol_error(channel, err.to_string(), ctx),
+            ) => {
+                bank.peers[channel].cursor = cursor_before;
+                self.protocol_error(channel, err.to_string(), ctx);
+            }
             Err(err) => {
                 let peer_name = &bank.peers[channel].name;
                 // A marker of a snapshot that stopped waiting for this channel while it was
@@ -236,6 +249,7 @@ impl BranchActor {
         let Some(bank) = self.bank.as_mut() else {
             return;
         };
+        let authenticated = bank.authenticated;
         let peer = &mut bank.peers[channel];
         if let Some(known) = peer
             .incarnation
@@ -248,7 +262,8 @@ impl BranchActor {
                 peer.window.unacked(),
                 peer.name
             );
-            self.give_up_channel(channel, reason, ctx);
+            let refusal = wire::final_refusal(pb::RefusalKind::NewIncarnation, reason.clone());
+            self.close_link(channel, Some(refusal), &reason, ctx);
             return;
         }
         let resumed = peer
@@ -258,10 +273,18 @@ impl BranchActor {
         let resent = match resumed {
             Ok(frames) => frames,
             Err(err) => {
-                self.give_up_channel(channel, err.to_string(), ctx);
+                let (name, authenticated) = (peer.name.clone(), authenticated);
+                self.resume_failed(channel, &name, authenticated, err, ctx);
                 return;
             }
         };
+        let Some(link) = peer.link.as_ref() else {
+            return;
+        };
+        let outbox = link.outbox.clone();
+        if !peer.we_dial {
+            push_resume(peer, &outbox, self.incarnation);
+        }
         let Some(link) = peer.link.as_mut() else {
             return;
         };
@@ -269,6 +292,7 @@ impl BranchActor {
             link.outbox.push(wire::channel_frame(frame, pos));
         }
         link.resumed = true;
+        peer.redial = super::admission::redial_backoff();
         if peer.incarnation != Some(resume.incarnation)
             && let Some(durable) = self.durable.as_mut()
         {
@@ -306,42 +330,117 @@ impl BranchActor {
         self.resume(Pause::Peer, ctx);
     }
 
-    /// The peer refused the channel (it found this branch to be a new incarnation, or broke
-    /// with it): the channel is given up.
-    fn on_refusal(&mut self, channel: Channel, reason: String, ctx: &mut Context<Self>) {
-        let Some(peer) = peer_mut(&mut self.bank, channel) else {
-            return;
-        };
-        error!("{}: {} refused the channel: {reason}", self.name, peer.name);
-        let reason = format!("{} refused it: {reason}", peer.name);
-        peer.refused = Some(reason);
-        if let Some(link) = peer.link.take() {
-            link.outbox.close();
+    /// The peer's `Resume` states a position this side's window cannot resume from.
+    fn resume_failed(
+        &mut self,
+        channel: Channel,
+        peer: &str,
+        authenticated: bool,
+        err: ChannelError,
+        ctx: &mut Context<Self>,
+    ) {
+        match err {
+            // A proven peer has frames this durable branch's store does not know it sent: the
+            // store lost a commit.
+            ChannelError::AckBeyondSent { acked, sent }
+                if authenticated && self.store.is_some() =>
+            {
+                self.halt_regressed(format!(
+                    "{peer} has received up to position {acked} from this branch, but the store says only {sent} frame(s) were ever sent to it"
+                ));
+            }
+            // The peer has lost frames it had acknowledged: its store lost a commit.
+            ChannelError::Regressed { .. } => {
+                let reason = format!("{peer}'s state regressed (its store lost a commit?): {err}");
+                let refusal = authenticated
+                    .then(|| wire::final_refusal(pb::RefusalKind::StateRegressed, reason.clone()));
+                self.close_link(channel, refusal, &reason, ctx);
+            }
+            err => self.protocol_error(channel, err.to_string(), ctx),
         }
-        self.channel_down(channel, ctx);
     }
 
-    /// The peer broke the channel's protocol: it cannot be trusted again.
+    /// The peer refused the connection. Whatever it says, this connection is closed; what
+    /// else follows depends on whether the peer proved the cluster secret.
+    fn on_refusal(&mut self, channel: Channel, refusal: pb::Refusal, ctx: &mut Context<Self>) {
+        let Some(bank) = self.bank.as_mut() else {
+            return;
+        };
+        let peer = &mut bank.peers[channel];
+        let kind = pb::RefusalKind::try_from(refusal.kind).unwrap_or(pb::RefusalKind::Retry);
+        let reason = refusal.reason;
+        match kind {
+            _ if !bank.authenticated => warn!(
+                "{}: {} refused the connection (unproven, so this changes nothing else): {reason}",
+                self.name, peer.name
+            ),
+            pb::RefusalKind::Retry => {
+                warn!(
+                    "{}: {} refused the connection: {reason}",
+                    self.name, peer.name
+                )
+            }
+            pb::RefusalKind::StateRegressed if self.store.is_some() => {
+                let detail = format!("{} says: {reason}", peer.name);
+                self.halt_regressed(detail);
+                return;
+            }
+            pb::RefusalKind::NewIncarnation | pb::RefusalKind::StateRegressed => {
+                error!(
+                    "{}: {} (which proved the cluster secret) refused the channel for good: {reason}; not dialling it again",
+                    self.name, peer.name
+                );
+                peer.stopped_dialling = Some(reason.clone());
+            }
+        }
+        self.close_link(channel, None, &format!("refused: {reason}"), ctx);
+    }
+
+    /// The connection broke the channel's protocol: it is closed; the channel stays.
     fn protocol_error(&mut self, channel: Channel, reason: String, ctx: &mut Context<Self>) {
-        self.give_up_channel(channel, format!("protocol error: {reason}"), ctx);
+        let reason = format!("protocol error: {reason}");
+        self.close_link(channel, Some(wire::refusal(reason.clone())), &reason, ctx);
     }
 
-    /// Ends channel `channel` for good: tells the peer why, closes its connection, and stops
-    /// redialling it. Snapshots stop waiting for it after the grace period.
-    fn give_up_channel(&mut self, channel: Channel, reason: String, ctx: &mut Context<Self>) {
+    /// Closes the connection carrying channel `channel` (after `refusal`, if any, so the other
+    /// side can say why). The channel and everything in it stay: the grace period runs as for
+    /// any outage, and a dialling branch dials again after a pause.
+    fn close_link(
+        &mut self,
+        channel: Channel,
+        refusal: Option<Body>,
+        reason: &str,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(peer) = peer_mut(&mut self.bank, channel) else {
             return;
         };
-        error!(
-            "{}: giving up the channel with {}: {reason}",
+        let Some(link) = peer.link.take() else {
+            return;
+        };
+        warn!(
+            "{}: closing the connection carrying the channel with {}: {reason}",
             self.name, peer.name
         );
-        if let Some(link) = peer.link.take() {
-            link.outbox.push(wire::refusal(reason.clone()));
-            link.outbox.close();
+        if let Some(refusal) = refusal {
+            link.outbox.push(refusal);
         }
-        peer.refused = Some(reason);
-        self.channel_down(channel, ctx);
+        link.outbox.close();
+        self.link_gone(channel, false, ctx);
+    }
+
+    /// This branch's store lost a commit (`detail` says how that showed): it cannot go on
+    /// with the state it has, so it stops trading and closes every connection, and the
+    /// `branch` command exits with the reason.
+    fn halt_regressed(&mut self, detail: String) {
+        let dir = self.settings.data_dir.as_deref().unwrap_or(Path::new("?"));
+        let reason = format!(
+            "state regressed: a commit was lost, the disk may be corrupt: the store in {} is older than what its peers know ({detail}); this branch stops trading",
+            dir.display()
+        );
+        error!("{}: {reason}", self.name);
+        self.shut_down();
+        self.halted.send_replace(Some(reason));
     }
 
     /// The connection `conn` of peer `channel` is gone.
@@ -354,33 +453,37 @@ impl BranchActor {
         let Some(peer) = peer_mut(&mut self.bank, channel) else {
             return;
         };
-        if peer.link.as_ref().is_none_or(|link| link.conn != conn) {
+        let Some(link) = peer.link.take_if(|link| link.conn == conn) else {
             return; // an older connection, already replaced
-        }
-        peer.link = None;
+        };
         if self.shutting_down {
             return;
         }
-        let grace = self.settings.peer_grace;
-        if peer.refused.is_none() {
-            warn!(
-                "{}: lost the connection to {} ({} frame(s) unacknowledged); {}; snapshots wait for it up to {} ms",
-                self.name,
-                peer.name,
-                peer.window.unacked(),
-                if peer.we_dial {
-                    "redialling"
-                } else {
-                    "waiting for it to redial"
-                },
-                grace.as_millis()
-            );
-        }
+        warn!(
+            "{}: lost the connection to {} ({} frame(s) unacknowledged); {}; snapshots wait for it up to {} ms",
+            self.name,
+            peer.name,
+            peer.window.unacked(),
+            if peer.we_dial {
+                "redialling"
+            } else {
+                "waiting for it to redial"
+            },
+            self.settings.peer_grace.as_millis()
+        );
+        self.link_gone(channel, link.resumed, ctx);
+    }
+
+    /// The connection of channel `channel` is gone (`resumed`: after it had resumed the
+    /// channel): the grace period starts, and a dialling branch dials again, at once after a
+    /// connection that worked, after a growing pause after one that did not.
+    fn link_gone(&mut self, channel: Channel, resumed: bool, ctx: &mut Context<Self>) {
         self.channel_down(channel, ctx);
-        if let Some(peer) = peer_mut(&mut self.bank, channel)
-            && peer.we_dial
-            && peer.refused.is_none()
-        {
+        let Some(peer) = peer_mut(&mut self.bank, channel) else {
+            return;
+        };
+        peer.redial_pending_pause |= !resumed;
+        if peer.we_dial && !self.shutting_down {
             self.dial(channel, ctx);
         }
     }
@@ -472,10 +575,13 @@ impl BranchActor {
     }
 }
 
-/// Sends a refusal on a connection that never became a channel, then closes it.
-fn refuse_on(authenticated: Authenticated, reason: String, ctx: &mut Context<BranchActor>) {
-    let Authenticated { writer, .. } = authenticated;
-    ctx.spawn(actix::fut::wrap_future(super::admission::refuse(
-        writer, reason,
-    )));
+/// Queues this branch's `Resume` on a new connection of `peer`: its incarnation and how far it
+/// has received. Only what is durable counts as received: the peer forgets what this side
+/// states.
+fn push_resume(peer: &mut super::Peer, outbox: &Outbox, incarnation: u64) {
+    outbox.push(Body::Resume(pb::Resume {
+        incarnation,
+        received: peer.cursor.durable(),
+    }));
+    peer.cursor.acked_by_resume();
 }

@@ -136,18 +136,14 @@ impl BranchActor {
         let peers: Vec<Peer> = members
             .into_iter()
             .filter(|member| *member.name != *self.name)
-            .map(|BranchEntry { name, addr }| Peer {
-                we_dial: *self.name < *name,
-                name,
-                addr,
-                window: SendWindow::new(window),
-                cursor: ReceiveCursor::default(),
-                link: None,
-                dialling: false,
-                incarnation: None,
-                down_since: None,
-                grace: None,
-                refused: None,
+            .map(|entry| {
+                Peer::new(
+                    &self.name,
+                    entry,
+                    SendWindow::new(window),
+                    ReceiveCursor::default(),
+                    None,
+                )
             })
             .collect();
         info!(

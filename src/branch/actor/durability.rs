@@ -503,27 +503,19 @@ impl BranchActor {
             .into_iter()
             .filter(|member| *member.name != *self.name)
             .zip(core.peers.iter())
-            .map(|(BranchEntry { name, addr }, stored)| Peer {
-                we_dial: *self.name < *name,
-                name,
-                addr,
-                window: SendWindow::restore(
-                    window,
-                    stored.acked,
-                    frames
-                        .next()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(_, f)| f)
-                        .collect(),
-                ),
-                cursor: ReceiveCursor::restore(stored.delivered),
-                link: None,
-                dialling: false,
-                incarnation: (stored.peer_incarnation != 0).then_some(stored.peer_incarnation),
-                down_since: None,
-                grace: None,
-                refused: None,
+            .map(|(entry, stored)| {
+                let unacked = frames.next().unwrap_or_default();
+                Peer::new(
+                    &self.name,
+                    entry,
+                    SendWindow::restore(
+                        window,
+                        stored.acked,
+                        unacked.into_iter().map(|(_, f)| f).collect(),
+                    ),
+                    ReceiveCursor::restore(stored.delivered),
+                    (stored.peer_incarnation != 0).then_some(stored.peer_incarnation),
+                )
             })
             .collect();
         let unacked: usize = peers.iter().map(|peer| peer.window.unacked()).sum();

@@ -189,12 +189,45 @@ struct Peer {
     down_since: Option<Instant>,
     /// The grace timer that declares the channel lost if the peer does not come back.
     grace: Option<SpawnHandle>,
-    /// The channel cannot be resumed (the peer restarted without its state, or broke the
-    /// protocol): it is not redialled and reconnections are refused.
-    refused: Option<String>,
+    /// Why this branch stopped dialling the peer: only a peer that proved the cluster secret
+    /// can stop it, by telling it that retrying cannot help (it is itself a new incarnation).
+    /// `None` for a peer this branch does not dial.
+    stopped_dialling: Option<String>,
+    /// The pauses between dial attempts while connections keep failing; starts over once a
+    /// connection resumes the channel.
+    redial: crate::backoff::Backoff,
+    /// The last connection did not resume the channel (refused, a protocol error, closed early):
+    /// the next dial waits for `redial`'s next pause instead of starting at once.
+    redial_pending_pause: bool,
 }
 
 impl Peer {
+    /// A peer with no connection yet: channel state `window` and `cursor` (fresh, or restored
+    /// from the store) and the incarnation it last resumed with, if known.
+    fn new(
+        me: &str,
+        entry: crate::config::BranchEntry,
+        window: SendWindow,
+        cursor: ReceiveCursor,
+        incarnation: Option<u64>,
+    ) -> Self {
+        Self {
+            we_dial: me < entry.name.as_str(),
+            name: entry.name,
+            addr: entry.addr,
+            window,
+            cursor,
+            link: None,
+            dialling: false,
+            incarnation,
+            down_since: None,
+            grace: None,
+            stopped_dialling: None,
+            redial: admission::redial_backoff(),
+            redial_pending_pause: false,
+        }
+    }
+
     /// Whether frames can go out to the peer now.
     fn is_live(&self) -> bool {
         self.link
@@ -291,6 +324,9 @@ pub struct BranchActor {
     durable: Option<durability::Durable>,
     /// Ctrl-C or SIGTERM: no new transfers; what is queued is flushed and the connections closed.
     shutting_down: bool,
+    /// Set (with the reason) when the branch cannot go on with its state: the `branch` command
+    /// watches it and exits.
+    halted: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl BranchActor {
@@ -328,7 +364,14 @@ impl BranchActor {
             restored,
             durable: None,
             shutting_down: false,
+            halted: tokio::sync::watch::Sender::new(None),
         }
+    }
+
+    /// Becomes `Some(reason)` if the branch halts because it cannot go on with its state (its
+    /// store lost a commit), so whoever runs it can stop the process with that reason.
+    pub fn halted(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.halted.subscribe()
     }
 
     fn new_conn_id(&mut self) -> ConnId {

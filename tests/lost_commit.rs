@@ -1,0 +1,107 @@
+//! A durable branch whose store lost a commit (as a disk that drops or corrupts a write makes
+//! it, and redb then opens the previous commit without a word): its peers know positions the
+//! store says were never reached. The branch says so, naming the store, and stops rather than
+//! trade with the wrong money.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{ControllerProcess, verdicts};
+use snapbank::local_bank::LocalBank;
+
+const BRANCH: &str = env!("CARGO_BIN_EXE_branch");
+
+/// Sends `signal` (`STOP`, `CONT`) to process `pid`.
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// Copies the files of directory `from` into `to` (created), one level deep.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn a_branch_restarted_on_an_older_commit_says_its_state_regressed_and_stops() {
+    let dir = std::env::temp_dir().join(format!("snapbank-lost-commit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret_file = dir.join("secret");
+    std::fs::write(&secret_file, "the secret of the lost commit test\n").unwrap();
+    let args = [
+        "--max-interval-ms",
+        "5",
+        "--secret-file",
+        secret_file.to_str().unwrap(),
+    ]
+    .map(String::from);
+    let mut bank = LocalBank::start_durable(BRANCH.as_ref(), 2, &args).unwrap();
+    let controller = ControllerProcess::start(
+        &bank,
+        "2000",
+        &[
+            "--secret-file",
+            secret_file.to_str().unwrap(),
+            "--interval-ms",
+            "100",
+            "--snapshots",
+            "50",
+            "--retrieve-timeout-ms",
+            "1000",
+            "--link-timeout-ms",
+            "1000",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    // A copy of branch1's store as it was at one instant (the process is stopped meanwhile, so
+    // the copy is what a crash at that instant would have left).
+    let store = bank.data_dir("branch1");
+    let older = dir.join("branch1.older");
+    let pid = bank.pids()[0];
+    signal(pid, "STOP");
+    copy_dir(&store, &older);
+    signal(pid, "CONT");
+    // More trading, then a crash, and the store comes back one or more commits older.
+    std::thread::sleep(Duration::from_millis(1500));
+    bank.kill(0);
+    std::fs::remove_dir_all(&store).unwrap();
+    copy_dir(&older, &store);
+    bank.restart(0, &[]).unwrap();
+    let status = bank.wait_for_exit(0, Duration::from_secs(20));
+    let log = std::fs::read_to_string(bank.log_path("branch1")).unwrap_or_default();
+    let (_code, reports, _stderr) = controller.finish(Duration::from_secs(60));
+    let _ = std::fs::remove_dir_all(&dir);
+    let status = status.expect("branch1 went on trading on a store that lost a commit");
+    assert_eq!(status.code(), Some(2), "{status:?}");
+    let line = log
+        .lines()
+        .find(|line| line.starts_with("error: state regressed"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no 'error: state regressed' line; the log ends: {}",
+                &log[log.len().saturating_sub(2000)..]
+            )
+        });
+    assert!(
+        line.contains("a commit was lost") && line.contains(&store.display().to_string()),
+        "{line}"
+    );
+    // No money was made or lost in any snapshot that claims to be whole.
+    for report in &reports {
+        if report["verdict"] == "ok" {
+            assert_eq!(report["total"], 2000, "{report}");
+        } else {
+            assert_eq!(report["verdict"], "incomplete", "{:?}", verdicts(&reports));
+        }
+    }
+}
