@@ -247,10 +247,15 @@ fn a_restart_with_another_secret_file_is_refused() {
     let dir = bank.data_dir("branch1");
     let other = bank.dir().join("other.secret");
     std::fs::write(&other, "another secret, also long enough\n").unwrap();
-    let line = refusal(&mut branch_on(
-        &dir,
-        &["--secret-file", other.to_str().unwrap()],
-    ));
+    // On the branch's own port, so that the secret is the only thing that differs.
+    let port = bank.entries()[0].addr.port().to_string();
+    let line = refusal(
+        Command::new(BRANCH)
+            .args(["branch1", &port, "--bind-ip", "127.0.0.1", "--data-dir"])
+            .arg(&dir)
+            .arg("--secret-file")
+            .arg(&other),
+    );
     assert_eq!(
         line,
         format!(
