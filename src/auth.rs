@@ -41,6 +41,10 @@ pub const SECRET_BYTES: usize = 32;
 /// The shortest secret accepted from a file or from `InitBranch`.
 pub const MIN_SECRET_BYTES: usize = 16;
 
+/// The largest secret file read (`--secret-file`), in bytes: a secret is a few dozen bytes, and
+/// a bound keeps a mistaken path (a log, `/dev/zero`) from being read until memory runs out.
+pub const MAX_SECRET_FILE_BYTES: u64 = 4096;
+
 /// What a proof vouches for, so that a proof made for one step cannot stand in for another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -80,6 +84,18 @@ impl fmt::Debug for Secret {
 pub enum SecretError {
     #[error("{file}: cannot read the secret: {reason}")]
     Unreadable { file: String, reason: String },
+    #[error(
+        "{file}: not a regular file ({kind}); the secret must be a file of at most {MAX_SECRET_FILE_BYTES} bytes"
+    )]
+    NotAFile { file: String, kind: &'static str },
+    #[error(
+        "{file}: more than the {MAX_SECRET_FILE_BYTES} bytes a secret file may hold (is this the right file?)"
+    )]
+    TooLarge {
+        file: String,
+        /// The size seen: the file's length, or what was read before the bound.
+        len: u64,
+    },
     #[error("{origin}: the secret is {len} bytes; at least {MIN_SECRET_BYTES} are needed")]
     TooShort { origin: String, len: usize },
 }
@@ -109,13 +125,54 @@ impl Secret {
         Ok(Self(bytes))
     }
 
-    /// Reads a secret file: its bytes, without trailing whitespace (so `echo ... > file` works).
+    /// Reads a secret file (`--secret-file` of both programs): its bytes, without trailing
+    /// whitespace (so `echo ... > file` works). Only a regular file of at most
+    /// [`MAX_SECRET_FILE_BYTES`] is read: a FIFO would hang the program at startup and a device
+    /// like `/dev/zero` would be read until memory runs out. The file is opened without
+    /// blocking, checked again once open (it may have been replaced), and read with a bound, so
+    /// one that grows meanwhile is caught too.
     pub fn load(path: &Path) -> Result<Self, SecretError> {
+        use std::io::Read as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+
         let file = path.display().to_string();
-        let mut bytes = std::fs::read(path).map_err(|err| SecretError::Unreadable {
+        let unreadable = |err: std::io::Error| SecretError::Unreadable {
             file: file.clone(),
             reason: err.to_string(),
-        })?;
+        };
+        let check = |metadata: std::fs::Metadata| {
+            if !metadata.is_file() {
+                return Err(SecretError::NotAFile {
+                    file: file.clone(),
+                    kind: file_kind(&metadata.file_type()),
+                });
+            }
+            if metadata.len() > MAX_SECRET_FILE_BYTES {
+                return Err(SecretError::TooLarge {
+                    file: file.clone(),
+                    len: metadata.len(),
+                });
+            }
+            Ok(())
+        };
+        check(std::fs::metadata(path).map_err(unreadable)?)?;
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(unreadable)?;
+        check(opened.metadata().map_err(unreadable)?)?;
+        let mut bytes = Vec::new();
+        opened
+            .take(MAX_SECRET_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(unreadable)?;
+        if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
+            return Err(SecretError::TooLarge {
+                file,
+                len: bytes.len() as u64,
+            });
+        }
         while bytes.last().is_some_and(u8::is_ascii_whitespace) {
             bytes.pop();
         }
@@ -167,6 +224,24 @@ impl Secret {
             mac.update(field);
         }
         Some(mac)
+    }
+}
+
+/// What kind of file a path that is not a regular file names, for the error.
+fn file_kind(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt as _;
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
     }
 }
 
@@ -223,6 +298,57 @@ mod tests {
             Secret::load(&dir),
             Err(SecretError::Unreadable { .. })
         ));
+    }
+
+    #[test]
+    fn only_a_bounded_regular_file_is_read_as_a_secret() {
+        let dir =
+            std::env::temp_dir().join(format!("snapbank-secret-kinds-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let limit = MAX_SECRET_FILE_BYTES as usize;
+        let largest = dir.join("largest");
+        std::fs::write(&largest, vec![b'x'; limit]).unwrap();
+        assert_eq!(Secret::load(&largest).unwrap().as_bytes().len(), limit);
+        let larger = dir.join("larger");
+        std::fs::write(&larger, vec![b'x'; limit + 1]).unwrap();
+        assert!(matches!(
+            Secret::load(&larger),
+            Err(SecretError::TooLarge { len, .. }) if len == limit as u64 + 1
+        ));
+        assert!(matches!(
+            Secret::load(&dir),
+            Err(SecretError::NotAFile {
+                kind: "a directory",
+                ..
+            })
+        ));
+        assert!(matches!(
+            Secret::load(Path::new("/dev/zero")),
+            Err(SecretError::NotAFile {
+                kind: "a character device",
+                ..
+            })
+        ));
+        let fifo = dir.join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let err = Secret::load(&fifo).unwrap_err();
+        assert!(
+            matches!(err, SecretError::NotAFile { kind: "a FIFO", .. }),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: not a regular file (a FIFO); the secret must be a file of at most 4096 bytes",
+                fifo.display()
+            )
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     proptest! {

@@ -20,14 +20,35 @@
 //! Every change of one group commit goes into one write transaction ([`commit`]), and the branch
 //! lets frames, acknowledgements and answers out only once the transaction holding what they
 //! depend on is durable (see `branch::actor::durability`).
+//!
+//! Opening ([`Store::open`]) never guesses, and never starts afresh over money:
+//! - one process at a time: the branch holds an exclusive lock on `branch.lock` beside the
+//!   store, which names its pid, so a second process on the same directory is refused with the
+//!   first one's pid;
+//! - the store holds the cluster secret, so it is created 0600 (and a data directory the branch
+//!   creates 0700), and a store or directory that the group or others may read or write is
+//!   refused unless the operator says so ([`StoreOptions::allow_shared`]);
+//! - a store file that is present but empty, unreadable as a store, another branch's, or another
+//!   bank's (its secret differs from `--secret-file`) is refused; a fresh store replaces a present
+//!   one only when the operator asks ([`StoreOptions::reset`]), and the old file is set aside,
+//!   not deleted;
+//! - each refusal names its cause (a lock held, a read-only place, a corrupt file...), so the
+//!   advice that comes with it fits: only a file that is not a usable store is worth setting
+//!   aside.
 
 use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Read as _, Write as _};
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, DatabaseError, ReadableDatabase, ReadableTable, StorageError, TableDefinition,
+};
 
+use crate::auth::Secret;
 use crate::core::Frame;
 
 /// Types generated from `proto/store.proto`.
@@ -41,24 +62,75 @@ pub const FORMAT: u32 = 1;
 /// The store's file inside the data directory.
 pub const FILE_NAME: &str = "branch.redb";
 
+/// The lock file inside the data directory: locked by the process that has the store open, and
+/// holding its pid, so that a second process can say which one holds the directory.
+pub const LOCK_FILE_NAME: &str = "branch.lock";
+
+/// Permission bits that let the group or others read or write: the store holds the cluster
+/// secret, so neither it nor its directory may have any of them unless the operator allows it.
+const SHARED_BITS: u32 = 0o066;
+
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const CORE: TableDefinition<&str, &[u8]> = TableDefinition::new("core");
 const FRAMES: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("frames");
 const RECORDS: TableDefinition<u32, &[u8]> = TableDefinition::new("records");
 const TRANSIT: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("transit");
 
+/// What the operator allowed when opening a store (the `branch` command's flags).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// `--reset-store`: start this branch afresh even though its directory holds a store file
+    /// (empty, corrupt, or whole): the file is renamed aside (`branch.redb.reset-<seconds>`),
+    /// never deleted, and a new store is created. Without it a present store file is never
+    /// replaced, since it may hold the branch's money.
+    pub reset: bool,
+    /// `--allow-shared-data-dir`: accept a store or data directory that the group or others may
+    /// read or write, although the store holds the cluster secret.
+    pub allow_shared: bool,
+}
+
 /// Why a store cannot be used. A branch refuses to start on any of these: it never starts with
-/// a guessed state.
+/// a guessed state. Each variant is one cause, with advice that fits it.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot create the data directory {dir}: {reason}")]
     CreateDir { dir: PathBuf, reason: String },
+    /// Another process has the store open (its lock file is locked, or redb's own lock on the
+    /// store file is held).
     #[error(
-        "{path}: not a snapbank store or corrupt ({reason}); move it away to start this branch afresh"
+        "another branch process holds {dir} ({}); stop it first, or give this branch its own --data-dir",
+        holder(.pid)
+    )]
+    Locked { dir: PathBuf, pid: Option<u32> },
+    /// The file system, the directory or the file does not let this process write.
+    #[error(
+        "{path} is read-only ({reason}): a durable branch must write its store; make it writable (nothing in it was changed)"
+    )]
+    ReadOnly { path: PathBuf, reason: String },
+    /// A present store file of 0 bytes: never a new store (one is created whole, under another
+    /// name, then renamed into place), so it is one cut short.
+    #[error(
+        "{path} is empty (0 bytes): a store cut short, not a new one; restore it from a backup, or start with --reset-store to set it aside and begin this branch afresh"
+    )]
+    Empty { path: PathBuf },
+    #[error(
+        "{path}: not a snapbank store or corrupt ({reason}); restore it from a backup, or start with --reset-store to set it aside and begin this branch afresh"
     )]
     Corrupt { path: PathBuf, reason: String },
+    /// The store or its directory may be read or written by the group or others.
     #[error(
-        "{path}: store format {found}, but this build reads format {FORMAT}; use the build that wrote it, or move it away to start afresh"
+        "{path} may be read or written by its group or others (mode {mode:04o}) and the store holds the bank's secret: chmod go-rw {path}, or pass --allow-shared-data-dir if that is intended"
+    )]
+    Shared { path: PathBuf, mode: u32 },
+    /// The bank kept in the store has another cluster secret than the one configured.
+    #[error(
+        "{path}: the bank kept here has another cluster secret than --secret-file; start this branch with its bank's secret file (or without --secret-file, to use the stored one)"
+    )]
+    SecretDiffers { path: PathBuf },
+    #[error("cannot use {path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+    #[error(
+        "{path}: store format {found}, but this build reads format {FORMAT}; use the build that wrote it, or start with --reset-store to set it aside and begin afresh"
     )]
     Version { path: PathBuf, found: u32 },
     #[error(
@@ -73,10 +145,21 @@ pub enum StoreError {
     Write(String),
 }
 
+/// How a lock holder is named in [`StoreError::Locked`].
+fn holder(pid: &Option<u32>) -> String {
+    match pid {
+        Some(pid) => format!("pid {pid}"),
+        None => "pid unknown".into(),
+    }
+}
+
 /// An open store.
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
+    /// The locked `branch.lock`: held as long as the store is open, so no other process opens
+    /// it meanwhile.
+    _lock: Arc<File>,
 }
 
 impl std::fmt::Debug for Store {
@@ -162,33 +245,51 @@ fn decode_frame(frame: &pb::Frame) -> Frame {
 impl Store {
     /// Opens (creating if needed) the store of branch `name` in `dir`, and reads the state it
     /// holds, if any (`None`: a new branch, or one that died before its `InitBranch` was
-    /// durable).
-    pub fn open(dir: &Path, name: &str) -> Result<(Self, Option<Restored>), StoreError> {
-        let created = !dir.exists();
-        std::fs::create_dir_all(dir).map_err(|err| StoreError::CreateDir {
-            dir: dir.to_path_buf(),
-            reason: err.to_string(),
-        })?;
-        if created {
-            // The store holds the cluster secret: only the owner may read it.
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    /// durable). `secret` is the configured cluster secret (`--secret-file`): a stored bank with
+    /// another one is refused. See the module docs for what else is refused, and why.
+    pub fn open(
+        dir: &Path,
+        name: &str,
+        secret: Option<&Secret>,
+        options: StoreOptions,
+    ) -> Result<(Self, Option<Restored>), StoreError> {
+        create_private_dir(dir)?;
+        if !options.allow_shared {
+            check_private(dir)?;
         }
+        let lock = lock(dir)?;
         let path = dir.join(FILE_NAME);
-        let corrupt = |reason: String| StoreError::Corrupt {
-            path: path.clone(),
-            reason,
+        let present = match std::fs::metadata(&path) {
+            Ok(metadata) => Some(metadata),
+            Err(err) if err.kind() == ErrorKind::NotFound => None,
+            Err(err) => return Err(io_error(&path, err)),
         };
-        let db = if path.exists() {
-            Database::create(&path).map_err(|err| corrupt(err.to_string()))?
-        } else {
-            create_atomically(dir, &path).map_err(|err| StoreError::CreateDir {
-                dir: dir.to_path_buf(),
-                reason: err,
-            })?
+        let db = match present {
+            Some(_) if options.reset => {
+                set_aside(dir, &path)?;
+                create_atomically(dir, &path)?
+            }
+            Some(metadata) => {
+                if !options.allow_shared {
+                    check_private(&path)?;
+                }
+                if metadata.is_file() && metadata.len() == 0 {
+                    return Err(StoreError::Empty { path });
+                }
+                Database::builder()
+                    .open(&path)
+                    .map_err(|err| open_error(dir, &path, err))?
+            }
+            None => create_atomically(dir, &path)?,
         };
-        let restored = read_state(&db, name, &path)?;
-        Ok((Self { db: Arc::new(db) }, restored))
+        let restored = read_state(&db, name, secret, &path)?;
+        Ok((
+            Self {
+                db: Arc::new(db),
+                _lock: Arc::new(lock),
+            },
+            restored,
+        ))
     }
 
     /// The database, for the commit thread.
@@ -197,24 +298,179 @@ impl Store {
     }
 }
 
+/// Creates `dir` if it is missing, private (0700): the store in it holds the cluster secret.
+/// Its parents are created as usual.
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let failed = |err: std::io::Error| StoreError::CreateDir {
+        dir: dir.to_path_buf(),
+        reason: err.to_string(),
+    };
+    if let Some(parent) = dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(failed)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(err) => Err(failed(err)),
+    }
+}
+
+/// Refuses `path` when its group or others may read or write it.
+fn check_private(path: &Path) -> Result<(), StoreError> {
+    let metadata = std::fs::metadata(path).map_err(|err| io_error(path, err))?;
+    let mode = metadata.mode() & 0o777;
+    if mode & SHARED_BITS != 0 {
+        return Err(StoreError::Shared {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Takes the directory's lock (`branch.lock`, created 0600) and writes this process's pid in
+/// it; the lock lasts as long as the returned file is open. When another process holds it,
+/// names that process by the pid in the file.
+fn lock(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join(LOCK_FILE_NAME);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|err| io_error(dir, err))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let pid = file
+                .read_to_string(&mut text)
+                .ok()
+                .and_then(|_| text.trim().parse().ok());
+            return Err(StoreError::Locked {
+                dir: dir.to_path_buf(),
+                pid,
+            });
+        }
+        Err(std::fs::TryLockError::Error(err)) => return Err(io_error(dir, err)),
+    }
+    file.set_len(0)
+        .and_then(|()| file.write_all(format!("{}\n", std::process::id()).as_bytes()))
+        .map_err(|err| io_error(&path, err))?;
+    Ok(file)
+}
+
+/// Classifies an I/O error on `path`: a read-only file system or a permission refused is
+/// [`StoreError::ReadOnly`], anything else [`StoreError::Io`].
+fn io_error(path: &Path, err: std::io::Error) -> StoreError {
+    match err.kind() {
+        ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied => StoreError::ReadOnly {
+            path: path.to_path_buf(),
+            reason: err.to_string(),
+        },
+        _ => StoreError::Io {
+            path: path.to_path_buf(),
+            reason: err.to_string(),
+        },
+    }
+}
+
+/// Classifies redb's error opening the store at `path` in `dir`: its lock held elsewhere is
+/// [`StoreError::Locked`], a read-only place [`StoreError::ReadOnly`], anything else means the
+/// file is not a store this build can read ([`StoreError::Corrupt`]).
+fn open_error(dir: &Path, path: &Path, err: DatabaseError) -> StoreError {
+    match err {
+        DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
+            // Our lock file was free, so the holder is not a branch of this build.
+            StoreError::Locked {
+                dir: dir.to_path_buf(),
+                pid: None,
+            }
+        }
+        DatabaseError::Storage(StorageError::Io(err))
+            if matches!(
+                err.kind(),
+                ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied
+            ) =>
+        {
+            io_error(path, err)
+        }
+        err => StoreError::Corrupt {
+            path: path.to_path_buf(),
+            reason: err.to_string(),
+        },
+    }
+}
+
+/// Renames the store file aside (`branch.redb.reset-<unix seconds>`, with a counter if that is
+/// taken) for `--reset-store`: whatever it held stays on disk for the operator.
+fn set_aside(dir: &Path, path: &Path) -> Result<(), StoreError> {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or_default();
+    let aside = (0..)
+        .map(|n| match n {
+            0 => dir.join(format!("{FILE_NAME}.reset-{seconds}")),
+            n => dir.join(format!("{FILE_NAME}.reset-{seconds}-{n}")),
+        })
+        .find(|candidate| !candidate.exists())
+        .unwrap_or_else(|| dir.join(format!("{FILE_NAME}.reset")));
+    std::fs::rename(path, &aside).map_err(|err| io_error(path, err))?;
+    log::warn!(
+        "--reset-store: {} set aside as {}; this branch starts afresh",
+        path.display(),
+        aside.display()
+    );
+    Ok(())
+}
+
 /// Creates a new store so that a crash at any instant leaves either no store or a whole, empty
-/// one, never a half-written file: the database is created and committed under a temporary
-/// name, then renamed into place, and the directory synced.
-fn create_atomically(dir: &Path, path: &Path) -> Result<Database, String> {
+/// one, never a half-written file: the database is created (0600, as it will hold the cluster
+/// secret) and committed under a temporary name, then renamed into place, and the directory
+/// synced.
+fn create_atomically(dir: &Path, path: &Path) -> Result<Database, StoreError> {
     let temporary = dir.join(format!("{FILE_NAME}.new"));
-    let _ = std::fs::remove_file(&temporary);
-    let db = Database::create(&temporary).map_err(|err| err.to_string())?;
-    let txn = db.begin_write().map_err(|err| err.to_string())?;
-    txn.commit().map_err(|err| err.to_string())?;
-    std::fs::rename(&temporary, path).map_err(|err| err.to_string())?;
-    std::fs::File::open(dir)
-        .and_then(|dir| dir.sync_all())
-        .map_err(|err| err.to_string())?;
+    let io = |err: std::io::Error| io_error(dir, err);
+    let failed = |err: &dyn std::fmt::Display| StoreError::Io {
+        path: temporary.clone(),
+        reason: err.to_string(),
+    };
+    match std::fs::remove_file(&temporary) {
+        Ok(()) => {}
+        Err(err) if err.kind() == ErrorKind::NotFound => {}
+        Err(err) => return Err(io(err)),
+    }
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temporary)
+        .map_err(io)?;
+    let db = Database::create(&temporary).map_err(|err| match err {
+        DatabaseError::Storage(StorageError::Io(err)) => io(err),
+        err => failed(&err),
+    })?;
+    let txn = db.begin_write().map_err(|err| failed(&err))?;
+    txn.commit().map_err(|err| failed(&err))?;
+    std::fs::rename(&temporary, path).map_err(io)?;
+    File::open(dir).and_then(|dir| dir.sync_all()).map_err(io)?;
     Ok(db)
 }
 
-/// Reads the whole state, checking its format and owner.
-fn read_state(db: &Database, name: &str, path: &Path) -> Result<Option<Restored>, StoreError> {
+/// Reads the whole state, checking its format, its owner and (when one is configured) its
+/// secret.
+fn read_state(
+    db: &Database,
+    name: &str,
+    secret: Option<&Secret>,
+    path: &Path,
+) -> Result<Option<Restored>, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
         path: path.to_path_buf(),
         reason,
@@ -243,6 +499,13 @@ fn read_state(db: &Database, name: &str, path: &Path) -> Result<Option<Restored>
             path: path.to_path_buf(),
             found: meta.name,
             expected: name.to_string(),
+        });
+    }
+    if let Some(secret) = secret
+        && !secret.same_as(&meta.secret)
+    {
+        return Err(StoreError::SecretDiffers {
+            path: path.to_path_buf(),
         });
     }
     let core_table = read
@@ -397,6 +660,35 @@ mod tests {
         dir
     }
 
+    /// A fresh, private (0700) directory.
+    fn private_dir(tag: &str) -> PathBuf {
+        let dir = temp_dir(tag);
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+        dir
+    }
+
+    fn open(dir: &Path, name: &str) -> Result<(Store, Option<Restored>), StoreError> {
+        Store::open(dir, name, None, StoreOptions::default())
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().mode() & 0o777
+    }
+
+    /// Commits a bank (`meta`) for branch "a" into a new store in `dir`.
+    fn store_with_bank(dir: &Path, meta: pb::Meta) {
+        let (store, _) = open(dir, "a").unwrap();
+        commit(
+            &store.database(),
+            ChangeSet {
+                meta: Some(meta.encode_to_vec()),
+                core: Some(core(0).encode_to_vec()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    }
+
     fn meta(name: &str) -> pb::Meta {
         pb::Meta {
             format: FORMAT,
@@ -440,7 +732,7 @@ mod tests {
     #[test]
     fn a_committed_state_reads_back_with_acknowledged_frames_gone() {
         let dir = temp_dir("roundtrip");
-        let (store, restored) = Store::open(&dir, "a").unwrap();
+        let (store, restored) = open(&dir, "a").unwrap();
         assert!(restored.is_none(), "a new store holds nothing");
         let db = store.database();
         let t = |seq| Frame::Transfer { seq, amount: 5 };
@@ -488,7 +780,7 @@ mod tests {
         )
         .unwrap();
         drop((store, db));
-        let (_, restored) = Store::open(&dir, "a").unwrap();
+        let (_, restored) = open(&dir, "a").unwrap();
         let restored = restored.expect("state");
         assert_eq!(restored.meta.incarnation, 42);
         assert_eq!(restored.core.balance, 90);
@@ -501,18 +793,22 @@ mod tests {
 
     #[test]
     fn a_foreign_truncated_or_other_branchs_store_is_refused() {
-        let dir = temp_dir("bad");
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = private_dir("bad");
         std::fs::write(
             dir.join(FILE_NAME),
             b"this is not a database at all, just text",
         )
         .unwrap();
-        let err = Store::open(&dir, "a").unwrap_err();
+        std::fs::set_permissions(
+            dir.join(FILE_NAME),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let err = open(&dir, "a").unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
 
         let _ = std::fs::remove_dir_all(&dir);
-        let (store, _) = Store::open(&dir, "a").unwrap();
+        let (store, _) = open(&dir, "a").unwrap();
         commit(
             &store.database(),
             ChangeSet {
@@ -523,13 +819,13 @@ mod tests {
         )
         .unwrap();
         drop(store);
-        let err = Store::open(&dir, "b").unwrap_err();
+        let err = open(&dir, "b").unwrap_err();
         assert!(matches!(err, StoreError::OtherBranch { .. }), "{err}");
 
         let path = dir.join(FILE_NAME);
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
-        let err = Store::open(&dir, "a").unwrap_err();
+        let err = open(&dir, "a").unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -537,7 +833,7 @@ mod tests {
     #[test]
     fn a_store_of_another_format_is_refused() {
         let dir = temp_dir("format");
-        let (store, _) = Store::open(&dir, "a").unwrap();
+        let (store, _) = open(&dir, "a").unwrap();
         let mut future = meta("a");
         future.format = FORMAT + 1;
         commit(
@@ -550,8 +846,172 @@ mod tests {
         )
         .unwrap();
         drop(store);
-        let err = Store::open(&dir, "a").unwrap_err();
+        let err = open(&dir, "a").unwrap_err();
         assert!(matches!(err, StoreError::Version { found: 2, .. }), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_empty_store_file_is_refused_and_replaced_only_on_reset() {
+        let dir = private_dir("empty");
+        let path = dir.join(FILE_NAME);
+        File::create(&path).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let err = open(&dir, "a").unwrap_err();
+        assert!(matches!(err, StoreError::Empty { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{} is empty", path.display()))
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "left as it was");
+
+        let reset = StoreOptions {
+            reset: true,
+            ..Default::default()
+        };
+        let (_store, restored) = Store::open(&dir, "a", None, reset).unwrap();
+        assert!(restored.is_none());
+        assert!(std::fs::metadata(&path).unwrap().len() > 0, "a new store");
+        let aside: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with(&format!("{FILE_NAME}.reset-")))
+            .collect();
+        assert_eq!(aside.len(), 1, "the old file is kept: {aside:?}");
+        assert_eq!(std::fs::metadata(dir.join(&aside[0])).unwrap().len(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_second_opener_of_a_directory_is_told_who_holds_it() {
+        let dir = temp_dir("locked");
+        let (first, _) = open(&dir, "a").unwrap();
+        let err = open(&dir, "a").unwrap_err();
+        assert!(
+            matches!(err, StoreError::Locked { pid: Some(pid), .. } if pid == std::process::id()),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "another branch process holds {} (pid {}); stop it first, or give this branch its own --data-dir",
+                dir.display(),
+                std::process::id()
+            )
+        );
+        drop(first);
+        assert!(
+            open(&dir, "a").is_ok(),
+            "free again once the first is closed"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_store_is_private_and_a_shared_one_refused_unless_allowed() {
+        let dir = temp_dir("private");
+        drop(open(&dir, "a").unwrap());
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(FILE_NAME)), 0o600);
+        assert_eq!(mode(&dir.join(LOCK_FILE_NAME)), 0o600);
+
+        let set = |path: &Path, mode| {
+            std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .unwrap()
+        };
+        let allowed = StoreOptions {
+            allow_shared: true,
+            ..Default::default()
+        };
+        set(&dir.join(FILE_NAME), 0o644);
+        let err = open(&dir, "a").unwrap_err();
+        assert!(
+            matches!(err, StoreError::Shared { mode: 0o644, .. }),
+            "{err}"
+        );
+        drop(Store::open(&dir, "a", None, allowed).unwrap());
+        set(&dir.join(FILE_NAME), 0o600);
+        set(&dir, 0o750);
+        let err = open(&dir, "a").unwrap_err();
+        assert!(
+            matches!(err, StoreError::Shared { mode: 0o750, .. }),
+            "{err}"
+        );
+        drop(Store::open(&dir, "a", None, allowed).unwrap());
+        set(&dir, 0o711);
+        assert!(open(&dir, "a").is_ok(), "others may only traverse");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_stored_secret_other_than_the_configured_one_is_refused() {
+        let dir = temp_dir("secret");
+        store_with_bank(&dir, meta("a"));
+        let stored = Secret::from_bytes(vec![7; 32], "test").unwrap();
+        let other = Secret::from_bytes(vec![8; 32], "test").unwrap();
+        let options = StoreOptions::default();
+        let err = Store::open(&dir, "a", Some(&other), options).unwrap_err();
+        assert!(matches!(err, StoreError::SecretDiffers { .. }), "{err}");
+        let (_, restored) = Store::open(&dir, "a", Some(&stored), options).unwrap();
+        assert!(restored.is_some());
+        let _ = std::fs::remove_dir_all(&dir);
+
+        // A bank without a secret does not match a configured one either.
+        let mut open_bank = meta("a");
+        open_bank.secret.clear();
+        store_with_bank(&dir, open_bank);
+        let err = Store::open(&dir, "a", Some(&stored), options).unwrap_err();
+        assert!(matches!(err, StoreError::SecretDiffers { .. }), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn errors_are_told_apart_by_cause() {
+        let dir = Path::new("/data");
+        let path = dir.join(FILE_NAME);
+        let os = std::io::Error::from_raw_os_error;
+        let read_only = open_error(
+            dir,
+            &path,
+            DatabaseError::Storage(StorageError::Io(os(libc::EROFS))),
+        );
+        assert!(
+            matches!(read_only, StoreError::ReadOnly { .. }),
+            "{read_only}"
+        );
+        assert!(
+            read_only
+                .to_string()
+                .starts_with("/data/branch.redb is read-only")
+        );
+        let denied = io_error(dir, os(libc::EACCES));
+        assert!(matches!(denied, StoreError::ReadOnly { .. }), "{denied}");
+        assert_eq!(
+            denied.to_string(),
+            "/data is read-only (Permission denied (os error 13)): a durable branch must write its store; make it writable (nothing in it was changed)"
+        );
+        assert!(matches!(
+            io_error(dir, os(libc::EIO)),
+            StoreError::Io { .. }
+        ));
+        assert!(matches!(
+            open_error(dir, &path, DatabaseError::DatabaseAlreadyOpen),
+            StoreError::Locked { pid: None, .. }
+        ));
+        let corrupt = open_error(
+            dir,
+            &path,
+            DatabaseError::Storage(StorageError::Corrupted("bad page".into())),
+        );
+        assert!(matches!(corrupt, StoreError::Corrupt { .. }), "{corrupt}");
+        // Only a file that is not a store is worth setting aside.
+        for err in [
+            read_only,
+            denied,
+            open_error(dir, &path, DatabaseError::DatabaseAlreadyOpen),
+        ] {
+            assert!(!err.to_string().contains("reset"), "{err}");
+        }
     }
 }

@@ -179,11 +179,13 @@ fn a_corrupt_or_foreign_store_is_refused_at_start() {
     let dir = std::env::temp_dir().join(format!("snapbank-corrupt-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join(snapbank::store::FILE_NAME),
-        b"garbage, not a store",
-    )
-    .unwrap();
+    let store = dir.join(snapbank::store::FILE_NAME);
+    std::fs::write(&store, b"garbage, not a store").unwrap();
+    // Private, as the store holds the secret: refused for what it holds, not for its mode.
+    for path in [&dir, &store] {
+        let mode = if path.is_dir() { 0o700 } else { 0o600 };
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    }
     let output = Command::new(BRANCH)
         .args(["branch1", "0", "--data-dir"])
         .arg(&dir)

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use snapbank::auth::Secret;
 use snapbank::branch::{BranchConfig, StartError, start_branch};
+use snapbank::store::StoreOptions;
 
 /// One branch of a snapbank bank. It waits for the controller's InitBranch, connects to the
 /// other branches, sends them random transfers and takes part in Chandy-Lamport snapshots.
@@ -64,6 +65,15 @@ struct Args {
     /// in memory.
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
+    /// Start this branch afresh although its --data-dir holds a store file (empty, corrupt or
+    /// whole): the file is renamed aside (branch.redb.reset-<seconds>), not deleted. Without
+    /// it a present store file is never replaced, as it may hold the branch's money.
+    #[arg(long, requires = "data_dir")]
+    reset_store: bool,
+    /// Accept a --data-dir or store that its group or others may read or write. The store
+    /// holds the cluster secret, so by default such a directory is refused.
+    #[arg(long, requires = "data_dir")]
+    allow_shared_data_dir: bool,
     /// Once listening, write the port (a decimal number and a newline) to this file: how a
     /// script that started the branch on port 0 learns the port it got, with no window in which
     /// another process could take a port chosen for it in advance.
@@ -101,6 +111,10 @@ fn main() -> ExitCode {
         peer_grace: Duration::from_millis(args.peer_grace_ms),
         send_window: usize::try_from(args.send_window).unwrap_or(usize::MAX),
         data_dir: args.data_dir,
+        store_options: StoreOptions {
+            reset: args.reset_store,
+            allow_shared: args.allow_shared_data_dir,
+        },
         min_interval: Duration::from_millis(args.min_interval_ms),
         max_interval: Duration::from_millis(args.max_interval_ms),
         seed: args.seed,

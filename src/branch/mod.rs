@@ -70,6 +70,10 @@ pub struct BranchConfig {
     /// Where the branch keeps its durable state (`--data-dir`); `None` keeps everything in
     /// memory, and a crash loses the branch's money.
     pub data_dir: Option<std::path::PathBuf>,
+    /// What the operator allowed when opening the store (`--reset-store`,
+    /// `--allow-shared-data-dir`); by default a present store is never replaced and a shared
+    /// one is refused.
+    pub store_options: crate::store::StoreOptions,
 }
 
 impl BranchConfig {
@@ -88,6 +92,7 @@ impl BranchConfig {
             peer_grace: DEFAULT_PEER_GRACE,
             send_window: DEFAULT_SEND_WINDOW,
             data_dir: None,
+            store_options: crate::store::StoreOptions::default(),
         }
     }
 }
@@ -123,7 +128,12 @@ pub enum StartError {
 pub async fn start_branch(config: BranchConfig) -> Result<BranchHandle, StartError> {
     let (store, restored) = match &config.data_dir {
         Some(dir) => {
-            let (store, restored) = crate::store::Store::open(dir, &config.name)?;
+            let (store, restored) = crate::store::Store::open(
+                dir,
+                &config.name,
+                config.secret.as_ref(),
+                config.store_options,
+            )?;
             (Some(store), restored)
         }
         None => (None, None),

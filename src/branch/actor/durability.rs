@@ -470,6 +470,14 @@ impl BranchActor {
         } else {
             Secret::from_bytes(meta.secret.clone(), "the store").map_err(|err| err.to_string())?
         };
+        // `Store::open` refuses this already; a branch built around its own store checks too.
+        if let Some(configured) = &self.settings.secret
+            && !configured.same_as(secret.as_bytes())
+        {
+            return Err(
+                "the bank in the store has another cluster secret than --secret-file".into(),
+            );
+        }
         self.incarnation = meta.incarnation;
         let state = CoreState {
             balance: core.balance,
