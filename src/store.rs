@@ -242,6 +242,11 @@ fn decode_frame(frame: &pb::Frame) -> Frame {
     }
 }
 
+/// The progress redb reports to the repair callback when it is about to fall back from a last
+/// commit that fails its checksum (0.3, the first of its three scans); an ordinary repair after
+/// a crash starts at 0.6.
+const FALLBACK_REPAIR_PROGRESS: f64 = 0.5;
+
 impl Store {
     /// Opens (creating if needed) the store of branch `name` in `dir`, and reads the state it
     /// holds, if any (`None`: a new branch, or one that died before its `InitBranch` was
@@ -276,9 +281,27 @@ impl Store {
                 if metadata.is_file() && metadata.len() == 0 {
                     return Err(StoreError::Empty { path });
                 }
-                Database::builder()
+                // redb repairs a store that was not closed cleanly (every crash). Its first
+                // repair step runs only when the last commit fails its checksum, and then it
+                // falls back to the commit before: say so, since that commit's money is gone
+                // from this store (its peers' positions then show it, see the branch's channels).
+                let fell_back = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let noticed = fell_back.clone();
+                let db = Database::builder()
+                    .set_repair_callback(move |session| {
+                        if session.progress() < FALLBACK_REPAIR_PROGRESS {
+                            noticed.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    })
                     .open(&path)
-                    .map_err(|err| open_error(dir, &path, err))?
+                    .map_err(|err| open_error(dir, &path, err))?;
+                if fell_back.load(std::sync::atomic::Ordering::Relaxed) {
+                    log::error!(
+                        "{}: its last commit failed its checksum, and the store fell back to the commit before it: the disk may be corrupt, and the state may be older than what this branch's peers know",
+                        path.display()
+                    );
+                }
+                db
             }
             None => create_atomically(dir, &path)?,
         };
