@@ -1,7 +1,8 @@
-//! Parties that are not the peer they claim to be: a squatter holding a restarting branch's
-//! port, and strangers forging channel frames in a bank without a secret. Whatever such a party
-//! says ends at most its own connection: the real peer takes the channel back, and the bank's
-//! snapshots are ok again once the impostor is gone.
+//! Parties that break the channel protocol: a squatter holding a restarting branch's port,
+//! strangers forging channel frames in a bank without a secret, and a member whose connection
+//! sends a frame out of place. Whatever one connection says ends at most that connection: the
+//! real peer takes the channel back, and the bank's snapshots are ok again once the impostor is
+//! gone.
 
 mod common;
 
@@ -12,10 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use common::{ControllerProcess, closed_within, verdicts, write_frame};
+use common::{ControllerProcess, RawController, closed_within, verdicts, write_frame};
 use serde_json::Value;
 use snapbank::auth::{Role, Secret};
-use snapbank::local_bank::LocalBank;
+use snapbank::local_bank::{LocalBank, free_ports};
 use snapbank::wire::{self, Body, FrameCodec, pb};
 use tokio_util::codec::Decoder;
 
@@ -158,8 +159,8 @@ fn a_squatter_refusing_everyone_during_a_restart_does_not_cut_the_branch_off() {
     assert_healed(&reports, 2000, 30, &stderr);
 }
 
-/// A stranger's connection that passes the handshake of a bank without a secret (whose proofs
-/// anybody can compute) while claiming to be branch `name`.
+/// A raw peer connection claiming to be branch `name`, past the handshake: in a bank without
+/// a secret anybody can compute the proofs ([`Secret::none`]).
 struct Stranger {
     stream: TcpStream,
     codec: FrameCodec,
@@ -168,7 +169,10 @@ struct Stranger {
 
 impl Stranger {
     fn claim(addr: SocketAddr, name: &str, acceptor: &str) -> Self {
-        let secret = Secret::none();
+        Self::dial(addr, name, acceptor, &Secret::none())
+    }
+
+    fn dial(addr: SocketAddr, name: &str, acceptor: &str, secret: &Secret) -> Self {
         let mut stream = common::connect_when_listening(addr);
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
@@ -307,4 +311,95 @@ fn forged_frames_in_a_bank_without_a_secret_end_only_the_strangers_connection() 
         learned.is_none(),
         "a stranger that merely connected learned branch3's incarnation {learned:x?}"
     );
+}
+
+#[test]
+fn a_member_whose_connection_breaks_the_protocol_gets_its_channel_back_on_the_next() {
+    let dir = std::env::temp_dir().join(format!("snapbank-breaker-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret_file = dir.join("secret");
+    std::fs::write(&secret_file, "the secret of the protocol breaker test\n").unwrap();
+    let secret = Secret::load(&secret_file).unwrap();
+    let args = [
+        "--max-interval-ms",
+        "1000",
+        "--secret-file",
+        secret_file.to_str().unwrap(),
+    ]
+    .map(String::from);
+    let bank = LocalBank::start(BRANCH.as_ref(), 1, &args).unwrap();
+    let target = bank.entries()[0].addr;
+    // The bank: "a0" (this test, which dials since its name sorts first) and branch1.
+    let mut members = wire::branch_list(bank.entries());
+    members.insert(
+        0,
+        pb::init_branch::Branch {
+            name: "a0".into(),
+            ip: "127.0.0.1".into(),
+            port: u32::from(free_ports(1).unwrap()[0]),
+        },
+    );
+    let mut controller = RawController::attach(target, "branch1", &secret);
+    controller.send(Body::InitBranch(pb::InitBranch {
+        balance: 100,
+        all_branches: members,
+        secret: Vec::new(),
+    }));
+    let transfer = |pos: u64, seq: u64| {
+        Body::Transfer(pb::Transfer {
+            money: 5,
+            seq,
+            pos,
+        })
+    };
+    let resume = || {
+        Body::Resume(pb::Resume {
+            incarnation: 7,
+            received: 0,
+        })
+    };
+    // First connection: one good transfer, then one after a gap.
+    let mut first = Stranger::dial(target, "a0", "branch1", &secret);
+    first.send(resume());
+    let Some(Body::Resume(_)) = first.receive() else {
+        panic!("expected branch1's Resume");
+    };
+    first.send(transfer(1, 1));
+    first.send(transfer(3, 2));
+    let refusal = std::iter::from_fn(|| first.receive())
+        .find_map(|body| match body {
+            Body::Refusal(refusal) => Some(refusal),
+            _ => None,
+        })
+        .expect("a Refusal naming the gap before the connection closes");
+    assert!(refusal.reason.contains("gap"), "{refusal:?}");
+    assert!(closed_within(&mut first.stream, Duration::from_secs(5)));
+    // Second connection, same incarnation: the channel resumes where it was.
+    let mut second = Stranger::dial(target, "a0", "branch1", &secret);
+    second.send(resume());
+    match second.receive() {
+        Some(Body::Resume(_)) => {}
+        other => panic!("the channel was given up: {other:?}"),
+    }
+    second.send(transfer(2, 2));
+    // Both good transfers were credited, the one after the gap was not (branch1's own record
+    // of what it received from a0; its balance also moves with what it sends).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut id = 1;
+    let received = loop {
+        controller.send(Body::InitSnapshot(pb::InitSnapshot { snapshot_id: id }));
+        let record = controller.retrieve(id);
+        let from_a0 = record
+            .channels
+            .iter()
+            .find(|channel| channel.peer == "a0")
+            .map(|channel| (channel.received_count, channel.received_amount));
+        if from_a0 == Some((2, 10)) || Instant::now() >= deadline {
+            break from_a0;
+        }
+        id += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(received, Some((2, 10)), "(transfers, amount) branch1 received from a0");
 }
