@@ -149,6 +149,7 @@ fn every_attack_is_refused_and_the_bank_still_balances() {
             balance: 1_000_000,
             all_branches: snapbank::wire::branch_list(bank.bank.entries()),
             secret: secret.as_bytes().to_vec(),
+            ..Default::default()
         }),
         &mut init,
     );
@@ -179,6 +180,7 @@ fn every_attack_is_refused_and_the_bank_still_balances() {
         &mut stream,
         Body::ControllerHello(pb::ControllerHello {
             nonce: nonce.clone(),
+            ..Default::default()
         }),
     )
     .unwrap();
@@ -198,6 +200,7 @@ fn every_attack_is_refused_and_the_bank_still_balances() {
     let mut first = RawController::connect(target);
     first.send(Body::ControllerHello(pb::ControllerHello {
         nonce: snapbank::auth::nonce(),
+        ..Default::default()
     }));
     let Body::Welcome(old) = first.receive() else {
         panic!("expected Welcome");
@@ -206,6 +209,7 @@ fn every_attack_is_refused_and_the_bank_still_balances() {
     let mut second = RawController::connect(target);
     second.send(Body::ControllerHello(pb::ControllerHello {
         nonce: snapbank::auth::nonce(),
+        ..Default::default()
     }));
     let Body::Welcome(_) = second.receive() else {
         panic!("expected Welcome");
@@ -286,6 +290,7 @@ fn arbitrary_bytes_after_a_hello_or_controller_hello_never_break_a_branch() {
             let first = if as_controller {
                 Body::ControllerHello(pb::ControllerHello {
                     nonce: bytes.clone(),
+                    ..Default::default()
                 })
             } else {
                 // branch1 is a real peer of branch2 (and already connected): the branch refuses

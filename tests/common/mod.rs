@@ -35,12 +35,14 @@ impl RawController {
         Self::from_stream(connect_when_listening(addr))
     }
 
-    /// Runs the controller handshake with `secret`, as an attaching controller does.
+    /// Runs the controller handshake with `secret`, as an attaching controller does, as an
+    /// anonymous controller, and checks it was granted the branch's controller lease.
     pub fn attach(addr: SocketAddr, branch: &str, secret: &Secret) -> Self {
         let mut controller = Self::connect(addr);
         let nonce = snapbank::auth::nonce();
         controller.send(Body::ControllerHello(pb::ControllerHello {
             nonce: nonce.clone(),
+            ..Default::default()
         }));
         let Body::Welcome(welcome) = controller.receive() else {
             panic!("expected Welcome");
@@ -49,6 +51,11 @@ impl RawController {
         assert!(secret.verify(&welcome.proof, Role::Branch, &nonce, branch, &next_id));
         let proof = secret.prove(Role::Controller, &welcome.nonce, branch, "");
         controller.send(Body::Auth(pb::Auth { proof }));
+        match controller.receive() {
+            Body::ControllerLease(lease)
+                if lease.outcome == pb::controller_lease::Outcome::Granted as i32 => {}
+            other => panic!("expected the controller lease, got {other:?}"),
+        }
         controller
     }
 
