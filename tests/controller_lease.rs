@@ -116,7 +116,10 @@ fn a_second_controller_is_refused_with_the_holder_and_how_to_take_over() {
         started.elapsed() < Duration::from_secs(5),
         "refused at once"
     );
-    assert!(second.stdout.is_empty(), "the refused controller took no snapshot");
+    assert!(
+        second.stdout.is_empty(),
+        "the refused controller took no snapshot"
+    );
     let errors = error_lines(&stderr);
     assert_eq!(errors.len(), 1, "{stderr}");
     let error = errors[0];
@@ -226,4 +229,56 @@ fn a_frozen_controller_keeps_the_lease_until_it_lapses_and_stops_when_it_wakes()
     let (code, reports, stderr) = successor.finish(Duration::from_secs(10));
     assert_eq!(code, Some(0), "{stderr}");
     assert!(verdicts(&reports).iter().all(|v| v == "ok"), "{reports:?}");
+}
+
+#[test]
+fn a_take_over_without_the_secret_or_with_a_proof_for_another_claim_deposes_no_one() {
+    use common::{RawController, closed_within};
+    use snapbank::auth::{Role, Secret};
+    use snapbank::handshake::ControllerClaim;
+    use snapbank::wire::{Body, pb};
+
+    let bank = SecretBank::start(3000);
+    let first = bank.running("first", false);
+    first.wait_for_reports(1, Duration::from_secs(20));
+    let secret = Secret::load(&bank.secret_file).unwrap();
+    let wrong = Secret::from_bytes(b"not the secret of this bank".to_vec(), "test").unwrap();
+    let take_over = ControllerClaim {
+        controller: 5,
+        take_over: true,
+    };
+    // The right secret, but a proof for the claim without take-over (as if the flag had been
+    // set on the way); then a proof for the take-over under a wrong secret.
+    let attempts = [(&secret, ControllerClaim::default()), (&wrong, take_over)];
+    for (proving, proven) in attempts {
+        let mut raw = RawController::connect(bank.bank.entries()[0].addr);
+        let nonce = snapbank::auth::nonce();
+        raw.send(Body::ControllerHello(pb::ControllerHello {
+            nonce,
+            take_over: true,
+            controller: 5,
+        }));
+        let Body::Welcome(welcome) = raw.receive() else {
+            panic!("expected Welcome");
+        };
+        let proof = proving.prove(
+            Role::Controller,
+            &welcome.nonce,
+            "branch1",
+            &proven.proof_context(),
+        );
+        raw.send(Body::Auth(pb::Auth { proof }));
+        assert!(
+            closed_within(&mut raw.stream, Duration::from_secs(5)),
+            "{proven:?}: the connection must be closed, without a lease"
+        );
+    }
+    // The first controller still holds every branch's lease and carries on.
+    let before = first.wait_for_reports(1, Duration::from_secs(1)).len();
+    first.wait_for_reports(before + 2, Duration::from_secs(20));
+    signal(first.pid(), "-INT");
+    let (code, reports, stderr) = first.finish(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(verdicts(&reports).iter().all(|v| v == "ok"), "{reports:?}");
+    assert!(!stderr.contains("took over"), "{stderr}");
 }

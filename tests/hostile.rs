@@ -549,10 +549,7 @@ fn stop_a_controller_with_a_snapshot_in_flight(signal: &str) -> (Option<i32>, St
     let listeners: Vec<TcpListener> = (0..2)
         .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
-    let dir = std::env::temp_dir().join(format!(
-        "snapbank-signal-{}{signal}",
-        std::process::id()
-    ));
+    let dir = std::env::temp_dir().join(format!("snapbank-signal-{}{signal}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("branches.txt");
     let mut text = String::new();
@@ -567,7 +564,12 @@ fn stop_a_controller_with_a_snapshot_in_flight(signal: &str) -> (Option<i32>, St
             .arg("100")
             .arg(&file)
             .args(["--seed", "7", "--interval-ms", "60000"])
-            .args(["--retrieve-timeout-ms", "60000", "--link-timeout-ms", "60000"])
+            .args([
+                "--retrieve-timeout-ms",
+                "60000",
+                "--link-timeout-ms",
+                "60000",
+            ])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&stderr_path).unwrap())

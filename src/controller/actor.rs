@@ -363,6 +363,18 @@ impl ControllerActor {
                 );
                 return;
             }
+            Body::ControllerLease(lease)
+                if lease.outcome == pb::controller_lease::Outcome::Lapsed as i32 =>
+            {
+                self.fail(
+                    ControllerError::LeaseLost {
+                        name: name.clone(),
+                        holder: lease.holder,
+                    },
+                    ctx,
+                );
+                return;
+            }
             Body::Refusal(pb::Refusal { reason }) => {
                 self.fail(
                     ControllerError::Refused {

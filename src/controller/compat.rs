@@ -121,37 +121,37 @@ pub async fn run_compat_controller(
         .collect();
     let connecting = async {
         Ok::<_, ControllerError>(match compat.mode {
-        CompatMode::Persistent => {
-            let streams = super::connect_all(&config.branches, config.connect_timeout).await?;
-            streams.into_iter().zip(inits).collect()
-        }
-        CompatMode::PerCommand => {
-            // Each InitBranch on a connection of its own, closed at once.
-            let deadline = Instant::now() + config.connect_timeout;
-            let sends = config
-                .branches
-                .iter()
-                .zip(inits)
-                .map(|(branch, init)| async move {
-                    match send_one(branch.addr, init, deadline).await {
-                        Ok(None) => Ok(()),
-                        Ok(Some(reason)) => Err(ControllerError::Refused {
-                            name: branch.name.clone(),
-                            reason,
-                        }),
-                        Err(reason) => Err(ControllerError::Init {
-                            name: branch.name.clone(),
-                            addr: branch.addr,
-                            reason,
-                        }),
-                    }
-                });
-            futures_util::future::join_all(sends)
-                .await
-                .into_iter()
-                .collect::<Result<Vec<()>, _>>()?;
-            Vec::new()
-        }
+            CompatMode::Persistent => {
+                let streams = super::connect_all(&config.branches, config.connect_timeout).await?;
+                streams.into_iter().zip(inits).collect()
+            }
+            CompatMode::PerCommand => {
+                // Each InitBranch on a connection of its own, closed at once.
+                let deadline = Instant::now() + config.connect_timeout;
+                let sends = config
+                    .branches
+                    .iter()
+                    .zip(inits)
+                    .map(|(branch, init)| async move {
+                        match send_one(branch.addr, init, deadline).await {
+                            Ok(None) => Ok(()),
+                            Ok(Some(reason)) => Err(ControllerError::Refused {
+                                name: branch.name.clone(),
+                                reason,
+                            }),
+                            Err(reason) => Err(ControllerError::Init {
+                                name: branch.name.clone(),
+                                addr: branch.addr,
+                                reason,
+                            }),
+                        }
+                    });
+                futures_util::future::join_all(sends)
+                    .await
+                    .into_iter()
+                    .collect::<Result<Vec<()>, _>>()?;
+                Vec::new()
+            }
         })
     };
     let links = match config.stop.clone() {

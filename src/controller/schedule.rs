@@ -226,6 +226,9 @@ mod tests {
         assert_eq!(list[0].waiting_for, ["b2", "b3"]);
         let line = list[0].to_string();
         assert!(line.starts_with("snapshot 7 (started "), "{line}");
-        assert!(line.ends_with(" ms ago at b2): waiting for b2, b3"), "{line}");
+        assert!(
+            line.ends_with(" ms ago at b2): waiting for b2, b3"),
+            "{line}"
+        );
     }
 }

@@ -276,7 +276,9 @@ impl BranchActor {
     /// prove it (or the one that initialised the bank with it) can command it. A bank without
     /// one is driven by original-schema controllers, a connection per command.
     pub(super) fn lease_applies(&self) -> bool {
-        self.secret.as_ref().is_some_and(|secret| !secret.is_empty())
+        self.secret
+            .as_ref()
+            .is_some_and(|secret| !secret.is_empty())
     }
 
     /// A controller at `remote` has proven the secret and makes `claim`: it gets the controller
@@ -344,22 +346,27 @@ impl BranchActor {
                 self.name
             ),
             Displaced::TakenOver | Displaced::Lapsed => {
-                let how = if why == Displaced::TakenOver {
-                    "took over the controller lease (--take-over)"
+                let (how, outcome) = if why == Displaced::TakenOver {
+                    (
+                        "took over the controller lease (--take-over)",
+                        pb::controller_lease::Outcome::TakenOver,
+                    )
                 } else {
-                    "was given the controller lease, which had lapsed (nothing came from its holder for the peer timeout)"
+                    (
+                        "was given the controller lease, which had lapsed (nothing came from its holder for the peer timeout)",
+                        pb::controller_lease::Outcome::Lapsed,
+                    )
                 };
                 warn!(
                     "{}: the controller at {by} {how}; closing the previous holder's connection",
                     self.name
                 );
-                link.outbox
-                    .push(Body::ControllerLease(pb::ControllerLease {
-                        outcome: pb::controller_lease::Outcome::TakenOver as i32,
-                        holder: by.to_string(),
-                        expires_in_ms: 0,
-                        next_snapshot_id: 0,
-                    }));
+                link.outbox.push(Body::ControllerLease(pb::ControllerLease {
+                    outcome: outcome as i32,
+                    holder: by.to_string(),
+                    expires_in_ms: 0,
+                    next_snapshot_id: 0,
+                }));
             }
         }
         link.outbox.close();

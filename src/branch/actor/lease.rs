@@ -133,7 +133,9 @@ impl ControllerLease {
 
     /// Whether connection `conn` holds the lease.
     pub(super) fn holds(&self, conn: ConnId) -> bool {
-        self.holder.as_ref().is_some_and(|holder| holder.conn == conn)
+        self.holder
+            .as_ref()
+            .is_some_and(|holder| holder.conn == conn)
     }
 }
 
