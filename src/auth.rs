@@ -20,10 +20,15 @@
 //! controller is trusted on first use, by the secret it hands out in `InitBranch`):
 //!
 //! ```text
-//! c -> b  ControllerHello { nonce: Nc }
-//! b -> c  Welcome { nonce: Nb, proof: HMAC(secret, "branch", Nc, b, ""), next_snapshot_id }
-//! c -> b  Auth    { proof: HMAC(secret, "controller", Nb, b, "") }
+//! c -> b  ControllerHello { nonce: Nc, controller: id, take_over }
+//! b -> c  Welcome { nonce: Nb, proof: HMAC(secret, "branch", Nc, b, next_snapshot_id), next_snapshot_id }
+//! c -> b  Auth    { proof: HMAC(secret, "controller", Nb, b, claim) }
+//! b -> c  ControllerLease { GRANTED, next_snapshot_id } or { HELD, holder, expires_in_ms }
 //! ```
+//!
+//! `claim` is empty for an anonymous controller (id 0) without take-over, else
+//! `controller <id in hex>` followed by ` take-over` when it asks to end the current holder's
+//! lease (see [`crate::handshake::ControllerClaim`]), so neither can be changed on the way.
 
 use std::fmt;
 use std::path::Path;

@@ -36,6 +36,43 @@ pub enum HandshakeError {
     Io(String),
     #[error("refused: {0}")]
     Refused(String),
+    /// Another controller holds the branch's controller lease.
+    #[error(
+        "the bank's controller lease is held by the controller at {holder} (it lapses {expires_in_ms} ms from now at the latest if nothing more comes from it, at once if its connection closes); start this controller with --take-over to end that lease"
+    )]
+    LeaseHeld { holder: String, expires_in_ms: u32 },
+}
+
+/// What an attaching controller claims in its `ControllerHello`: who it is, and whether it
+/// ends the current holder's controller lease. Both are covered by its `Auth` proof, so no one
+/// without the secret can depose a controller or pass for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ControllerClaim {
+    /// The controller's id for this run (0: anonymous).
+    pub controller: u64,
+    /// `--take-over`: end the holder's lease instead of being refused.
+    pub take_over: bool,
+}
+
+impl ControllerClaim {
+    /// The claim a `ControllerHello` carries.
+    pub fn of(hello: &pb::ControllerHello) -> Self {
+        Self {
+            controller: hello.controller,
+            take_over: hello.take_over,
+        }
+    }
+
+    /// What the controller's proof is bound to besides the branch's name: empty for an
+    /// anonymous claim without take-over (the proof of the first controller handshake), else
+    /// the id and the take-over flag, so neither can be changed on the way.
+    pub fn proof_context(&self) -> String {
+        if *self == Self::default() {
+            return String::new();
+        }
+        let take_over = if self.take_over { " take-over" } else { "" };
+        format!("controller {:016x}{take_over}", self.controller)
+    }
 }
 
 /// A connection after a successful handshake.
@@ -179,14 +216,17 @@ pub async fn dial_peer(
     Ok(authenticated)
 }
 
-/// The branch `me`, after reading `ControllerHello { nonce }`: answers with its proof and the
-/// first free snapshot id, and checks the controller's proof.
+/// The branch `me`, after reading `ControllerHello { nonce, .. }` making `claim`: answers with
+/// its proof and the first free snapshot id, and checks the controller's proof (which covers
+/// the claim). The branch then answers the claim with a [`pb::ControllerLease`].
+#[allow(clippy::too_many_arguments)]
 pub async fn accept_controller(
     reader: FrameReader,
     writer: OwnedWriteHalf,
     secret: &Secret,
     me: &str,
     controller_nonce: &[u8],
+    claim: ControllerClaim,
     next_snapshot_id: u32,
     deadline: Duration,
 ) -> Result<Authenticated, HandshakeError> {
@@ -201,25 +241,32 @@ pub async fn accept_controller(
         ),
         next_snapshot_id,
     };
+    let context = claim.proof_context();
     welcome_then_check(reader, writer, welcome, deadline, |proof| {
-        secret.verify(proof, Role::Controller, &nonce, me, "")
+        secret.verify(proof, Role::Controller, &nonce, me, &context)
     })
     .await
 }
 
-/// A controller attaching to the running branch `branch`: proves the secret, checks the
-/// branch's proof, and learns the first snapshot id the branch has not seen.
+/// A controller attaching to the running branch `branch` with `claim`: proves the secret,
+/// checks the branch's proof, waits for the branch's answer to its claim on the controller
+/// lease, and learns the first snapshot id the branch has not seen (counted once the lease is
+/// granted, so no id an earlier holder started is reused).
 pub async fn attach_to_branch(
     stream: TcpStream,
     secret: &Secret,
     branch: &str,
+    claim: ControllerClaim,
     max_frame: usize,
     deadline: Duration,
 ) -> Result<(Authenticated, u32), HandshakeError> {
     let nonce = auth::nonce();
     let hello = Body::ControllerHello(pb::ControllerHello {
         nonce: nonce.clone(),
+        take_over: claim.take_over,
+        controller: claim.controller,
     });
+    let context = claim.proof_context();
     // The branch's proof covers the next free snapshot id it announces, so it cannot be forged.
     let (authenticated, welcome) = hello_then_prove(
         stream,
@@ -235,8 +282,31 @@ pub async fn attach_to_branch(
                 &welcome.next_snapshot_id.to_string(),
             )
         },
-        |their_nonce| secret.prove(Role::Controller, their_nonce, branch, ""),
+        |their_nonce| secret.prove(Role::Controller, their_nonce, branch, &context),
     )
     .await?;
-    Ok((authenticated, welcome.next_snapshot_id))
+    let Authenticated { mut reader, writer } = authenticated;
+    let lease = match read_frame(&mut reader, deadline).await? {
+        Body::ControllerLease(lease) => lease,
+        other => {
+            return Err(HandshakeError::Unexpected {
+                expected: "ControllerLease",
+                got: wire::body_kind(&other),
+            });
+        }
+    };
+    match pb::controller_lease::Outcome::try_from(lease.outcome) {
+        Ok(pb::controller_lease::Outcome::Granted) => Ok((
+            Authenticated { reader, writer },
+            welcome.next_snapshot_id.max(lease.next_snapshot_id),
+        )),
+        Ok(pb::controller_lease::Outcome::Held) => Err(HandshakeError::LeaseHeld {
+            holder: lease.holder,
+            expires_in_ms: lease.expires_in_ms,
+        }),
+        _ => Err(HandshakeError::Unexpected {
+            expected: "a granted or held ControllerLease",
+            got: "another lease outcome",
+        }),
+    }
 }

@@ -151,6 +151,7 @@ pub fn body_kind(body: &Body) -> &'static str {
         Body::Ack(_) => "Ack",
         Body::Heartbeat(_) => "Heartbeat",
         Body::Refusal(_) => "Refusal",
+        Body::ControllerLease(_) => "ControllerLease",
     }
 }
 

@@ -211,6 +211,7 @@ fn a_record_retrieved_just_before_a_crash_can_be_retrieved_again_after_it() {
             balance,
             all_branches: wire::branch_list(bank.entries()),
             secret: Vec::new(),
+            ..Default::default()
         })
     };
     let mut first = RawController::connect(bank.entries()[0].addr);

@@ -149,6 +149,7 @@ fn every_attack_is_refused_and_the_bank_still_balances() {
             balance: 1_000_000,
             all_branches: snapbank::wire::branch_list(bank.bank.entries()),
             secret: secret.as_bytes().to_vec(),
+            ..Default::default()
         }),
         &mut init,
     );
@@ -179,6 +180,7 @@ fn every_attack_is_refused_and_the_bank_still_balances() {
         &mut stream,
         Body::ControllerHello(pb::ControllerHello {
             nonce: nonce.clone(),
+            ..Default::default()
         }),
     )
     .unwrap();
@@ -198,6 +200,7 @@ fn every_attack_is_refused_and_the_bank_still_balances() {
     let mut first = RawController::connect(target);
     first.send(Body::ControllerHello(pb::ControllerHello {
         nonce: snapbank::auth::nonce(),
+        ..Default::default()
     }));
     let Body::Welcome(old) = first.receive() else {
         panic!("expected Welcome");
@@ -206,6 +209,7 @@ fn every_attack_is_refused_and_the_bank_still_balances() {
     let mut second = RawController::connect(target);
     second.send(Body::ControllerHello(pb::ControllerHello {
         nonce: snapbank::auth::nonce(),
+        ..Default::default()
     }));
     let Body::Welcome(_) = second.receive() else {
         panic!("expected Welcome");
@@ -286,6 +290,7 @@ fn arbitrary_bytes_after_a_hello_or_controller_hello_never_break_a_branch() {
             let first = if as_controller {
                 Body::ControllerHello(pb::ControllerHello {
                     nonce: bytes.clone(),
+                    ..Default::default()
                 })
             } else {
                 // branch1 is a real peer of branch2 (and already connected): the branch refuses
@@ -518,5 +523,147 @@ fn a_controller_with_a_secret_file_never_sends_the_secret() {
     assert!(
         !seen.windows(secret.len()).any(|window| window == secret),
         "the secret went out on the wire"
+    );
+}
+
+/// Kills a child process on drop, whatever happens.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A controller driving two listeners that never answer, stopped with `signal` once both have
+/// been asked for snapshot 1's record (so it is in flight): its exit code and its stderr.
+fn stop_a_controller_with_a_snapshot_in_flight(signal: &str) -> (Option<i32>, String) {
+    use bytes::BytesMut;
+    use snapbank::wire::FrameCodec;
+    use std::io::Read;
+    use std::net::TcpListener;
+    use std::time::Instant;
+    use tokio_util::codec::Decoder;
+
+    let listeners: Vec<TcpListener> = (0..2)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let dir = std::env::temp_dir().join(format!("snapbank-signal-{}{signal}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("branches.txt");
+    let mut text = String::new();
+    for (index, listener) in listeners.iter().enumerate() {
+        let port = listener.local_addr().unwrap().port();
+        text += &format!("b{index} 127.0.0.1 {port}\n");
+    }
+    std::fs::write(&file, text).unwrap();
+    let stderr_path = dir.join("stderr");
+    let mut controller = KillOnDrop(
+        Command::new(CONTROLLER)
+            .arg("100")
+            .arg(&file)
+            .args(["--seed", "7", "--interval-ms", "60000"])
+            .args([
+                "--retrieve-timeout-ms",
+                "60000",
+                "--link-timeout-ms",
+                "60000",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut held = Vec::new();
+    for listener in &listeners {
+        listener.set_nonblocking(true).unwrap();
+        let mut stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(Instant::now() < deadline, "the controller never connected");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(err) => panic!("accept: {err}"),
+            }
+        };
+        stream.set_nonblocking(false).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let (mut codec, mut buffer) = (FrameCodec::default(), BytesMut::new());
+        'frames: loop {
+            while let Some(frame) = codec.decode(&mut buffer).unwrap() {
+                if let Some(Body::RetrieveSnapshot(_)) = frame.branch_message {
+                    break 'frames;
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let read = stream.read(&mut chunk).expect("the controller's requests");
+            assert!(read > 0, "the controller closed the connection");
+            buffer.extend_from_slice(&chunk[..read]);
+        }
+        held.push(stream);
+    }
+    let status = Command::new("kill")
+        .args([signal, &controller.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = loop {
+        if let Some(status) = controller.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the controller did not stop on {signal}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    drop(held);
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (status.code(), stderr)
+}
+
+/// The controller's own lines about a stop, with the signal's name and the ages left out.
+fn stop_lines(stderr: &str, signal: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter(|line| line.starts_with("controller:"))
+        .map(|line| {
+            let line = line.replace(signal, "SIGNAL");
+            match (line.find("(started "), line.find(" ms ago")) {
+                (Some(start), Some(end)) => {
+                    format!("{}(started N{}", &line[..start], &line[end..])
+                }
+                _ => line,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn sigterm_stops_the_controller_as_sigint_does_listing_the_snapshots_in_flight() {
+    let (term_code, term) = stop_a_controller_with_a_snapshot_in_flight("-TERM");
+    let (int_code, int) = stop_a_controller_with_a_snapshot_in_flight("-INT");
+    // An exit code, not death by the signal: nothing was reported, so nothing failed.
+    assert_eq!(term_code, Some(0), "{term}");
+    assert_eq!(int_code, Some(0), "{int}");
+    let lines = stop_lines(&term, "SIGTERM");
+    assert_eq!(lines, stop_lines(&int, "SIGINT"), "{term}\n{int}");
+    assert_eq!(lines.len(), 2, "{term}");
+    assert_eq!(
+        lines[0],
+        "controller: stopped by SIGNAL after 0 report(s), with 1 snapshot(s) in flight:"
+    );
+    assert!(
+        lines[1].starts_with("controller:   snapshot 1 (started N ms ago at b")
+            && lines[1].ends_with("): waiting for b0, b1"),
+        "{}",
+        lines[1]
     );
 }

@@ -344,14 +344,9 @@ fn a_member_whose_connection_breaks_the_protocol_gets_its_channel_back_on_the_ne
         balance: 100,
         all_branches: members,
         secret: Vec::new(),
+        ..Default::default()
     }));
-    let transfer = |pos: u64, seq: u64| {
-        Body::Transfer(pb::Transfer {
-            money: 5,
-            seq,
-            pos,
-        })
-    };
+    let transfer = |pos: u64, seq: u64| Body::Transfer(pb::Transfer { money: 5, seq, pos });
     let resume = || {
         Body::Resume(pb::Resume {
             incarnation: 7,
@@ -401,5 +396,9 @@ fn a_member_whose_connection_breaks_the_protocol_gets_its_channel_back_on_the_ne
         std::thread::sleep(Duration::from_millis(50));
     };
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(received, Some((2, 10)), "(transfers, amount) branch1 received from a0");
+    assert_eq!(
+        received,
+        Some((2, 10)),
+        "(transfers, amount) branch1 received from a0"
+    );
 }

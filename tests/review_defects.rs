@@ -133,6 +133,7 @@ fn a_name_over_the_limit_is_refused_at_every_door() {
         balance: 10,
         all_branches,
         secret: Vec::new(),
+        ..Default::default()
     }));
     let Body::Refusal(pb::Refusal { reason, .. }) = raw.receive() else {
         panic!("expected a Refusal");
@@ -192,6 +193,7 @@ fn a_record_discarded_by_the_cap_is_reported_as_discarded() {
             balance,
             all_branches: wire::branch_list(bank.entries()),
             secret: Vec::new(),
+            ..Default::default()
         })
     };
     first.send(init(10));
@@ -264,6 +266,7 @@ fn an_unnumbered_transfer_in_an_authenticated_bank_is_refused() {
         balance: 100,
         all_branches: members,
         secret: Vec::new(),
+        ..Default::default()
     }));
     let stream = common::connect_when_listening(target);
     stream

@@ -182,6 +182,7 @@ fn a_controller_that_never_reads_its_answers_is_cut_off_with_memory_bounded() {
         &mut attach,
         Body::ControllerHello(pb::ControllerHello {
             nonce: snapbank::auth::nonce(),
+            ..Default::default()
         }),
     )
     .unwrap();

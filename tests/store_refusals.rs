@@ -236,6 +236,7 @@ fn a_restart_with_another_secret_file_is_refused() {
             balance: 100,
             all_branches: wire::branch_list(bank.entries()),
             secret: secret.clone(),
+            ..Default::default()
         }));
     }
     // A record is answered only once the state it reports, the bank included, is durable.

@@ -1,7 +1,12 @@
 //! `controller <total> <branches-file>`: initialises a bank and prints its snapshots.
 //!
 //! Exit codes: 0 when every snapshot was complete and summed to the total, 1 otherwise (or when
-//! the branches cannot be reached, or `--web` cannot bind its address), 2 for bad input.
+//! the branches cannot be reached, another controller holds the bank's controller lease or took
+//! it over, or `--web` cannot bind its address), 2 for bad input.
+//!
+//! Ctrl-C (SIGINT) and SIGTERM both stop it the same way: the reports finished so far are
+//! printed, the snapshots still in flight are listed on stderr, and it exits with the code
+//! above for the snapshots it reported.
 
 use std::cell::Cell;
 use std::io::Write;
@@ -15,9 +20,10 @@ use clap::{Parser, ValueEnum};
 use snapbank::auth::Secret;
 use snapbank::config::load_branches;
 use snapbank::controller::{
-    CompatConfig, CompatMode, ControllerConfig, ControllerError, SnapshotReport,
+    CompatConfig, CompatMode, ControllerConfig, ControllerError, RunSummary, SnapshotReport,
     run_compat_controller, run_controller,
 };
+use tokio_util::sync::CancellationToken;
 
 /// The controller of a snapbank bank: splits TOTAL among the branches listed in
 /// BRANCHES_FILE, then takes a Chandy-Lamport snapshot every --interval-ms and prints it.
@@ -54,6 +60,10 @@ struct Args {
     /// skip InitBranch, and number snapshots after every id the branches have seen.
     #[arg(long)]
     attach: bool,
+    /// With --attach: end the controller lease of the controller driving the bank now (the
+    /// branches disconnect it and it stops) instead of being refused while it holds it.
+    #[arg(long, requires = "attach")]
+    take_over: bool,
     /// Largest frame accepted from a branch, in bytes (a record lists the transfers it found
     /// in transit, so this is larger than a branch's own limit).
     #[arg(long, default_value_t = snapbank::controller::DEFAULT_MAX_RECORD_BYTES)]
@@ -122,9 +132,12 @@ fn main() -> ExitCode {
     let web_view = args
         .web
         .map(|_| snapbank::web::WebView::new(&branches, args.total, args.web_history));
+    let stop = CancellationToken::new();
     let config = ControllerConfig {
         secret,
         attach: args.attach,
+        take_over: args.take_over,
+        stop: Some(stop.clone()),
         interval: Duration::from_millis(args.interval_ms),
         snapshots: args.snapshots,
         retrieve_timeout: Duration::from_millis(args.retrieve_timeout_ms),
@@ -135,12 +148,9 @@ fn main() -> ExitCode {
         observer: web_view.clone().map(|view| Arc::new(view) as _),
         ..ControllerConfig::new(args.total, branches)
     };
-    let all_ok = Rc::new(Cell::new(true));
-    let seen_ok = all_ok.clone();
     let format = args.format;
     let report_view = web_view.clone();
     let print = Box::new(move |report: &SnapshotReport| {
-        seen_ok.set(seen_ok.get() && report.is_ok());
         if let Some(view) = &report_view {
             view.add_report(report);
         }
@@ -178,36 +188,80 @@ fn main() -> ExitCode {
         }
         None => None,
     };
+    let stopped_by = Rc::new(Cell::new(None));
     let outcome = system.block_on(async move {
-        let running = async move {
-            match compat {
-                Some(compat) => run_compat_controller(config, compat, print).await,
-                None => run_controller(config, print).await,
-            }
+        stop_on_signals(stop, stopped_by.clone());
+        let outcome = match compat {
+            Some(compat) => run_compat_controller(config, compat, print).await,
+            None => run_controller(config, print).await,
         };
-        tokio::select! {
-            result = running => Some(result),
-            _ = tokio::signal::ctrl_c() => None,
+        if let (Some(signal), Ok(summary)) = (stopped_by.get(), &outcome) {
+            report_unfinished(signal, summary);
         }
+        outcome
     });
     match outcome {
-        Some(Ok(summary)) if summary.all_ok() => ExitCode::SUCCESS,
-        Some(Ok(_)) => ExitCode::FAILURE,
-        Some(Err(
+        Ok(summary) if summary.all_ok() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(
             err @ (ControllerError::TotalTooLarge(_)
             | ControllerError::UnboundedBurst
             | ControllerError::NoSnapshots
             | ControllerError::AttachNeedsSecret
             | ControllerError::CompatWithSecret),
-        )) => {
+        ) => {
             eprintln!("error: {err}");
             ExitCode::from(2)
         }
-        Some(Err(err)) => {
+        Err(err) => {
             eprintln!("error: {err}");
             ExitCode::FAILURE
         }
-        None if all_ok.get() => ExitCode::SUCCESS,
-        None => ExitCode::FAILURE,
+    }
+}
+
+/// Cancels `stop` on the first SIGINT or SIGTERM, noting which in `stopped_by`. The handlers
+/// are installed before this returns, so a signal from then on never kills the process.
+fn stop_on_signals(stop: CancellationToken, stopped_by: Rc<Cell<Option<&'static str>>>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    let (mut terminate, mut interrupt) = match (terminate, interrupt) {
+        (Ok(terminate), Ok(interrupt)) => (terminate, interrupt),
+        (Err(err), _) | (_, Err(err)) => {
+            eprintln!("error: cannot handle SIGINT and SIGTERM: {err}");
+            std::process::exit(1);
+        }
+    };
+    actix_rt::spawn(async move {
+        let name = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        log::info!("{name}: stopping");
+        stopped_by.set(Some(name));
+        stop.cancel();
+        // Stopping takes no time; a second signal is someone who will not wait.
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        eprintln!("error: a second signal: exiting at once");
+        std::process::exit(1);
+    });
+}
+
+/// After a stop by `signal`: what was still in flight, on stderr, one snapshot a line.
+fn report_unfinished(signal: &str, summary: &RunSummary) {
+    let mut stderr = std::io::stderr().lock();
+    let count = summary.unfinished.len();
+    let _ = writeln!(
+        stderr,
+        "controller: stopped by {signal} after {} report(s), with {count} snapshot(s) in flight{}",
+        summary.snapshots,
+        if count == 0 { "" } else { ":" }
+    );
+    for snapshot in &summary.unfinished {
+        let _ = writeln!(stderr, "controller:   {snapshot}");
     }
 }

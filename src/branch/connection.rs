@@ -13,8 +13,9 @@
 //! `Heartbeat` probe, which the other side's connection answers at once (heartbeats never reach
 //! the branch); one that has read nothing at all for the whole peer timeout is declared broken
 //! and stopped, so a half-open connection (the other host frozen or unplugged) is detected
-//! instead of waiting forever. Controller connections answer probes but send none: watching
-//! them is the controller's job.
+//! instead of waiting forever. Controller connections answer probes, and send them only in a
+//! bank with a secret, where the controller's liveness bounds its controller lease; a read
+//! from a controller reaches the branch even when it held only heartbeats, renewing the lease.
 
 use std::time::{Duration, Instant};
 
@@ -173,7 +174,7 @@ impl StreamHandler<Vec<Result<pb::BranchMessage, FrameError>>> for PeerConnectio
                 }
             }
         }
-        if !bodies.is_empty() {
+        if !bodies.is_empty() || matches!(self.source, Source::Controller(_)) {
             self.branch.do_send(InboundBatch {
                 source: self.source,
                 bodies,

@@ -12,6 +12,14 @@
 //! they are retrieved (and a copy for a while after), so a blip costs no snapshot: only a branch
 //! that stays away past a snapshot's retrieve timeout makes that snapshot incomplete.
 //!
+//! The controller lease: in a bank with a secret each branch obeys one controller connection
+//! at a time. A reconnection claims it under this run's id, so it gets the lease back; a
+//! branch that answers a reconnection with "held by another controller", or tells a connected
+//! one that another took it over (`--take-over`), ends the run with that reason.
+//!
+//! Stopping early ([`ControllerConfig::stop`], on Ctrl-C or SIGTERM): the finished reports are
+//! handed out and the summary lists the snapshots still in flight.
+//!
 //! Scheduling skips ticks missed while the controller was stalled (suspended, or starved)
 //! instead of firing them all at once, and keeps at most [`MAX_IN_FLIGHT`] snapshots in
 //! progress, so neither the branches' record caps nor the controller's memory can be exceeded.
@@ -27,7 +35,7 @@ use rand::{RngExt, SeedableRng};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use super::schedule::{Reports, Ticker};
+use super::schedule::{Reports, Ticker, UnfinishedSnapshot};
 use super::{ControllerConfig, ControllerError, RunSummary, SnapshotReport};
 use crate::auth::Secret;
 use crate::core::split_total;
@@ -123,17 +131,21 @@ pub struct ControllerActor {
     /// The cluster secret: handed to the branches in `InitBranch`, and proven on every
     /// reconnect.
     secret: Secret,
+    /// This run's id towards the branches' controller leases (never 0), sent in `InitBranch`
+    /// and in every reconnection's handshake, so a reconnection keeps the lease.
+    controller_id: u64,
     in_flight: BTreeMap<u32, InFlight>,
     /// Finished reports, handed out in id order, and the run's outcome.
     reports: Reports,
 }
 
 /// Starts the actor on connected (and, when attaching, authenticated) connections, one per
-/// branch in file order; snapshot ids start at `first_id`.
+/// branch in file order, as controller `controller_id`; snapshot ids start at `first_id`.
 pub(super) fn start(
     config: ControllerConfig,
     streams: Vec<Authenticated>,
     secret: Secret,
+    controller_id: u64,
     first_id: u32,
     on_report: Box<dyn FnMut(&SnapshotReport)>,
     done: oneshot::Sender<Result<RunSummary, ControllerError>>,
@@ -152,6 +164,7 @@ pub(super) fn start(
             next_id: first_id,
             started: 0,
             secret,
+            controller_id,
             in_flight: BTreeMap::new(),
             reports: Reports::new(first_id, on_report, done),
         };
@@ -219,6 +232,7 @@ impl ControllerActor {
         for (link, balance) in self.links.iter().zip(balances) {
             if let Some(outbox) = &link.outbox {
                 outbox.push(Body::InitBranch(pb::InitBranch {
+                    controller: self.controller_id,
                     secret: secret.clone(),
                     balance: wire::to_wire_amount(balance),
                     all_branches: all_branches.clone(),
@@ -335,6 +349,30 @@ impl ControllerActor {
                 if !reply && let Some(outbox) = &self.links[index].outbox {
                     outbox.push(Body::Heartbeat(pb::Heartbeat { reply: true }));
                 }
+                return;
+            }
+            Body::ControllerLease(lease)
+                if lease.outcome == pb::controller_lease::Outcome::TakenOver as i32 =>
+            {
+                self.fail(
+                    ControllerError::TakenOver {
+                        name: name.clone(),
+                        by: lease.holder,
+                    },
+                    ctx,
+                );
+                return;
+            }
+            Body::ControllerLease(lease)
+                if lease.outcome == pb::controller_lease::Outcome::Lapsed as i32 =>
+            {
+                self.fail(
+                    ControllerError::LeaseLost {
+                        name: name.clone(),
+                        holder: lease.holder,
+                    },
+                    ctx,
+                );
                 return;
             }
             Body::Refusal(pb::Refusal { reason, .. }) => {
@@ -471,6 +509,11 @@ impl ControllerActor {
         let secret = self.secret.clone();
         let max_frame = self.config.max_frame;
         let deadline = self.config.connect_timeout;
+        // Never a take-over: a reconnection must not depose a controller that took over.
+        let claim = handshake::ControllerClaim {
+            controller: self.controller_id,
+            take_over: false,
+        };
         let redialling = async move {
             let started = Instant::now();
             let mut last_warning = started;
@@ -484,12 +527,19 @@ impl ControllerActor {
                                 stream,
                                 &secret,
                                 &branch.name,
+                                claim,
                                 max_frame,
                                 deadline,
                             )
                             .await
                             {
-                                Ok((authenticated, _)) => return authenticated,
+                                Ok((authenticated, _)) => return Ok(authenticated),
+                                Err(HandshakeError::LeaseHeld { holder, .. }) => {
+                                    return Err(ControllerError::LeaseLost {
+                                        name: branch.name.clone(),
+                                        holder,
+                                    });
+                                }
                                 Err(err @ HandshakeError::Refused(_)) => {
                                     format!("handshake refused: {err}")
                                 }
@@ -512,7 +562,10 @@ impl ControllerActor {
             }
         };
         ctx.spawn(actix::fut::wrap_future::<_, Self>(redialling).map(
-            move |authenticated, controller, ctx| controller.reconnected(index, authenticated, ctx),
+            move |result, controller, ctx| match result {
+                Ok(authenticated) => controller.reconnected(index, authenticated, ctx),
+                Err(lost) => controller.fail(lost, ctx),
+            },
         ));
     }
 
@@ -578,6 +631,28 @@ impl ControllerActor {
         }
     }
 
+    /// Stops the run early: hands out the finished reports and the summary listing what is
+    /// still in flight.
+    fn stop_early(&mut self, ctx: &mut Context<Self>) {
+        let unfinished = UnfinishedSnapshot::list(
+            &self.names,
+            self.in_flight.iter().map(|(&id, snapshot)| {
+                (
+                    id,
+                    snapshot.initiator,
+                    snapshot.started,
+                    &snapshot.answers[..],
+                )
+            }),
+        );
+        info!(
+            "stopping early with {} snapshot(s) in flight",
+            unfinished.len()
+        );
+        self.reports.stop(unfinished);
+        ctx.stop();
+    }
+
     /// Ends the run with `error`.
     fn fail(&mut self, error: ControllerError, ctx: &mut Context<Self>) {
         self.reports.fail(error);
@@ -624,6 +699,13 @@ impl Actor for ControllerActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some(stop) = self.config.stop.clone() {
+            let stopping = async move { stop.cancelled().await };
+            ctx.spawn(
+                actix::fut::wrap_future::<_, Self>(stopping)
+                    .map(|(), controller, ctx| controller.stop_early(ctx)),
+            );
+        }
         if !self.config.attach {
             self.init_bank();
         }

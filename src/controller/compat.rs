@@ -42,7 +42,7 @@ use tokio::sync::oneshot;
 use tokio_util::codec::FramedRead;
 
 use super::actor::MAX_IN_FLIGHT;
-use super::schedule::{Reports, Ticker};
+use super::schedule::{Reports, Ticker, UnfinishedSnapshot};
 use super::{ControllerConfig, ControllerError, RunSummary, SnapshotReport};
 use crate::backoff::Backoff;
 use crate::core::split_total;
@@ -115,41 +115,51 @@ pub async fn run_compat_controller(
                 balance: wire::to_wire_amount(balance),
                 all_branches: all_branches.clone(),
                 secret: Vec::new(),
+                controller: 0,
             })
         })
         .collect();
-    let links = match compat.mode {
-        CompatMode::Persistent => {
-            let streams = super::connect_all(&config.branches, config.connect_timeout).await?;
-            streams.into_iter().zip(inits).collect()
-        }
-        CompatMode::PerCommand => {
-            // Each InitBranch on a connection of its own, closed at once.
-            let deadline = Instant::now() + config.connect_timeout;
-            let sends = config
-                .branches
-                .iter()
-                .zip(inits)
-                .map(|(branch, init)| async move {
-                    match send_one(branch.addr, init, deadline).await {
-                        Ok(None) => Ok(()),
-                        Ok(Some(reason)) => Err(ControllerError::Refused {
-                            name: branch.name.clone(),
-                            reason,
-                        }),
-                        Err(reason) => Err(ControllerError::Init {
-                            name: branch.name.clone(),
-                            addr: branch.addr,
-                            reason,
-                        }),
-                    }
-                });
-            futures_util::future::join_all(sends)
-                .await
-                .into_iter()
-                .collect::<Result<Vec<()>, _>>()?;
-            Vec::new()
-        }
+    let connecting = async {
+        Ok::<_, ControllerError>(match compat.mode {
+            CompatMode::Persistent => {
+                let streams = super::connect_all(&config.branches, config.connect_timeout).await?;
+                streams.into_iter().zip(inits).collect()
+            }
+            CompatMode::PerCommand => {
+                // Each InitBranch on a connection of its own, closed at once.
+                let deadline = Instant::now() + config.connect_timeout;
+                let sends = config
+                    .branches
+                    .iter()
+                    .zip(inits)
+                    .map(|(branch, init)| async move {
+                        match send_one(branch.addr, init, deadline).await {
+                            Ok(None) => Ok(()),
+                            Ok(Some(reason)) => Err(ControllerError::Refused {
+                                name: branch.name.clone(),
+                                reason,
+                            }),
+                            Err(reason) => Err(ControllerError::Init {
+                                name: branch.name.clone(),
+                                addr: branch.addr,
+                                reason,
+                            }),
+                        }
+                    });
+                futures_util::future::join_all(sends)
+                    .await
+                    .into_iter()
+                    .collect::<Result<Vec<()>, _>>()?;
+                Vec::new()
+            }
+        })
+    };
+    let links = match config.stop.clone() {
+        Some(stop) => tokio::select! {
+            links = connecting => links?,
+            () = stop.cancelled() => return Ok(RunSummary::default()),
+        },
+        None => connecting.await?,
     };
     let (done, finished) = oneshot::channel();
     CompatController::start(config, compat, links, on_report, done);
@@ -702,6 +712,24 @@ impl CompatController {
         ctx.stop();
     }
 
+    /// Stops the run early: hands out the finished reports and the summary listing what is
+    /// still in flight.
+    fn stop_early(&mut self, ctx: &mut Context<Self>) {
+        let unfinished = UnfinishedSnapshot::list(
+            &self.names,
+            self.in_flight.iter().map(|(&id, snapshot)| {
+                (
+                    id,
+                    snapshot.initiator,
+                    snapshot.started,
+                    &snapshot.answers[..],
+                )
+            }),
+        );
+        self.reports.stop(unfinished);
+        ctx.stop();
+    }
+
     /// Reports snapshot `id` if every branch has answered, then emits what is in order.
     fn try_finish(&mut self, id: u32, ctx: &mut Context<Self>) {
         let complete = self
@@ -742,6 +770,13 @@ impl Actor for CompatController {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some(stop) = self.config.stop.clone() {
+            let stopping = async move { stop.cancelled().await };
+            ctx.spawn(
+                actix::fut::wrap_future::<_, Self>(stopping)
+                    .map(|(), controller, ctx| controller.stop_early(ctx)),
+            );
+        }
         if self.config.interval.is_zero() {
             self.fill_pipeline(ctx);
         } else {

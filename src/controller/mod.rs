@@ -25,11 +25,13 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 pub use actor::ControllerActor;
 pub use compat::{CompatConfig, CompatMode, run_compat_controller};
 pub use observer::ControllerObserver;
 pub use report::{BranchRecord, BranchState, SnapshotReport, Verdict};
+pub use schedule::UnfinishedSnapshot;
 
 use crate::auth::Secret;
 use crate::config::BranchEntry;
@@ -63,6 +65,13 @@ pub struct ControllerConfig {
     /// Attach to a running bank: authenticate with `secret`, skip `InitBranch`, and number
     /// snapshots after every id the branches have seen.
     pub attach: bool,
+    /// With `attach`: end the controller lease of the controller driving the bank now (it is
+    /// disconnected and stops) instead of being refused while it holds it.
+    pub take_over: bool,
+    /// Cancelled to stop the run early (Ctrl-C, SIGTERM): the run ends with the reports
+    /// finished so far and lists the snapshots still in flight in
+    /// [`RunSummary::unfinished`]. `None`: runs until done.
+    pub stop: Option<CancellationToken>,
     /// A branch connection that has received nothing (not even an answer to a heartbeat probe)
     /// for this long is declared broken and redialled.
     pub link_timeout: Duration,
@@ -90,6 +99,8 @@ impl ControllerConfig {
             max_frame: DEFAULT_MAX_RECORD_BYTES,
             secret: None,
             attach: false,
+            take_over: false,
+            stop: None,
             link_timeout: DEFAULT_LINK_TIMEOUT,
             heartbeats: true,
             observer: None,
@@ -98,7 +109,7 @@ impl ControllerConfig {
 }
 
 /// How a finished run went.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunSummary {
     /// Snapshots reported.
     pub snapshots: u32,
@@ -111,6 +122,9 @@ pub struct RunSummary {
     pub skipped_ticks: u64,
     /// Times a lost branch connection was re-established.
     pub reconnects: u32,
+    /// When the run was stopped early ([`ControllerConfig::stop`]): the snapshots started and
+    /// not reported, in id order.
+    pub unfinished: Vec<UnfinishedSnapshot>,
 }
 
 impl RunSummary {
@@ -147,6 +161,14 @@ pub enum ControllerError {
     #[error("the controller stopped before finishing its snapshots")]
     Stopped,
     #[error(
+        "branch {name}: the controller at {by} took over the bank's controller lease (--take-over); this controller stops"
+    )]
+    TakenOver { name: String, by: String },
+    #[error(
+        "lost the bank's controller lease at branch {name}: the controller at {holder} holds it now (it took over, or this controller was silent past the branch's peer timeout); this controller stops"
+    )]
+    LeaseLost { name: String, holder: String },
+    #[error(
         "--compat drives branches that speak only the original schema, which know no secret: it cannot be used with --secret-file or --attach"
     )]
     CompatWithSecret,
@@ -174,6 +196,38 @@ pub async fn run_controller(
         return Err(ControllerError::AttachNeedsSecret);
     }
     let secret = config.secret.clone().unwrap_or_else(Secret::generate);
+    // This run's id towards the branches' controller leases: a reconnection keeps the lease.
+    let controller_id = rand::random::<u64>().max(1);
+    let connecting = connect_and_attach(&config, &secret, controller_id);
+    let links = match config.stop.clone() {
+        Some(stop) => tokio::select! {
+            links = connecting => links?,
+            () = stop.cancelled() => return Ok(RunSummary::default()),
+        },
+        None => connecting.await?,
+    };
+    let (links, first_id) = links;
+    let (done, finished) = oneshot::channel();
+    actor::start(
+        config,
+        links,
+        secret,
+        controller_id,
+        first_id,
+        on_report,
+        done,
+    );
+    finished.await.map_err(|_| ControllerError::Stopped)?
+}
+
+/// Connects to every branch and, with a secret from a file, runs the controller handshake with
+/// each (claiming the controller lease as `controller_id`); returns the connections and the
+/// first snapshot id free at every branch.
+async fn connect_and_attach(
+    config: &ControllerConfig,
+    secret: &Secret,
+    controller_id: u64,
+) -> Result<(Vec<handshake::Authenticated>, u32), ControllerError> {
     let streams = connect_all(&config.branches, config.connect_timeout).await?;
     let mut links = Vec::with_capacity(streams.len());
     let mut first_id = 1u32;
@@ -181,12 +235,17 @@ pub async fn run_controller(
     // also proves the branch is the real one) and sends InitBranch without it. Only a secret
     // made here for a new bank travels, in InitBranch (trust on first use).
     let authenticate = config.secret.is_some();
+    let claim = handshake::ControllerClaim {
+        controller: controller_id,
+        take_over: config.take_over,
+    };
     for (stream, branch) in streams.into_iter().zip(&config.branches) {
         if authenticate {
             let (link, next_id) = handshake::attach_to_branch(
                 stream,
-                &secret,
+                secret,
                 &branch.name,
+                claim,
                 config.max_frame,
                 config.connect_timeout,
             )
@@ -209,9 +268,7 @@ pub async fn run_controller(
             });
         }
     }
-    let (done, finished) = oneshot::channel();
-    actor::start(config, links, secret, first_id, on_report, done);
-    finished.await.map_err(|_| ControllerError::Stopped)?
+    Ok((links, first_id))
 }
 
 /// The checks every way of running the controller shares.

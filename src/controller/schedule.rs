@@ -1,8 +1,10 @@
 //! What both controllers ([`super::ControllerActor`] and the `--compat` driver) share about a
-//! run: when the next snapshot is due ([`Ticker`]), and handing finished reports out in id order
-//! until the run ends ([`Reports`]).
+//! run: when the next snapshot is due ([`Ticker`]), handing finished reports out in id order
+//! until the run ends ([`Reports`]), and what was still in flight when a run is stopped early
+//! ([`UnfinishedSnapshot`]).
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::{Duration, Instant};
 
 use log::{error, warn};
@@ -73,13 +75,7 @@ impl Reports {
         Self {
             finished: BTreeMap::new(),
             next_to_emit: first_id,
-            summary: RunSummary {
-                snapshots: 0,
-                ok: 0,
-                max_in_flight: 0,
-                skipped_ticks: 0,
-                reconnects: 0,
-            },
+            summary: RunSummary::default(),
             on_report,
             done: Some(done),
         }
@@ -136,11 +132,103 @@ impl Reports {
         }
     }
 
+    /// The run was stopped early (Ctrl-C, SIGTERM): hands out every finished report still held
+    /// behind an unfinished one, in id order, then gives the summary with the `unfinished`
+    /// snapshots.
+    pub(super) fn stop(&mut self, unfinished: Vec<UnfinishedSnapshot>) {
+        if self.over() {
+            return;
+        }
+        for (id, report) in std::mem::take(&mut self.finished) {
+            self.next_to_emit = id.wrapping_add(1);
+            self.summary.snapshots += 1;
+            self.summary.ok += u32::from(report.is_ok());
+            (self.on_report)(&report);
+        }
+        self.summary.unfinished = unfinished;
+        self.complete();
+    }
+
     /// The run cannot go on: gives `error`.
     pub(super) fn fail(&mut self, error: ControllerError) {
         if let Some(done) = self.done.take() {
             error!("{error}");
             let _ = done.send(Err(error));
         }
+    }
+}
+
+/// A snapshot started and not reported when the run was stopped early.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnfinishedSnapshot {
+    pub id: u32,
+    /// The branch that was asked to start it.
+    pub initiator: String,
+    /// How long it had been in progress.
+    pub age: Duration,
+    /// The branches whose answer had not come (all of them answered: none).
+    pub waiting_for: Vec<String>,
+}
+
+impl UnfinishedSnapshot {
+    /// The snapshots in `in_flight` (id, initiator's index, start, one answer slot per branch),
+    /// named with `names`.
+    pub(super) fn list<'a, T: 'a>(
+        names: &[String],
+        in_flight: impl IntoIterator<Item = (u32, usize, Instant, &'a [Option<T>])>,
+    ) -> Vec<Self> {
+        in_flight
+            .into_iter()
+            .map(|(id, initiator, started, answers)| Self {
+                id,
+                initiator: names[initiator].clone(),
+                age: started.elapsed(),
+                waiting_for: answers
+                    .iter()
+                    .zip(names)
+                    .filter(|(answer, _)| answer.is_none())
+                    .map(|(_, name)| name.clone())
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+/// One line: `snapshot 7 (started 120 ms ago at branch2): waiting for branch1, branch3`.
+impl fmt::Display for UnfinishedSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "snapshot {} (started {} ms ago at {}): ",
+            self.id,
+            self.age.as_millis(),
+            self.initiator
+        )?;
+        if self.waiting_for.is_empty() {
+            write!(f, "every branch answered")
+        } else {
+            write!(f, "waiting for {}", self.waiting_for.join(", "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unfinished_snapshot_names_its_initiator_and_the_branches_it_waits_for() {
+        let names = ["b1", "b2", "b3"].map(String::from);
+        let answers: [Option<()>; 3] = [Some(()), None, None];
+        let started = Instant::now() - Duration::from_millis(50);
+        let list = UnfinishedSnapshot::list(&names, [(7, 1, started, &answers[..])]);
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].waiting_for, ["b2", "b3"]);
+        let line = list[0].to_string();
+        assert!(line.starts_with("snapshot 7 (started "), "{line}");
+        assert!(
+            line.ends_with(" ms ago at b2): waiting for b2, b3"),
+            "{line}"
+        );
     }
 }

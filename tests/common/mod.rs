@@ -35,12 +35,14 @@ impl RawController {
         Self::from_stream(connect_when_listening(addr))
     }
 
-    /// Runs the controller handshake with `secret`, as an attaching controller does.
+    /// Runs the controller handshake with `secret`, as an attaching controller does, as an
+    /// anonymous controller, and checks it was granted the branch's controller lease.
     pub fn attach(addr: SocketAddr, branch: &str, secret: &Secret) -> Self {
         let mut controller = Self::connect(addr);
         let nonce = snapbank::auth::nonce();
         controller.send(Body::ControllerHello(pb::ControllerHello {
             nonce: nonce.clone(),
+            ..Default::default()
         }));
         let Body::Welcome(welcome) = controller.receive() else {
             panic!("expected Welcome");
@@ -49,6 +51,11 @@ impl RawController {
         assert!(secret.verify(&welcome.proof, Role::Branch, &nonce, branch, &next_id));
         let proof = secret.prove(Role::Controller, &welcome.nonce, branch, "");
         controller.send(Body::Auth(pb::Auth { proof }));
+        match controller.receive() {
+            Body::ControllerLease(lease)
+                if lease.outcome == pb::controller_lease::Outcome::Granted as i32 => {}
+            other => panic!("expected the controller lease, got {other:?}"),
+        }
         controller
     }
 
@@ -58,10 +65,19 @@ impl RawController {
         self.stream.write_all(&bytes).unwrap();
     }
 
+    /// The next frame, answering (and skipping) heartbeat probes as a controller does: in a
+    /// bank with a secret the branch probes a silent controller.
     pub fn receive(&mut self) -> Body {
         loop {
             if let Some(frame) = self.codec.decode(&mut self.buffer).unwrap() {
-                return frame.branch_message.unwrap();
+                match frame.branch_message.unwrap() {
+                    Body::Heartbeat(pb::Heartbeat { reply: false }) => {
+                        self.send(Body::Heartbeat(pb::Heartbeat { reply: true }));
+                        continue;
+                    }
+                    Body::Heartbeat(_) => continue,
+                    body => return body,
+                }
             }
             let mut chunk = [0u8; 4096];
             let read = self.stream.read(&mut chunk).unwrap();
@@ -158,8 +174,18 @@ pub struct ControllerProcess {
 
 impl ControllerProcess {
     pub fn start(bank: &snapbank::local_bank::LocalBank, total: &str, args: &[&str]) -> Self {
-        let stdout = bank.dir().join("controller.out");
-        let stderr = bank.dir().join("controller.err");
+        Self::start_named(bank, "controller", total, args)
+    }
+
+    /// [`Self::start`], its output in files named after `name`, so several can run at once.
+    pub fn start_named(
+        bank: &snapbank::local_bank::LocalBank,
+        name: &str,
+        total: &str,
+        args: &[&str],
+    ) -> Self {
+        let stdout = bank.dir().join(format!("{name}.out"));
+        let stderr = bank.dir().join(format!("{name}.err"));
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_controller"))
             .arg(total)
             .arg(bank.branches_file())
@@ -178,6 +204,34 @@ impl ControllerProcess {
             child,
             stdout,
             stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits (at most `limit`) until the controller has printed `count` reports; returns them.
+    pub fn wait_for_reports(&self, count: usize, limit: Duration) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let stdout = std::fs::read_to_string(&self.stdout).unwrap_or_default();
+            // Only whole lines: the last one may still be being written.
+            let reports: Vec<serde_json::Value> = stdout
+                .split_inclusive('\n')
+                .filter(|line| line.ends_with('\n'))
+                .map(|line| serde_json::from_str(line).expect("one JSON report per line"))
+                .collect();
+            if reports.len() >= count {
+                return reports;
+            }
+            let stderr = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{count} reports did not come within {limit:?}; got {}; its log:\n{stderr}",
+                reports.len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

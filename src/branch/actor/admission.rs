@@ -6,7 +6,8 @@
 //! - the connection that delivers its one `InitBranch` (trust on first use; with a
 //!   `--secret-file`, its secret must match), which becomes a controller connection;
 //! - a controller that completes the controller handshake (`ControllerHello`), proving the
-//!   cluster secret;
+//!   cluster secret, and holds the controller lease (see `lease`): in a bank with a secret, only
+//!   the connection holding it is obeyed;
 //! - a branch of the bank that completes the peer handshake (`Hello`), proving the secret, over
 //!   the one connection of its pair, from its configured address;
 //! - in a bank without a secret only (initialised by an original-schema controller), any
@@ -23,12 +24,13 @@ use log::{error, info, warn};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 
+use super::lease::{Claim, Displaced};
 use super::{Accepted, BranchActor, ControllerLink, ParkedPeer, Source, peer_mut};
 use crate::auth::Secret;
 use crate::branch::connection::{FrameReader, LinkSettings, PeerConnection};
 use crate::config::MAX_NAME_BYTES;
 use crate::core::Channel;
-use crate::handshake::{self, Authenticated, HandshakeError};
+use crate::handshake::{self, Authenticated, ControllerClaim, HandshakeError};
 use crate::outbox::Outbox;
 use crate::wire::{self, Body, pb};
 
@@ -88,7 +90,7 @@ impl BranchActor {
                     nonce.len()
                 );
             }
-            Body::ControllerHello(pb::ControllerHello { nonce })
+            Body::ControllerHello(pb::ControllerHello { nonce, .. })
                 if nonce.len() > MAX_NONCE_BYTES =>
             {
                 warn!(
@@ -138,12 +140,27 @@ impl BranchActor {
                 }
             }
             Body::InitBranch(init) => {
+                let claim = ControllerClaim {
+                    controller: init.controller,
+                    take_over: false,
+                };
                 let result = self
                     .secret_for(&init, false)
                     .and_then(|secret| self.init(init, secret, ctx));
                 match result {
                     Ok(()) => {
-                        self.open_controller_link(reader, writer, remote, ctx);
+                        let conn = self.new_conn_id();
+                        // The bank did not exist, so no controller can hold its lease yet.
+                        if self.lease_applies()
+                            && let Claim::Refused { holder, .. } =
+                                self.lease.claim(conn, claim, remote, Instant::now())
+                        {
+                            warn!(
+                                "{}: the controller lease is held by {holder} already; the connection that initialised the bank does not hold it",
+                                self.name
+                            );
+                        }
+                        self.open_controller_link(conn, reader, writer, remote, ctx);
                     }
                     Err(reason) => {
                         warn!(
@@ -157,8 +174,9 @@ impl BranchActor {
                     }
                 }
             }
-            Body::ControllerHello(pb::ControllerHello { nonce }) => {
-                self.authenticate_controller(nonce, reader, writer, remote, ctx);
+            Body::ControllerHello(hello) => {
+                let claim = ControllerClaim::of(&hello);
+                self.authenticate_controller(hello.nonce, claim, reader, writer, remote, ctx);
             }
             Body::InitSnapshot(_) | Body::RetrieveSnapshot(_)
                 if self.bank.as_ref().is_some_and(|bank| !bank.authenticated) =>
@@ -171,7 +189,8 @@ impl BranchActor {
                     self.name,
                     wire::body_kind(&first)
                 );
-                let conn = self.open_controller_link(reader, writer, remote, ctx);
+                let conn = self.new_conn_id();
+                self.open_controller_link(conn, reader, writer, remote, ctx);
                 self.on_controller_frame(conn, first, ctx);
             }
             other => warn!(
@@ -216,23 +235,27 @@ impl BranchActor {
         Secret::from_bytes(init.secret.clone(), "InitBranch").map_err(|err| err.to_string())
     }
 
-    /// Makes an (already trusted) connection a controller connection, returning its id.
+    /// Makes an (already trusted) connection controller connection `conn`, returning its
+    /// outbox.
     fn open_controller_link(
         &mut self,
+        conn: super::ConnId,
         mut reader: FrameReader,
         writer: OwnedWriteHalf,
         remote: SocketAddr,
         ctx: &mut Context<Self>,
-    ) -> super::ConnId {
-        let conn = self.new_conn_id();
+    ) -> Outbox {
         let outbox = Outbox::new();
         reader.decoder_mut().set_max_frame(self.settings.max_frame);
         info!("{}: controller connected from {remote}", self.name);
-        // A controller's liveness is the controller's to watch: an original-schema controller
-        // does not answer heartbeats, and a silent controller costs the bank nothing.
+        // In a bank with a secret (only snapbank controllers, which answer heartbeats), a
+        // silent controller is probed and its connection closed after the peer timeout, so a
+        // frozen one keeps the controller lease for a bounded time and a live one always
+        // renews it. In a bank without one, an original-schema controller does not answer
+        // heartbeats, and its liveness is its own to watch.
         let settings = LinkSettings {
             peer_timeout: self.settings.peer_timeout,
-            probe: false,
+            probe: self.lease_applies(),
         };
         PeerConnection::start(
             reader,
@@ -246,18 +269,119 @@ impl BranchActor {
         self.controllers.insert(
             conn,
             ControllerLink {
-                outbox,
+                outbox: outbox.clone(),
                 held: 0,
                 done_asking: false,
             },
         );
-        conn
+        outbox
+    }
+
+    /// Whether this branch has a controller lease: it has a secret, so only controllers that
+    /// prove it (or the one that initialised the bank with it) can command it. A bank without
+    /// one is driven by original-schema controllers, a connection per command.
+    pub(super) fn lease_applies(&self) -> bool {
+        self.secret
+            .as_ref()
+            .is_some_and(|secret| !secret.is_empty())
+    }
+
+    /// A controller at `remote` has proven the secret and makes `claim`: it gets the controller
+    /// lease (ending an earlier holder's, when the claim allows it) and its connection becomes
+    /// a controller connection told the first free snapshot id, or it is told who holds the
+    /// lease and turned away.
+    fn admit_controller(
+        &mut self,
+        authenticated: Authenticated,
+        claim: ControllerClaim,
+        remote: SocketAddr,
+        ctx: &mut Context<Self>,
+    ) {
+        let Authenticated { reader, writer } = authenticated;
+        let conn = self.new_conn_id();
+        match self.lease.claim(conn, claim, remote, Instant::now()) {
+            Claim::Refused { holder, expires_in } => {
+                let expires_in_ms = u32::try_from(expires_in.as_millis()).unwrap_or(u32::MAX);
+                warn!(
+                    "{}: controller at {remote} refused: the controller lease is held by the controller at {holder} (for at most {expires_in_ms} ms more without traffic from it); closing",
+                    self.name
+                );
+                let answer = Body::ControllerLease(pb::ControllerLease {
+                    outcome: pb::controller_lease::Outcome::Held as i32,
+                    holder: holder.to_string(),
+                    expires_in_ms,
+                    next_snapshot_id: 0,
+                });
+                ctx.spawn(actix::fut::wrap_future(send_then_close(writer, answer)));
+            }
+            Claim::Granted { displaced } => {
+                if let Some((old, why)) = displaced {
+                    self.depose(old, why, remote);
+                }
+                // Counted now: the earlier holder's commands are no longer applied, so every id
+                // it started here is below this one.
+                let next_snapshot_id = self
+                    .highest_snapshot
+                    .map_or(1, |highest| highest.saturating_add(1));
+                info!(
+                    "{}: controller at {remote} holds the controller lease; its snapshot ids start at {next_snapshot_id}",
+                    self.name
+                );
+                let outbox = self.open_controller_link(conn, reader, writer, remote, ctx);
+                outbox.push(Body::ControllerLease(pb::ControllerLease {
+                    outcome: pb::controller_lease::Outcome::Granted as i32,
+                    holder: String::new(),
+                    expires_in_ms: 0,
+                    next_snapshot_id,
+                }));
+            }
+        }
+    }
+
+    /// Controller connection `conn` lost the controller lease to the controller at `by`: it is
+    /// told so (unless it is the same controller's older connection) and closed once that is
+    /// written; nothing more it sends is applied.
+    fn depose(&mut self, conn: super::ConnId, why: Displaced, by: SocketAddr) {
+        let Some(link) = self.controllers.remove(&conn) else {
+            return;
+        };
+        match why {
+            Displaced::Reconnected => info!(
+                "{}: the controller reconnected from {by}; closing its older connection",
+                self.name
+            ),
+            Displaced::TakenOver | Displaced::Lapsed => {
+                let (how, outcome) = if why == Displaced::TakenOver {
+                    (
+                        "took over the controller lease (--take-over)",
+                        pb::controller_lease::Outcome::TakenOver,
+                    )
+                } else {
+                    (
+                        "was given the controller lease, which had lapsed (nothing came from its holder for the peer timeout)",
+                        pb::controller_lease::Outcome::Lapsed,
+                    )
+                };
+                warn!(
+                    "{}: the controller at {by} {how}; closing the previous holder's connection",
+                    self.name
+                );
+                link.outbox.push(Body::ControllerLease(pb::ControllerLease {
+                    outcome: outcome as i32,
+                    holder: by.to_string(),
+                    expires_in_ms: 0,
+                    next_snapshot_id: 0,
+                }));
+            }
+        }
+        link.outbox.close();
     }
 
     /// Runs the controller handshake with a controller attaching to this branch.
     fn authenticate_controller(
         &mut self,
         nonce: Vec<u8>,
+        claim: ControllerClaim,
         reader: FrameReader,
         writer: OwnedWriteHalf,
         remote: SocketAddr,
@@ -299,6 +423,7 @@ impl BranchActor {
                 &secret,
                 &me,
                 &nonce,
+                claim,
                 next_id,
                 handshake_timeout,
             )
@@ -308,9 +433,9 @@ impl BranchActor {
             actix::fut::wrap_future::<_, Self>(handshake).map(move |result, branch, ctx| {
                 branch.controller_handshakes -= 1;
                 match result {
-                    Ok(Authenticated { reader, writer }) => {
+                    Ok(authenticated) => {
                         info!("{}: controller at {remote} authenticated", branch.name);
-                        branch.open_controller_link(reader, writer, remote, ctx);
+                        branch.admit_controller(authenticated, claim, remote, ctx);
                     }
                     Err(err) => warn!(
                         "{}: controller handshake with {remote} failed: {err}; closing",
@@ -557,10 +682,15 @@ impl BranchActor {
 
 /// Writes one refusal frame on a connection that is being turned away, then closes it, so the
 /// other side can say why instead of seeing only a closed connection.
-pub(super) async fn refuse(mut writer: OwnedWriteHalf, reason: String) {
+pub(super) async fn refuse(writer: OwnedWriteHalf, reason: String) {
+    send_then_close(writer, wire::refusal(reason)).await;
+}
+
+/// Writes `body` (why the connection is turned away) straight to the socket, then closes it.
+async fn send_then_close(mut writer: OwnedWriteHalf, body: Body) {
     use tokio::io::AsyncWriteExt;
     let mut bytes = Vec::new();
-    wire::encode_frame(wire::refusal(reason), &mut bytes);
+    wire::encode_frame(body, &mut bytes);
     let sending = async {
         writer.write_all(&bytes).await?;
         writer.shutdown().await

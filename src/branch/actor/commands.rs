@@ -63,6 +63,16 @@ impl BranchActor {
         body: Body,
         ctx: &mut Context<Self>,
     ) {
+        if self.lease_applies() && !self.lease.holds(conn) {
+            // A controller deposed by --take-over, or whose lease lapsed, may still be sending:
+            // its ids would collide with the holder's.
+            debug!(
+                "{}: {} from a controller connection that does not hold the controller lease; ignored",
+                self.name,
+                wire::body_kind(&body)
+            );
+            return;
+        }
         match body {
             Body::InitBranch(init) => {
                 // Only reachable on an attached (authenticated) controller connection to a

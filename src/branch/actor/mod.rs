@@ -11,6 +11,7 @@
 //! - `channels`: the peer channels: splicing a (re)connection onto a channel, resending what the
 //!   peer lacks, positions and acknowledgements, losing a peer only after its grace period.
 //! - `commands`: the controller's commands: `InitBranch`, `InitSnapshot`, `RetrieveSnapshot`.
+//! - `lease`: the controller lease: which one controller connection a bank with a secret obeys.
 //! - `recording`: the core's effects: recorders, markers, money found in transit.
 //! - `durability`: with a store, group commit and the rule that nothing leaves the branch before
 //!   what it depends on is durable; restoring the bank from the store after a crash.
@@ -23,6 +24,7 @@ mod commands;
 pub use commands::MAX_RETRIEVE_WAIT;
 mod durability;
 mod generator;
+mod lease;
 mod recording;
 
 use std::collections::HashMap;
@@ -97,7 +99,8 @@ pub struct RecorderRetired {
 }
 
 /// Decoded frames from one connection, in arrival order: whatever one read produced, so a busy
-/// connection costs one actor message per read rather than per frame.
+/// connection costs one actor message per read rather than per frame. From a controller it
+/// comes even when the read held only heartbeats (`bodies` empty): they renew its lease.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct InboundBatch {
@@ -327,6 +330,9 @@ pub struct BranchActor {
     /// Set (with the reason) when the branch cannot go on with its state: the `branch` command
     /// watches it and exits.
     halted: tokio::sync::watch::Sender<Option<String>>,
+    /// Which controller connection may command this branch (in a bank with a secret), so two
+    /// controllers never number snapshots from the same free id.
+    lease: lease::ControllerLease,
 }
 
 impl BranchActor {
@@ -340,7 +346,9 @@ impl BranchActor {
     ) -> Self {
         let traffic = Traffic::new(settings.min_interval, settings.max_interval, settings.seed);
         let settings_secret = settings.secret.clone();
+        let lease = lease::ControllerLease::new(settings.peer_timeout);
         Self {
+            lease,
             name: settings.name.as_str().into(),
             settings,
             port,
@@ -424,6 +432,12 @@ impl Handler<ConnectionClosed> for BranchActor {
                 if self.controllers.remove(&conn).is_some() {
                     info!("{}: controller connection closed", self.name);
                 }
+                if self.lease.release(conn) {
+                    info!(
+                        "{}: the controller lease ends with its holder's connection",
+                        self.name
+                    );
+                }
             }
             Source::Peer { channel, conn } => self.peer_link_closed(channel, conn, ctx),
         }
@@ -436,6 +450,13 @@ impl Handler<ControllerDoneAsking> for BranchActor {
     fn handle(&mut self, msg: ControllerDoneAsking, _ctx: &mut Context<Self>) {
         if let Some(link) = self.controllers.get_mut(&msg.conn) {
             link.done_asking = true;
+        }
+        // It can send no more commands: the next controller need not wait for the answers.
+        if self.lease.release(msg.conn) {
+            info!(
+                "{}: the controller lease ends: its holder closed its half of the connection",
+                self.name
+            );
         }
         self.close_if_nothing_owed(msg.conn);
     }
@@ -487,6 +508,9 @@ impl Handler<InboundBatch> for BranchActor {
     type Result = ();
 
     fn handle(&mut self, msg: InboundBatch, ctx: &mut Context<Self>) {
+        if let Source::Controller(conn) = msg.source {
+            self.lease.heard(conn, Instant::now());
+        }
         for body in msg.bodies {
             self.on_frame(msg.source, body, ctx);
         }
