@@ -6,6 +6,8 @@
 //! sees a generated type at all.
 
 use bytes::{Buf, BytesMut};
+
+use crate::core::{Frame, PeerMsg, RefusalKind};
 use prost::Message;
 use tokio_util::codec::Decoder;
 
@@ -170,18 +172,86 @@ pub fn channel_frame(frame: crate::core::Frame, pos: u64) -> Body {
     }
 }
 
+/// A cumulative acknowledgement of every frame up to `received` on a peer channel.
+pub fn ack(received: u64) -> Body {
+    Body::Ack(pb::Ack { received })
+}
+
+/// The first frame on a new peer connection: who the sender is, how far it has received.
+pub fn resume(incarnation: u64, received: u64) -> Body {
+    Body::Resume(pb::Resume {
+        incarnation,
+        received,
+    })
+}
+
 /// A refusal frame carrying `reason`, after which the other side may try again.
 pub fn refusal(reason: impl Into<String>) -> Body {
-    final_refusal(pb::RefusalKind::Retry, reason)
+    final_refusal(RefusalKind::Retry, reason)
 }
 
 /// A refusal frame of `kind`: a peer that has proved the secret tells the other side that
 /// retrying cannot help.
-pub fn final_refusal(kind: pb::RefusalKind, reason: impl Into<String>) -> Body {
+pub fn final_refusal(kind: RefusalKind, reason: impl Into<String>) -> Body {
     Body::Refusal(pb::Refusal {
         reason: reason.into(),
-        kind: kind.into(),
+        kind: pb::RefusalKind::from(kind).into(),
     })
+}
+
+impl From<RefusalKind> for pb::RefusalKind {
+    fn from(kind: RefusalKind) -> Self {
+        match kind {
+            RefusalKind::Retry => Self::Retry,
+            RefusalKind::NewIncarnation => Self::NewIncarnation,
+            RefusalKind::StateRegressed => Self::StateRegressed,
+        }
+    }
+}
+
+impl From<pb::RefusalKind> for RefusalKind {
+    fn from(kind: pb::RefusalKind) -> Self {
+        match kind {
+            pb::RefusalKind::Retry => Self::Retry,
+            pb::RefusalKind::NewIncarnation => Self::NewIncarnation,
+            pb::RefusalKind::StateRegressed => Self::StateRegressed,
+        }
+    }
+}
+
+impl From<Body> for PeerMsg {
+    /// A frame from a peer connection. A refusal kind this build does not know counts as
+    /// [`RefusalKind::Retry`], the harmless reading.
+    fn from(body: Body) -> Self {
+        match body {
+            Body::Transfer(pb::Transfer { money, seq, pos }) => PeerMsg::Channel {
+                frame: Frame::Transfer {
+                    seq,
+                    amount: u64::from(money),
+                },
+                pos,
+            },
+            Body::Marker(pb::Marker { snapshot_id, pos }) => PeerMsg::Channel {
+                frame: Frame::Marker { id: snapshot_id },
+                pos,
+            },
+            Body::Ack(pb::Ack { received }) => PeerMsg::Ack { received },
+            Body::Resume(pb::Resume {
+                incarnation,
+                received,
+            }) => PeerMsg::Resume {
+                incarnation,
+                received,
+            },
+            Body::Refusal(pb::Refusal { reason, kind }) => PeerMsg::Refusal {
+                kind: pb::RefusalKind::try_from(kind)
+                    .map(RefusalKind::from)
+                    .unwrap_or_default(),
+                reason,
+            },
+            other => PeerMsg::Unexpected(body_kind(&other)),
+        }
+    }
 }
 
 /// Why an `InitBranch` cannot be used to initialise a branch.
@@ -326,6 +396,51 @@ pub fn no_record(
 mod tests {
     use super::*;
     use prost::Message;
+
+    #[test]
+    fn peer_messages_are_decoded_once_into_domain_values() {
+        assert_eq!(
+            PeerMsg::from(channel_frame(Frame::Transfer { seq: 3, amount: 7 }, 9)),
+            PeerMsg::Channel {
+                frame: Frame::Transfer { seq: 3, amount: 7 },
+                pos: 9
+            }
+        );
+        assert_eq!(
+            PeerMsg::from(resume(5, 2)),
+            PeerMsg::Resume {
+                incarnation: 5,
+                received: 2
+            }
+        );
+        assert_eq!(PeerMsg::from(ack(4)), PeerMsg::Ack { received: 4 });
+        assert_eq!(
+            PeerMsg::from(final_refusal(RefusalKind::StateRegressed, "why")),
+            PeerMsg::Refusal {
+                kind: RefusalKind::StateRegressed,
+                reason: "why".into()
+            }
+        );
+        assert_eq!(
+            PeerMsg::from(Body::InitSnapshot(pb::InitSnapshot { snapshot_id: 1 })),
+            PeerMsg::Unexpected("InitSnapshot")
+        );
+    }
+
+    #[test]
+    fn a_refusal_of_a_kind_this_build_does_not_know_only_asks_for_a_retry() {
+        let unknown = Body::Refusal(pb::Refusal {
+            reason: "from a newer build".into(),
+            kind: 99,
+        });
+        assert_eq!(
+            PeerMsg::from(unknown),
+            PeerMsg::Refusal {
+                kind: RefusalKind::Retry,
+                reason: "from a newer build".into()
+            }
+        );
+    }
 
     fn decode_all(bytes: &[u8], max: usize) -> Vec<Result<pb::BranchMessage, String>> {
         let mut codec = FrameCodec::new(max);

@@ -267,7 +267,7 @@ fn forged_frames_in_a_bank_without_a_secret_end_only_the_strangers_connection() 
         (
             "a Refusal",
             vec![wire::final_refusal(
-                pb::RefusalKind::NewIncarnation,
+                snapbank::core::RefusalKind::NewIncarnation,
                 "forged: you are a new incarnation",
             )],
         ),

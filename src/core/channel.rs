@@ -39,6 +39,60 @@ pub enum Frame {
 /// A position on a directed channel: 1 for the first frame ever sent on it.
 pub type Position = u64;
 
+/// What a refusal of a peer connection means for the branch refused. Believed only from a peer
+/// that has proved the cluster secret; from anyone else every refusal is [`Self::Retry`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RefusalKind {
+    /// Try again later: the default, and what a refusal from an unproven party counts as.
+    #[default]
+    Retry,
+    /// The refused branch restarted without its state (a new incarnation): retrying cannot
+    /// help, restarting it with its data can.
+    NewIncarnation,
+    /// The refused branch's store lost a commit: it must stop trading.
+    StateRegressed,
+}
+
+/// A message on a peer connection, as the channel layer sees it: decoded once, at the edge
+/// ([`crate::wire`]), so the rules below never match generated types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerMsg {
+    /// A frame of the channel at position `pos` (0: unpositioned, from an original-schema sender
+    /// in a bank without a secret). A transfer's `seq` is 0 when the sender numbered none.
+    Channel { frame: Frame, pos: Position },
+    /// Everything up to `received` has been delivered (and made durable) by the peer.
+    Ack { received: Position },
+    /// The first message on a new connection: who the sender is and how far it has received.
+    Resume {
+        incarnation: u64,
+        received: Position,
+    },
+    /// The peer turns this connection away.
+    Refusal { kind: RefusalKind, reason: String },
+    /// A message peers may not send, by its name.
+    Unexpected(&'static str),
+}
+
+impl PeerMsg {
+    /// The message's name, for logs and refusals.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PeerMsg::Channel {
+                frame: Frame::Transfer { .. },
+                ..
+            } => "Transfer",
+            PeerMsg::Channel {
+                frame: Frame::Marker { .. },
+                ..
+            } => "Marker",
+            PeerMsg::Ack { .. } => "Ack",
+            PeerMsg::Resume { .. } => "Resume",
+            PeerMsg::Refusal { .. } => "Refusal",
+            PeerMsg::Unexpected(kind) => kind,
+        }
+    }
+}
+
 /// A violation of the channel rules. Each one names what broke; the connection it came on
 /// cannot be trusted and is closed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

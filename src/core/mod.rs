@@ -27,7 +27,9 @@ pub use audit::{Audit, ChannelEvidence, CutEvidence, Rule, Violation};
 pub use branch::{
     BranchCore, Channel, ChannelCount, CoreError, CoreState, Effect, SnapshotId, chain_digest,
 };
-pub use channel::{ChannelError, Delivery, Frame, Position, ReceiveCursor, SendWindow};
+pub use channel::{
+    ChannelError, Delivery, Frame, PeerMsg, Position, ReceiveCursor, RefusalKind, SendWindow,
+};
 pub use id_set::IdSet;
 pub use ledger::{Ledger, split_total};
 pub use record::{InTransit, RecordBook, SnapshotRecord};

@@ -33,10 +33,12 @@ use log::{error, info, warn};
 use super::{BranchActor, ConnId, PeerLink, Source, peer_mut};
 use crate::branch::connection::{LinkSettings, PeerConnection};
 use crate::branch::traffic::Pause;
-use crate::core::{Channel, ChannelError, CoreError, Delivery, Frame};
+use crate::core::{
+    Channel, ChannelError, CoreError, Delivery, Frame, PeerMsg, Position, RefusalKind,
+};
 use crate::handshake::Authenticated;
 use crate::outbox::Outbox;
-use crate::wire::{self, Body, pb};
+use crate::wire::{self, Body};
 
 /// Frames delivered on a channel before an acknowledgement goes out at once, without waiting
 /// for [`ACK_DELAY`]: a sixteenth of the default window, so a busy sender never stalls on a full
@@ -108,12 +110,12 @@ impl BranchActor {
         });
     }
 
-    /// A frame from the connection carrying peer `channel`.
+    /// A message from the connection carrying peer `channel`.
     pub(super) fn on_peer_frame(
         &mut self,
         channel: Channel,
         conn: ConnId,
-        body: Body,
+        msg: PeerMsg,
         ctx: &mut Context<Self>,
     ) {
         let Some(bank) = self.bank.as_mut() else {
@@ -127,32 +129,23 @@ impl BranchActor {
             return; // a frame from a connection that has since been replaced
         };
         if !link.resumed {
-            match body {
-                Body::Resume(resume) => self.on_resume(channel, resume, ctx),
-                Body::Refusal(refusal) => self.on_refusal(channel, refusal, ctx),
+            match msg {
+                PeerMsg::Resume {
+                    incarnation,
+                    received,
+                } => self.on_resume(channel, incarnation, received, ctx),
+                PeerMsg::Refusal { kind, reason } => self.on_refusal(channel, kind, reason, ctx),
                 other => self.protocol_error(
                     channel,
-                    format!(
-                        "sent {} before Resume on a new connection",
-                        wire::body_kind(&other)
-                    ),
+                    format!("sent {} before Resume on a new connection", other.kind()),
                     ctx,
                 ),
             }
             return;
         }
-        let (frame, pos) = match body {
-            Body::Transfer(pb::Transfer { money, seq, pos }) => (
-                Frame::Transfer {
-                    seq,
-                    amount: u64::from(money),
-                },
-                pos,
-            ),
-            Body::Marker(pb::Marker { snapshot_id, pos }) => {
-                (Frame::Marker { id: snapshot_id }, pos)
-            }
-            Body::Ack(pb::Ack { received }) => {
+        let (frame, pos) = match msg {
+            PeerMsg::Channel { frame, pos } => (frame, pos),
+            PeerMsg::Ack { received } => {
                 match peer.window.ack(received) {
                     Ok(0) => {}
                     Ok(_) => {
@@ -165,8 +158,8 @@ impl BranchActor {
                 }
                 return;
             }
-            Body::Refusal(refusal) => {
-                self.on_refusal(channel, refusal, ctx);
+            PeerMsg::Refusal { kind, reason } => {
+                self.on_refusal(channel, kind, reason, ctx);
                 return;
             }
             other => {
@@ -174,7 +167,7 @@ impl BranchActor {
                     "{}: peer {} sent {}; only Transfer, Marker and Ack are accepted from peers; ignored",
                     self.name,
                     peer.name,
-                    wire::body_kind(&other)
+                    other.kind()
                 );
                 return;
             }
@@ -245,30 +238,33 @@ impl BranchActor {
     }
 
     /// The peer's `Resume`: check it is the same incarnation, resend what it lacks, go live.
-    fn on_resume(&mut self, channel: Channel, resume: pb::Resume, ctx: &mut Context<Self>) {
+    fn on_resume(
+        &mut self,
+        channel: Channel,
+        incarnation: u64,
+        received: Position,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(bank) = self.bank.as_mut() else {
             return;
         };
         let authenticated = bank.authenticated;
         let peer = &mut bank.peers[channel];
-        if let Some(known) = peer
-            .incarnation
-            .filter(|&known| known != resume.incarnation)
-        {
+        if let Some(known) = peer.incarnation.filter(|&known| known != incarnation) {
             let reason = format!(
                 "{} came back as a new incarnation ({:016x}, was {known:016x}): it restarted without its state, so its channel positions started over and it cannot be spliced onto the old channel ({} frame(s) this branch sent it are unacknowledged); restart {} with its --data-dir",
                 peer.name,
-                resume.incarnation,
+                incarnation,
                 peer.window.unacked(),
                 peer.name
             );
-            let refusal = wire::final_refusal(pb::RefusalKind::NewIncarnation, reason.clone());
+            let refusal = wire::final_refusal(RefusalKind::NewIncarnation, reason.clone());
             self.close_link(channel, Some(refusal), &reason, ctx);
             return;
         }
         let resumed = peer
             .window
-            .resume(resume.received)
+            .resume(received)
             .map(|frames| frames.collect::<Vec<_>>());
         let resent = match resumed {
             Ok(frames) => frames,
@@ -293,12 +289,12 @@ impl BranchActor {
         }
         link.resumed = true;
         peer.redial = super::admission::redial_backoff();
-        if peer.incarnation != Some(resume.incarnation)
+        if peer.incarnation != Some(incarnation)
             && let Some(durable) = self.durable.as_mut()
         {
             durable.touch();
         }
-        peer.incarnation = Some(resume.incarnation);
+        peer.incarnation = Some(incarnation);
         if let Some(grace) = peer.grace.take() {
             ctx.cancel_future(grace);
         }
@@ -310,13 +306,13 @@ impl BranchActor {
                 peer.name,
                 since.elapsed().as_millis(),
                 resent.len(),
-                resume.received
+                received
             ),
             None => info!(
                 "{}: channel with {} is up (it has received up to position {}; resent {} frame(s))",
                 self.name,
                 peer.name,
-                resume.received,
+                received,
                 resent.len()
             ),
         }
@@ -353,7 +349,7 @@ impl BranchActor {
             ChannelError::Regressed { .. } => {
                 let reason = format!("{peer}'s state regressed (its store lost a commit?): {err}");
                 let refusal = authenticated
-                    .then(|| wire::final_refusal(pb::RefusalKind::StateRegressed, reason.clone()));
+                    .then(|| wire::final_refusal(RefusalKind::StateRegressed, reason.clone()));
                 self.close_link(channel, refusal, &reason, ctx);
             }
             err => self.protocol_error(channel, err.to_string(), ctx),
@@ -362,30 +358,34 @@ impl BranchActor {
 
     /// The peer refused the connection. Whatever it says, this connection is closed; what
     /// else follows depends on whether the peer proved the cluster secret.
-    fn on_refusal(&mut self, channel: Channel, refusal: pb::Refusal, ctx: &mut Context<Self>) {
+    fn on_refusal(
+        &mut self,
+        channel: Channel,
+        kind: RefusalKind,
+        reason: String,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(bank) = self.bank.as_mut() else {
             return;
         };
         let peer = &mut bank.peers[channel];
-        let kind = pb::RefusalKind::try_from(refusal.kind).unwrap_or(pb::RefusalKind::Retry);
-        let reason = refusal.reason;
         match kind {
             _ if !bank.authenticated => warn!(
                 "{}: {} refused the connection (unproven, so this changes nothing else): {reason}",
                 self.name, peer.name
             ),
-            pb::RefusalKind::Retry => {
+            RefusalKind::Retry => {
                 warn!(
                     "{}: {} refused the connection: {reason}",
                     self.name, peer.name
                 )
             }
-            pb::RefusalKind::StateRegressed if self.store.is_some() => {
+            RefusalKind::StateRegressed if self.store.is_some() => {
                 let detail = format!("{} says: {reason}", peer.name);
                 self.halt_regressed(detail);
                 return;
             }
-            pb::RefusalKind::NewIncarnation | pb::RefusalKind::StateRegressed => {
+            RefusalKind::NewIncarnation | RefusalKind::StateRegressed => {
                 error!(
                     "{}: {} (which proved the cluster secret) refused the channel for good: {reason}; not dialling it again",
                     self.name, peer.name
@@ -554,7 +554,7 @@ impl BranchActor {
             if let Some(link) = peer.link.as_ref().filter(|link| link.resumed)
                 && let Some(received) = peer.cursor.take_ack()
             {
-                link.outbox.push(Body::Ack(pb::Ack { received }));
+                link.outbox.push(wire::ack(received));
             }
         } else if unacked > 0 && !self.ack_scheduled {
             self.ack_scheduled = true;
@@ -569,7 +569,7 @@ impl BranchActor {
             if let Some(link) = peer.link.as_ref().filter(|link| link.resumed)
                 && let Some(received) = peer.cursor.take_ack()
             {
-                link.outbox.push(Body::Ack(pb::Ack { received }));
+                link.outbox.push(wire::ack(received));
             }
         }
     }
@@ -579,9 +579,6 @@ impl BranchActor {
 /// has received. Only what is durable counts as received: the peer forgets what this side
 /// states.
 fn push_resume(peer: &mut super::Peer, outbox: &Outbox, incarnation: u64) {
-    outbox.push(Body::Resume(pb::Resume {
-        incarnation,
-        received: peer.cursor.durable(),
-    }));
+    outbox.push(wire::resume(incarnation, peer.cursor.durable()));
     peer.cursor.acked_by_resume();
 }
