@@ -277,6 +277,28 @@ pub fn bank_members(
     self_name: &str,
     branches: &[pb::init_branch::Branch],
 ) -> Result<Vec<crate::config::BranchEntry>, InitError> {
+    let members = members(branches)?;
+    check_listed(self_name, &members)?;
+    Ok(members)
+}
+
+/// Whether `self_name` is among `members`.
+pub fn check_listed(
+    self_name: &str,
+    members: &[crate::config::BranchEntry],
+) -> Result<(), InitError> {
+    if members.iter().any(|member| member.name == self_name) {
+        Ok(())
+    } else {
+        Err(InitError::SelfMissing(self_name.to_string()))
+    }
+}
+
+/// Converts `InitBranch.all_branches` into validated [`crate::config::BranchEntry`]s: every
+/// name valid and unique, every address usable.
+fn members(
+    branches: &[pb::init_branch::Branch],
+) -> Result<Vec<crate::config::BranchEntry>, InitError> {
     let mut seen = std::collections::HashSet::new();
     let mut members = Vec::with_capacity(branches.len());
     for branch in branches {
@@ -306,10 +328,80 @@ pub fn bank_members(
             addr: std::net::SocketAddr::new(ip, port),
         });
     }
-    if !seen.contains(self_name) {
-        return Err(InitError::SelfMissing(self_name.to_string()));
-    }
     Ok(members)
+}
+
+/// An `InitBranch`, decoded and its member list validated at the edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitBank {
+    /// This branch's starting balance.
+    pub balance: u64,
+    /// Every branch of the bank, or why the list is unusable (reported only once the command
+    /// is otherwise acceptable, as it always was).
+    pub members: Result<Vec<crate::config::BranchEntry>, InitError>,
+    /// The cluster secret it carries (empty: none, or supplied out of band).
+    pub secret: Vec<u8>,
+    /// The sending controller's id (0: an original-schema controller), for the lease.
+    pub controller: u64,
+}
+
+impl From<pb::InitBranch> for InitBank {
+    fn from(init: pb::InitBranch) -> Self {
+        Self {
+            balance: u64::from(init.balance),
+            members: members(&init.all_branches),
+            secret: init.secret,
+            controller: init.controller,
+        }
+    }
+}
+
+/// A frame on a controller connection, as the branch's command handling sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControllerCmd {
+    InitBranch(InitBank),
+    InitSnapshot {
+        id: crate::core::SnapshotId,
+    },
+    /// `wait_ms` 0: the sender did not ask to wait (an original-schema controller, or an
+    /// answer wanted at once).
+    RetrieveSnapshot {
+        id: crate::core::SnapshotId,
+        wait_ms: u32,
+    },
+    /// A message controllers may not send, by its name.
+    Unexpected(&'static str),
+}
+
+impl ControllerCmd {
+    /// The command's name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ControllerCmd::InitBranch(_) => "InitBranch",
+            ControllerCmd::InitSnapshot { .. } => "InitSnapshot",
+            ControllerCmd::RetrieveSnapshot { .. } => "RetrieveSnapshot",
+            ControllerCmd::Unexpected(kind) => kind,
+        }
+    }
+}
+
+impl From<Body> for ControllerCmd {
+    fn from(body: Body) -> Self {
+        match body {
+            Body::InitBranch(init) => ControllerCmd::InitBranch(init.into()),
+            Body::InitSnapshot(pb::InitSnapshot { snapshot_id }) => {
+                ControllerCmd::InitSnapshot { id: snapshot_id }
+            }
+            Body::RetrieveSnapshot(pb::RetrieveSnapshot {
+                snapshot_id,
+                wait_ms,
+            }) => ControllerCmd::RetrieveSnapshot {
+                id: snapshot_id,
+                wait_ms,
+            },
+            other => ControllerCmd::Unexpected(body_kind(&other)),
+        }
+    }
 }
 
 /// The wire form of a branch list, for `InitBranch`.
@@ -424,6 +516,49 @@ mod tests {
         assert_eq!(
             PeerMsg::from(Body::InitSnapshot(pb::InitSnapshot { snapshot_id: 1 })),
             PeerMsg::Unexpected("InitSnapshot")
+        );
+    }
+
+    #[test]
+    fn controller_commands_are_decoded_once_with_their_member_list_validated() {
+        let branch = |name: &str, port| pb::init_branch::Branch {
+            name: name.into(),
+            ip: "127.0.0.1".into(),
+            port,
+        };
+        let init = |all_branches| {
+            ControllerCmd::from(Body::InitBranch(pb::InitBranch {
+                balance: 50,
+                all_branches,
+                secret: b"s".to_vec(),
+                controller: 9,
+            }))
+        };
+        let ControllerCmd::InitBranch(bank) = init(vec![branch("a", 1), branch("b", 2)]) else {
+            panic!("an InitBranch");
+        };
+        assert_eq!((bank.balance, bank.controller), (50, 9));
+        assert_eq!(bank.secret, b"s");
+        let members = bank.members.expect("a valid list");
+        assert_eq!(check_listed("b", &members), Ok(()));
+        assert_eq!(
+            check_listed("c", &members),
+            Err(InitError::SelfMissing("c".into()))
+        );
+        let ControllerCmd::InitBranch(bad) = init(vec![branch("a", 1), branch("a", 2)]) else {
+            panic!("an InitBranch");
+        };
+        assert_eq!(bad.members, Err(InitError::DuplicateName("a".into())));
+        assert_eq!(
+            ControllerCmd::from(Body::RetrieveSnapshot(pb::RetrieveSnapshot {
+                snapshot_id: 4,
+                wait_ms: 10
+            })),
+            ControllerCmd::RetrieveSnapshot { id: 4, wait_ms: 10 }
+        );
+        assert_eq!(
+            ControllerCmd::from(ack(1)),
+            ControllerCmd::Unexpected("Ack")
         );
     }
 

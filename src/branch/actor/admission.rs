@@ -140,6 +140,7 @@ impl BranchActor {
                 }
             }
             Body::InitBranch(init) => {
+                let init = wire::InitBank::from(init);
                 let claim = ControllerClaim {
                     controller: init.controller,
                     take_over: false,
@@ -191,7 +192,7 @@ impl BranchActor {
                 );
                 let conn = self.new_conn_id();
                 self.open_controller_link(conn, reader, writer, remote, ctx);
-                self.on_controller_frame(conn, first, ctx);
+                self.on_controller_frame(conn, first.into(), ctx);
             }
             other => warn!(
                 "{}: connection from {remote} opened with {}; a connection must start with Hello, InitBranch or ControllerHello; closing",
@@ -205,7 +206,7 @@ impl BranchActor {
     /// it came on a connection that completed the controller handshake.
     pub(super) fn secret_for(
         &self,
-        init: &pb::InitBranch,
+        init: &wire::InitBank,
         authenticated: bool,
     ) -> Result<Secret, String> {
         if self.bank.is_some() {

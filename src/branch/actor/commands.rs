@@ -27,7 +27,7 @@ use crate::auth::Secret;
 use crate::branch::recorder;
 use crate::config::BranchEntry;
 use crate::core::{BranchCore, Channel, ReceiveCursor, SendWindow, SnapshotId};
-use crate::wire::{self, Body, pb};
+use crate::wire::{self, Body, ControllerCmd, InitBank, pb};
 
 /// Upper bound on how long a `RetrieveSnapshot` may be held waiting for its record.
 pub const MAX_RETRIEVE_WAIT: Duration = Duration::from_secs(60);
@@ -60,7 +60,7 @@ impl BranchActor {
     pub(super) fn on_controller_frame(
         &mut self,
         conn: ConnId,
-        body: Body,
+        cmd: ControllerCmd,
         ctx: &mut Context<Self>,
     ) {
         if self.lease_applies() && !self.lease.holds(conn) {
@@ -69,12 +69,12 @@ impl BranchActor {
             debug!(
                 "{}: {} from a controller connection that does not hold the controller lease; ignored",
                 self.name,
-                wire::body_kind(&body)
+                cmd.kind()
             );
             return;
         }
-        match body {
-            Body::InitBranch(init) => {
+        match cmd {
+            ControllerCmd::InitBranch(init) => {
                 // Only reachable on an attached (authenticated) controller connection to a
                 // branch that has a --secret-file and no bank yet.
                 let result = self
@@ -90,7 +90,7 @@ impl BranchActor {
                     }
                 }
             }
-            Body::InitSnapshot(pb::InitSnapshot { snapshot_id }) => {
+            ControllerCmd::InitSnapshot { id: snapshot_id } => {
                 let Some(bank) = self.bank.as_mut() else {
                     warn!(
                         "{}: InitSnapshot {snapshot_id} before InitBranch; ignored",
@@ -106,14 +106,12 @@ impl BranchActor {
                     Err(err) => warn!("{}: InitSnapshot refused: {err}", self.name),
                 }
             }
-            Body::RetrieveSnapshot(pb::RetrieveSnapshot {
-                snapshot_id,
-                wait_ms,
-            }) => self.retrieve(conn, snapshot_id, wait_ms, ctx),
-            other => warn!(
-                "{}: the controller connection sent {}; only InitBranch, InitSnapshot and RetrieveSnapshot are accepted there; ignored",
+            ControllerCmd::RetrieveSnapshot { id, wait_ms } => {
+                self.retrieve(conn, id, wait_ms, ctx)
+            }
+            ControllerCmd::Unexpected(kind) => warn!(
+                "{}: the controller connection sent {kind}; only InitBranch, InitSnapshot and RetrieveSnapshot are accepted there; ignored",
                 self.name,
-                wire::body_kind(&other)
             ),
         }
     }
@@ -123,15 +121,15 @@ impl BranchActor {
     /// member list.
     pub(super) fn init(
         &mut self,
-        init: pb::InitBranch,
+        init: InitBank,
         secret: Secret,
         ctx: &mut Context<Self>,
     ) -> Result<(), String> {
         if self.bank.is_some() {
             return Err("this branch is already initialised".to_string());
         }
-        let members =
-            wire::bank_members(&self.name, &init.all_branches).map_err(|err| err.to_string())?;
+        let members = init.members.map_err(|err| err.to_string())?;
+        wire::check_listed(&self.name, &members).map_err(|err| err.to_string())?;
         self.check_own_entry(&members)?;
         if let Some(store) = &self.store {
             self.durable = Some(super::durability::Durable::new(
@@ -141,7 +139,7 @@ impl BranchActor {
             let meta = super::durability::meta(&self.name, &members, &secret, self.incarnation);
             self.stage_meta(&meta);
         }
-        let balance = u64::from(init.balance);
+        let balance = init.balance;
         let window = self.settings.send_window;
         let peers: Vec<Peer> = members
             .into_iter()

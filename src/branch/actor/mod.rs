@@ -389,7 +389,7 @@ impl BranchActor {
 
     fn on_frame(&mut self, source: Source, body: Body, ctx: &mut Context<Self>) {
         match source {
-            Source::Controller(conn) => self.on_controller_frame(conn, body, ctx),
+            Source::Controller(conn) => self.on_controller_frame(conn, body.into(), ctx),
             Source::Peer { channel, conn } => self.on_peer_frame(channel, conn, body.into(), ctx),
         }
     }
