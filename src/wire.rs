@@ -1,5 +1,7 @@
-//! The wire edge: generated protobuf types, the delimited frame codec, and the small builders
-//! that turn domain values into [`pb::BranchMessage`] frames.
+//! The wire edge: generated protobuf types, the delimited frame codec, the small builders that
+//! turn domain values into [`pb::BranchMessage`] frames, and the conversions the other way:
+//! a peer's frame becomes a [`PeerMsg`] and a controller's a [`ControllerCmd`] (an `InitBranch`
+//! with its member list validated, as an [`InitBank`]), once, where it arrives.
 //!
 //! Nothing outside this module touches bytes on the socket: connections hand the codec a byte
 //! stream and get whole [`pb::BranchMessage`]s back, and the algorithm in [`crate::core`] never
