@@ -20,6 +20,7 @@ pub mod server;
 pub mod state;
 
 use std::collections::VecDeque;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -149,6 +150,23 @@ impl WebView {
         }
         pending.frames.push_back(sse_frame("snapshot", &object));
         pending.status_changed = true;
+    }
+
+    /// Writes `/api/history` (the `limit` newest summaries) into `out`, holding the state's
+    /// lock only to copy pointers to them.
+    pub fn write_history(&self, limit: usize, out: &mut impl io::Write) -> io::Result<()> {
+        self.read(|state| state.recent(limit)).write_history(out)
+    }
+
+    /// Writes `/api/snapshots` (the `limit` newest API objects) into `out`, holding the
+    /// state's lock only to copy pointers to them.
+    pub fn write_snapshots(&self, limit: usize, out: &mut impl io::Write) -> io::Result<()> {
+        self.read(|state| state.recent(limit)).write_snapshots(out)
+    }
+
+    /// One retained snapshot.
+    pub fn snapshot(&self, id: u32) -> Option<Arc<state::Retained>> {
+        self.read(|state| state.snapshot(id))
     }
 
     /// Runs `read` on the state.
@@ -306,6 +324,80 @@ mod tests {
             statuses += 1;
         }
         assert!((1..=2).contains(&statuses), "{statuses}");
+    }
+
+    /// A writer that, at its first write (the reader is then in the middle of serialising),
+    /// has another thread record a report and waits for it: the recording call must finish
+    /// while the serialisation is held up (for as long as 10 s here).
+    struct RecordWhileSerialising<'a> {
+        view: &'a WebView,
+        next_id: u32,
+        recorded_within: Option<Option<Duration>>,
+        bytes: usize,
+    }
+
+    impl std::io::Write for RecordWhileSerialising<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.recorded_within.is_none() {
+                let (done, recorded) = std::sync::mpsc::channel();
+                let view = self.view.clone();
+                let id = self.next_id;
+                let started = std::time::Instant::now();
+                std::thread::spawn(move || {
+                    view.add_report(&report(id));
+                    let _ = done.send(started.elapsed());
+                });
+                self.recorded_within = Some(recorded.recv_timeout(Duration::from_secs(10)).ok());
+            }
+            self.bytes += buf.len();
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn recording_a_report_never_waits_for_a_reader_serialising_the_history() {
+        const HISTORY: u32 = 20_000;
+        let view = WebView::new(&[], 10, HISTORY as usize);
+        for id in 0..HISTORY {
+            view.add_report(&report(id));
+        }
+        type Serialise = fn(&WebView, &mut RecordWhileSerialising) -> io::Result<()>;
+        let readers: [(&str, Serialise); 2] = [
+            ("/api/history", |view, out| {
+                view.write_history(usize::MAX, out)
+            }),
+            ("/api/snapshots", |view, out| {
+                view.write_snapshots(usize::MAX, out)
+            }),
+        ];
+        for (next_id, (route, serialise)) in (HISTORY..).zip(readers) {
+            let mut reader = RecordWhileSerialising {
+                view: &view,
+                next_id,
+                recorded_within: None,
+                bytes: 0,
+            };
+            serialise(&view, &mut reader).unwrap();
+            let waited = reader.recorded_within.expect("something was written");
+            assert!(
+                waited.is_some(),
+                "{route}: recording a report waited 10 s for a reader serialising the history"
+            );
+            assert!(
+                reader.bytes > HISTORY as usize * 100,
+                "{route}: {} bytes",
+                reader.bytes
+            );
+            assert_eq!(
+                view.read(|state| state.latest_id()),
+                Some(next_id),
+                "{route}"
+            );
+        }
     }
 
     #[test]

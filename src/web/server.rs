@@ -142,6 +142,22 @@ fn asset(content_type: &str, body: &'static str) -> HttpResponse {
 }
 
 fn json(body: String) -> HttpResponse {
+    json_bytes(body.into_bytes())
+}
+
+/// A JSON response written by `write` into memory (which cannot fail; should it, a `500`).
+fn json_written(write: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>) -> HttpResponse {
+    let mut body = Vec::new();
+    match write(&mut body) {
+        Ok(()) => json_bytes(body),
+        Err(err) => error(
+            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("cannot write the response: {err}"),
+        ),
+    }
+}
+
+fn json_bytes(body: Vec<u8>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -183,7 +199,7 @@ fn bad_request(message: &str) -> HttpResponse {
 
 async fn snapshots(request: HttpRequest, view: web::Data<WebView>) -> HttpResponse {
     match limit(&request) {
-        Ok(limit) => json(view.read(|state| state.snapshots_json(limit))),
+        Ok(limit) => json_written(|body| view.write_snapshots(limit, body)),
         Err(message) => bad_request(&message),
     }
 }
@@ -196,8 +212,8 @@ async fn snapshot(request: HttpRequest, view: web::Data<WebView>) -> HttpRespons
             &format!("a snapshot id is a number, not {raw:?}"),
         );
     };
-    match view.read(|state| state.snapshot_json(id).map(str::to_string)) {
-        Some(object) => json(object),
+    match view.snapshot(id) {
+        Some(retained) => json(retained.json().to_owned()),
         None => error(
             actix_web::http::StatusCode::NOT_FOUND,
             &format!("snapshot {id} is not retained (never reported, or older than the history)"),
@@ -207,7 +223,7 @@ async fn snapshot(request: HttpRequest, view: web::Data<WebView>) -> HttpRespons
 
 async fn history(request: HttpRequest, view: web::Data<WebView>) -> HttpResponse {
     match limit(&request) {
-        Ok(limit) => json(view.read(|state| state.history_json(limit).to_string())),
+        Ok(limit) => json_written(|body| view.write_history(limit, body)),
         Err(message) => bad_request(&message),
     }
 }
