@@ -14,6 +14,11 @@
 //! into a bounded broadcast channel, which never waits. The HTTP server runs on its own worker
 //! thread; a client that reads slowly only falls behind in the channel (it is then told to
 //! resync), so a slow or stuck browser costs the controller nothing.
+//!
+//! At most [`MAX_STREAM_CLIENTS`] live streams are open at once. A viewer that comes when they
+//! all are always gets in: the oldest stream is closed for it, after an `evicted` event (the
+//! page then stops following and says so, instead of reconnecting and evicting another). So
+//! tabs left open, or clients that connect and never read, cannot lock later viewers out.
 
 pub mod metrics;
 pub mod server;
@@ -22,12 +27,12 @@ pub mod state;
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::BranchEntry;
 use crate::controller::{ControllerObserver, SnapshotReport};
@@ -42,7 +47,7 @@ pub const DEFAULT_KEEP: usize = 100;
 /// is told to resync instead.
 const STREAM_BACKLOG: usize = 256;
 
-/// At most this many live-stream clients at once; more get `503`.
+/// At most this many live-stream clients at once; a new one closes the oldest.
 pub const MAX_STREAM_CLIENTS: usize = 64;
 
 /// Why the web view could not start.
@@ -68,7 +73,16 @@ struct Shared {
     /// Pre-rendered SSE frames for every connected stream.
     events: broadcast::Sender<Bytes>,
     /// Stream clients connected now.
-    clients: AtomicUsize,
+    streams: Mutex<Streams>,
+}
+
+/// The live-stream clients connected now.
+#[derive(Debug, Default)]
+struct Streams {
+    /// Each one's number and what closes its stream, oldest first.
+    open: VecDeque<(u64, CancellationToken)>,
+    /// The number of the next one.
+    next: u64,
 }
 
 /// Events waiting for the publisher thread.
@@ -101,7 +115,7 @@ impl WebView {
                 state: Mutex::new(ViewState::new(names, addrs, total, keep)),
                 pending: Mutex::new(Pending::default()),
                 events,
-                clients: AtomicUsize::new(0),
+                streams: Mutex::new(Streams::default()),
             }),
         };
         let shared = Arc::downgrade(&view.shared);
@@ -129,6 +143,13 @@ impl WebView {
     fn state(&self) -> MutexGuard<'_, ViewState> {
         self.shared
             .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn streams(&self) -> MutexGuard<'_, Streams> {
+        self.shared
+            .streams
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
@@ -199,32 +220,55 @@ impl WebView {
         }
     }
 
-    /// A new stream client, or `None` when [`MAX_STREAM_CLIENTS`] are connected.
-    fn subscribe(&self) -> Option<Subscription> {
-        let shared = self.shared.clone();
-        let previous = shared.clients.fetch_add(1, Ordering::AcqRel);
-        let subscription = Subscription {
-            events: shared.events.subscribe(),
-            shared,
-        };
-        (previous < MAX_STREAM_CLIENTS).then_some(subscription)
+    /// A new stream client; when [`MAX_STREAM_CLIENTS`] are connected already, the oldest is
+    /// told to close (its `evicted` token is cancelled) and no longer counted.
+    fn subscribe(&self) -> Subscription {
+        let mut streams = self.streams();
+        if streams.open.len() >= MAX_STREAM_CLIENTS
+            && let Some((oldest, evicted)) = streams.open.pop_front()
+        {
+            evicted.cancel();
+            log::info!(
+                "web view: {MAX_STREAM_CLIENTS} live streams open; closing the oldest (#{oldest}) for a new viewer"
+            );
+        }
+        let id = streams.next;
+        streams.next += 1;
+        let evicted = CancellationToken::new();
+        streams.open.push_back((id, evicted.clone()));
+        Subscription {
+            id,
+            evicted,
+            events: self.shared.events.subscribe(),
+            shared: self.shared.clone(),
+        }
     }
 
     /// Stream clients connected now.
     pub fn stream_clients(&self) -> usize {
-        self.shared.clients.load(Ordering::Acquire)
+        self.streams().open.len()
     }
 }
 
-/// One stream client's place in the broadcast; counted until dropped.
+/// One stream client's place in the broadcast; counted until dropped or evicted.
 struct Subscription {
+    /// Its number among the view's stream clients.
+    id: u64,
+    /// Cancelled when a newer client took its place: its stream then ends.
+    evicted: CancellationToken,
     events: broadcast::Receiver<Bytes>,
     shared: Arc<Shared>,
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.shared.clients.fetch_sub(1, Ordering::AcqRel);
+        let view = WebView {
+            shared: self.shared.clone(),
+        };
+        let mut streams = view.streams();
+        if let Some(index) = streams.open.iter().position(|(id, _)| *id == self.id) {
+            streams.open.remove(index);
+        }
     }
 }
 
@@ -274,16 +318,31 @@ mod tests {
     }
 
     #[test]
-    fn stream_clients_are_capped_and_counted_until_dropped() {
+    fn a_new_stream_client_beyond_the_cap_evicts_the_oldest() {
         let view = WebView::new(&[], 0, 1);
-        let clients: Vec<_> = (0..MAX_STREAM_CLIENTS)
-            .map(|_| view.subscribe().expect("under the cap"))
-            .collect();
-        assert!(view.subscribe().is_none());
+        let mut clients: VecDeque<_> = (0..MAX_STREAM_CLIENTS).map(|_| view.subscribe()).collect();
+        assert!(clients.iter().all(|client| !client.evicted.is_cancelled()));
+        assert_eq!(view.stream_clients(), MAX_STREAM_CLIENTS);
+        let newest = view.subscribe();
+        assert!(!newest.evicted.is_cancelled());
+        assert!(
+            clients[0].evicted.is_cancelled(),
+            "the oldest is told to close"
+        );
+        assert!(
+            clients
+                .iter()
+                .skip(1)
+                .all(|client| !client.evicted.is_cancelled())
+        );
+        assert_eq!(view.stream_clients(), MAX_STREAM_CLIENTS);
+        // The evicted one's stream ending does not uncount anyone else.
+        drop(clients.pop_front());
         assert_eq!(view.stream_clients(), MAX_STREAM_CLIENTS);
         drop(clients);
+        assert_eq!(view.stream_clients(), 1);
+        drop(newest);
         assert_eq!(view.stream_clients(), 0);
-        assert!(view.subscribe().is_some());
     }
 
     fn report(id: u32) -> SnapshotReport {
@@ -307,7 +366,7 @@ mod tests {
     #[test]
     fn the_controller_only_queues_and_the_publisher_streams() {
         let view = WebView::new(&[], 10, 4);
-        let mut client = view.subscribe().unwrap();
+        let mut client = view.subscribe();
         // Whatever the publisher thread already sent, drain it first.
         view.publish();
         while client.events.try_recv().is_ok() {}
@@ -403,7 +462,7 @@ mod tests {
     #[test]
     fn a_client_that_never_reads_does_not_grow_the_backlog() {
         let view = WebView::new(&[], 10, 4);
-        let mut stuck = view.subscribe().unwrap();
+        let mut stuck = view.subscribe();
         for id in 0..(STREAM_BACKLOG as u32 * 3) {
             view.add_report(&report(id));
             if id % 10 == 0 {
@@ -421,7 +480,7 @@ mod tests {
     #[test]
     fn the_queue_for_the_publisher_is_bounded_too() {
         let view = WebView::new(&[], 10, 4);
-        let _client = view.subscribe().unwrap();
+        let _client = view.subscribe();
         for id in 0..(STREAM_BACKLOG as u32 + 10) {
             view.add_report(&report(id));
         }
