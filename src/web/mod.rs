@@ -17,8 +17,10 @@
 //!
 //! At most [`MAX_STREAM_CLIENTS`] live streams are open at once. A viewer that comes when they
 //! all are always gets in: the oldest stream is closed for it, after an `evicted` event (the
-//! page then stops following and says so, instead of reconnecting and evicting another). So
-//! tabs left open, or clients that connect and never read, cannot lock later viewers out.
+//! page then stops following and says so, instead of reconnecting and evicting another); its
+//! connection is shut down [`EVICTION_GRACE`] later whatever it is doing, so a client that
+//! stopped reading (and so never takes that event) gives its place up too. So tabs left open,
+//! or clients that connect and never read, cannot lock later viewers out.
 
 pub mod metrics;
 pub mod server;
@@ -36,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::BranchEntry;
 use crate::controller::{ControllerObserver, SnapshotReport};
+use server::ConnectionSocket;
 use state::{LinkStatus, ViewState};
 
 pub use server::{WebServer, serve};
@@ -49,6 +52,10 @@ const STREAM_BACKLOG: usize = 256;
 
 /// At most this many live-stream clients at once; a new one closes the oldest.
 pub const MAX_STREAM_CLIENTS: usize = 64;
+
+/// Time an evicted stream has to send its `evicted` event and end before its connection is
+/// shut down.
+pub const EVICTION_GRACE: Duration = Duration::from_secs(1);
 
 /// Why the web view could not start.
 #[derive(Debug, thiserror::Error)]
@@ -79,10 +86,21 @@ struct Shared {
 /// The live-stream clients connected now.
 #[derive(Debug, Default)]
 struct Streams {
-    /// Each one's number and what closes its stream, oldest first.
-    open: VecDeque<(u64, CancellationToken)>,
+    /// Oldest first.
+    open: VecDeque<OpenStream>,
     /// The number of the next one.
     next: u64,
+}
+
+/// One live-stream client, as the view holds it.
+#[derive(Debug)]
+struct OpenStream {
+    /// Its number, to find it when it ends.
+    id: u64,
+    /// Cancelled to end its stream.
+    evicted: CancellationToken,
+    /// Its connection (none in unit tests), shut down after [`EVICTION_GRACE`] when evicted.
+    socket: Option<ConnectionSocket>,
 }
 
 /// Events waiting for the publisher thread.
@@ -220,22 +238,39 @@ impl WebView {
         }
     }
 
-    /// A new stream client; when [`MAX_STREAM_CLIENTS`] are connected already, the oldest is
-    /// told to close (its `evicted` token is cancelled) and no longer counted.
-    fn subscribe(&self) -> Subscription {
+    /// A new stream client on `socket`; when [`MAX_STREAM_CLIENTS`] are connected already,
+    /// the oldest is evicted: no longer counted, its `evicted` token cancelled (its stream sends
+    /// the event and ends) and its connection shut down after [`EVICTION_GRACE`].
+    fn subscribe(&self, socket: Option<ConnectionSocket>) -> Subscription {
         let mut streams = self.streams();
         if streams.open.len() >= MAX_STREAM_CLIENTS
-            && let Some((oldest, evicted)) = streams.open.pop_front()
+            && let Some(oldest) = streams.open.pop_front()
         {
-            evicted.cancel();
             log::info!(
-                "web view: {MAX_STREAM_CLIENTS} live streams open; closing the oldest (#{oldest}) for a new viewer"
+                "web view: {MAX_STREAM_CLIENTS} live streams open; closing the oldest (#{}) for a new viewer",
+                oldest.id
             );
+            oldest.evicted.cancel();
+            if let Some(socket) = oldest.socket {
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => {
+                        runtime.spawn(async move {
+                            tokio::time::sleep(EVICTION_GRACE).await;
+                            socket.close();
+                        });
+                    }
+                    Err(_) => socket.close(),
+                }
+            }
         }
         let id = streams.next;
         streams.next += 1;
         let evicted = CancellationToken::new();
-        streams.open.push_back((id, evicted.clone()));
+        streams.open.push_back(OpenStream {
+            id,
+            evicted: evicted.clone(),
+            socket,
+        });
         Subscription {
             id,
             evicted,
@@ -266,7 +301,7 @@ impl Drop for Subscription {
             shared: self.shared.clone(),
         };
         let mut streams = view.streams();
-        if let Some(index) = streams.open.iter().position(|(id, _)| *id == self.id) {
+        if let Some(index) = streams.open.iter().position(|open| open.id == self.id) {
             streams.open.remove(index);
         }
     }
@@ -320,10 +355,12 @@ mod tests {
     #[test]
     fn a_new_stream_client_beyond_the_cap_evicts_the_oldest() {
         let view = WebView::new(&[], 0, 1);
-        let mut clients: VecDeque<_> = (0..MAX_STREAM_CLIENTS).map(|_| view.subscribe()).collect();
+        let mut clients: VecDeque<_> = (0..MAX_STREAM_CLIENTS)
+            .map(|_| view.subscribe(None))
+            .collect();
         assert!(clients.iter().all(|client| !client.evicted.is_cancelled()));
         assert_eq!(view.stream_clients(), MAX_STREAM_CLIENTS);
-        let newest = view.subscribe();
+        let newest = view.subscribe(None);
         assert!(!newest.evicted.is_cancelled());
         assert!(
             clients[0].evicted.is_cancelled(),
@@ -366,7 +403,7 @@ mod tests {
     #[test]
     fn the_controller_only_queues_and_the_publisher_streams() {
         let view = WebView::new(&[], 10, 4);
-        let mut client = view.subscribe();
+        let mut client = view.subscribe(None);
         // Whatever the publisher thread already sent, drain it first.
         view.publish();
         while client.events.try_recv().is_ok() {}
@@ -462,7 +499,7 @@ mod tests {
     #[test]
     fn a_client_that_never_reads_does_not_grow_the_backlog() {
         let view = WebView::new(&[], 10, 4);
-        let mut stuck = view.subscribe();
+        let mut stuck = view.subscribe(None);
         for id in 0..(STREAM_BACKLOG as u32 * 3) {
             view.add_report(&report(id));
             if id % 10 == 0 {
@@ -480,7 +517,7 @@ mod tests {
     #[test]
     fn the_queue_for_the_publisher_is_bounded_too() {
         let view = WebView::new(&[], 10, 4);
-        let _client = view.subscribe();
+        let _client = view.subscribe(None);
         for id in 0..(STREAM_BACKLOG as u32 + 10) {
             view.add_report(&report(id));
         }

@@ -28,6 +28,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
@@ -66,6 +68,35 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 
 /// Time a closing connection has to finish closing.
 pub const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A second handle on a connection's socket, taken when it is accepted: with it the view can
+/// close a connection whose client stopped reading, which actix never does while a response is
+/// waiting to be written.
+#[derive(Debug, Clone)]
+pub(super) struct ConnectionSocket(Arc<std::net::TcpStream>);
+
+impl ConnectionSocket {
+    /// Shuts the connection down both ways: whatever is blocked writing to it fails at once and
+    /// actix drops the connection.
+    pub(super) fn close(&self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Keeps a [`ConnectionSocket`] of every accepted connection in its extensions.
+fn keep_socket(connection: &dyn std::any::Any, extensions: &mut actix_web::dev::Extensions) {
+    let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() else {
+        return;
+    };
+    match tcp.as_fd().try_clone_to_owned() {
+        Ok(fd) => {
+            extensions.insert(ConnectionSocket(Arc::new(std::net::TcpStream::from(fd))));
+        }
+        Err(err) => log::warn!(
+            "web view: no second handle on a connection ({err}); if it stops reading, it keeps its place"
+        ),
+    }
+}
 
 /// A running web server.
 #[derive(Debug)]
@@ -110,6 +141,7 @@ pub fn serve(view: WebView, addr: SocketAddr) -> Result<WebServer, WebError> {
     .keep_alive(KEEP_ALIVE)
     .client_request_timeout(REQUEST_TIMEOUT)
     .client_disconnect_timeout(DISCONNECT_TIMEOUT)
+    .on_connect(keep_socket)
     .disable_signals()
     .shutdown_timeout(1)
     .listen(listener(addr).map_err(|source| WebError::Bind { addr, source })?)
@@ -305,7 +337,7 @@ async fn stream(request: HttpRequest, view: web::Data<WebView>) -> HttpResponse 
     if request.method() == Method::HEAD {
         return response().finish();
     }
-    let subscription = view.subscribe();
+    let subscription = view.subscribe(request.conn_data::<ConnectionSocket>().cloned());
     let status = view.read(|state| state.status_json().to_string());
     let start = StreamState {
         first: Some(sse_frame("status", &status)),

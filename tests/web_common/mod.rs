@@ -294,6 +294,30 @@ impl EventStream {
         }
     }
 
+    /// Whether the server closes the connection (end of file, or reset) within `limit`,
+    /// whatever comes before: the end of the response alone does not count.
+    pub fn closes_within(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut chunk = vec![0u8; 1 << 16];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            self.reader.get_ref().set_read_timeout(Some(left)).unwrap();
+            match self.reader.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(err) => {
+                    return !matches!(
+                        err.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    );
+                }
+            }
+        }
+    }
+
     /// The next event `(name, data)` within `limit` (chunked framing lines are skipped: only
     /// `event:` and `data:` lines count).
     pub fn next_event(&mut self, limit: Duration) -> (String, String) {
