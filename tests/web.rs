@@ -18,19 +18,20 @@ use serde_json::Value;
 use snapbank::web::MAX_STREAM_CLIENTS;
 use web_common::{CONTROLLER, EventStream, WebBank, request};
 
-/// Held by the tests that load both cores for seconds (a fast bank with many stream clients,
-/// a connection flood), so that they do not run at once and slow each other past their
-/// bounds.
-static HEAVY: Mutex<()> = Mutex::new(());
+/// Held by every test that runs a bank: their banks send as fast as they can and some tests
+/// add a flood or dozens of stream clients, so two at once on a small machine would slow each
+/// other past their time bounds.
+static BANK: Mutex<()> = Mutex::new(());
 
-fn one_heavy_test_at_a_time() -> MutexGuard<'static, ()> {
-    HEAVY.lock().unwrap_or_else(PoisonError::into_inner)
+fn one_bank_at_a_time() -> MutexGuard<'static, ()> {
+    BANK.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The acceptance run: a bank of 4, `--interval-ms 200`: within 3 s, five ok snapshots
 /// summing to 4000; then every endpoint.
 #[test]
 fn every_endpoint_serves_the_live_bank() {
+    let _bank = one_bank_at_a_time();
     let web = WebBank::start(4, 4000, &["--interval-ms", "200"]);
     let list = web.wait_for_snapshots(Duration::from_secs(3), |list| {
         list.iter()
@@ -405,7 +406,7 @@ fn an_address_in_use_is_a_clear_error_at_start() {
 /// than queueing them.
 #[test]
 fn a_stuck_stream_client_does_not_hold_the_controller_back() {
-    let _heavy = one_heavy_test_at_a_time();
+    let _bank = one_bank_at_a_time();
     use std::io::{Read as _, Write as _};
     let web = WebBank::start(12, 12_000, &["--interval-ms", "4", "--web-history", "20"]);
     let mut stuck: Vec<_> = (0..2)
@@ -452,6 +453,7 @@ fn a_stuck_stream_client_does_not_hold_the_controller_back() {
 /// fixed body) with no body; `HEAD /api/stream` ends at once and takes no stream place.
 #[test]
 fn head_answers_every_get_route_like_get_without_a_body() {
+    let _bank = one_bank_at_a_time();
     let web = WebBank::start(2, 200, &["--interval-ms", "50"]);
     let list = web.wait_for_snapshots(Duration::from_secs(10), |list| !list.is_empty());
     let id = list[0]["snapshot_id"].as_u64().unwrap();
@@ -504,7 +506,7 @@ fn head_answers_every_get_route_like_get_without_a_body() {
 /// the next oldest, which is reading: it is told why (`evicted`) and its stream ends.
 #[test]
 fn a_viewer_beyond_the_stream_cap_gets_in_and_the_oldest_stream_is_closed() {
-    let _heavy = one_heavy_test_at_a_time();
+    let _bank = one_bank_at_a_time();
     let web = WebBank::start(4, 400, &["--interval-ms", "2"]);
     let mut streams: Vec<EventStream> = (0..MAX_STREAM_CLIENTS)
         .map(|_| {
@@ -563,7 +565,7 @@ fn a_connection_flood_leaves_the_controllers_memory_bounded() {
     /// Far above what `MAX_CONNECTIONS` connections can cost, far below a buffer set for
     /// every connection of the flood.
     const BOUND_KIB: u64 = 40 * 1024;
-    let _heavy = one_heavy_test_at_a_time();
+    let _bank = one_bank_at_a_time();
     let web = WebBank::start(2, 200, &["--interval-ms", "100"]);
     web.wait_for_snapshots(Duration::from_secs(10), |list| !list.is_empty());
     let before = web.controller_rss_kib();
