@@ -1,7 +1,8 @@
 //! The web view over HTTP, against a live bank of real branch processes and the real
-//! `controller --web`: every endpoint's status and JSON shape, `/metrics` as valid Prometheus
-//! text, the live stream delivering snapshots, a clear error when the address is taken, and a
-//! client that never reads its stream not holding the controller back.
+//! `controller --web`: every endpoint's status and JSON shape, `HEAD` on each, `/metrics` as
+//! valid Prometheus text, the live stream delivering snapshots, a clear error when the address
+//! is taken, a client that never reads its stream not holding the controller back, a viewer
+//! beyond the stream cap getting in, and a connection flood leaving memory bounded.
 
 mod common;
 mod web_common;
@@ -9,16 +10,28 @@ mod web_common;
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use common::RunLimited;
 use serde_json::Value;
-use web_common::{CONTROLLER, EventStream, WebBank};
+use snapbank::web::MAX_STREAM_CLIENTS;
+use web_common::{CONTROLLER, EventStream, WebBank, request};
+
+/// Held by every test that runs a bank: their banks send as fast as they can and some tests
+/// add a flood or dozens of stream clients, so two at once on a small machine would slow each
+/// other past their time bounds.
+static BANK: Mutex<()> = Mutex::new(());
+
+fn one_bank_at_a_time() -> MutexGuard<'static, ()> {
+    BANK.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// The issue's acceptance run: a bank of 4, `--interval-ms 200`: within 3 s, five ok snapshots
 /// summing to 4000; then every endpoint.
 #[test]
 fn every_endpoint_serves_the_live_bank() {
+    let _bank = one_bank_at_a_time();
     let web = WebBank::start(4, 4000, &["--interval-ms", "200"]);
     let list = web.wait_for_snapshots(Duration::from_secs(3), |list| {
         list.iter()
@@ -393,6 +406,7 @@ fn an_address_in_use_is_a_clear_error_at_start() {
 /// than queueing them.
 #[test]
 fn a_stuck_stream_client_does_not_hold_the_controller_back() {
+    let _bank = one_bank_at_a_time();
     use std::io::{Read as _, Write as _};
     let web = WebBank::start(12, 12_000, &["--interval-ms", "4", "--web-history", "20"]);
     let mut stuck: Vec<_> = (0..2)
@@ -433,4 +447,184 @@ fn a_stuck_stream_client_does_not_hold_the_controller_back() {
         "no resync after {} bytes",
         received.len()
     );
+}
+
+/// `HEAD` on every `GET` route answers like `GET` (status, content type, and the length of a
+/// fixed body) with no body; `HEAD /api/stream` ends at once and takes no stream place.
+#[test]
+fn head_answers_every_get_route_like_get_without_a_body() {
+    let _bank = one_bank_at_a_time();
+    let web = WebBank::start(2, 200, &["--interval-ms", "50"]);
+    let list = web.wait_for_snapshots(Duration::from_secs(10), |list| !list.is_empty());
+    let id = list[0]["snapshot_id"].as_u64().unwrap();
+    let one = format!("/api/snapshots/{id}");
+    let fixed = ["/", "/index.html", "/app.js", "/style.css", "/favicon.ico"];
+    let dynamic = [
+        "/api/snapshots",
+        "/api/snapshots?limit=1",
+        one.as_str(),
+        "/api/history",
+        "/api/history?limit=2",
+        "/api/overview",
+        "/api/bank",
+        "/metrics",
+        "/api/snapshots/abc",
+        "/api/history?limit=0",
+        "/nope",
+    ];
+    for path in fixed.iter().chain(&dynamic) {
+        let head = request(web.addr, "HEAD", path);
+        let get = web.get(path);
+        assert_eq!(head.status, get.status, "HEAD {path}");
+        assert_eq!(
+            head.header("content-type"),
+            get.header("content-type"),
+            "HEAD {path}"
+        );
+        assert!(head.body.is_empty(), "HEAD {path}: {}", head.body);
+        if fixed.contains(path) {
+            assert_eq!(
+                head.header("content-length"),
+                get.header("content-length"),
+                "HEAD {path}"
+            );
+        }
+    }
+    let stream = EventStream::open(web.addr);
+    let head = request(web.addr, "HEAD", "/api/stream");
+    assert_eq!((head.status, stream.status), (200, 200));
+    assert_eq!(
+        head.header("content-type"),
+        Some(stream.content_type.as_str())
+    );
+    assert!(head.body.is_empty(), "{}", head.body);
+}
+
+/// With every live-stream place taken by clients that sit there (the oldest has stopped
+/// reading, with megabytes of events waiting for it), a new viewer still gets its stream and
+/// the oldest's connection is shut down although it never reads again; the next viewer evicts
+/// the next oldest, which is reading: it is told why (`evicted`) and its stream ends.
+#[test]
+fn a_viewer_beyond_the_stream_cap_gets_in_and_the_oldest_stream_is_closed() {
+    let _bank = one_bank_at_a_time();
+    let web = WebBank::start(4, 400, &["--interval-ms", "2"]);
+    let mut streams: Vec<EventStream> = (0..MAX_STREAM_CLIENTS)
+        .map(|_| {
+            let mut stream = EventStream::open(web.addr);
+            assert_eq!(stream.status, 200);
+            assert_eq!(stream.next_event(Duration::from_secs(5)).0, "status");
+            stream
+        })
+        .collect();
+    let mut reading = streams.remove(1);
+    let reader = std::thread::spawn(move || {
+        while reading.next_event(Duration::from_secs(20)).0 != "evicted" {}
+        reading.ends_within(Duration::from_secs(5))
+    });
+    // Far more events than the socket buffers hold go to the oldest, which never reads.
+    std::thread::sleep(Duration::from_secs(3));
+
+    let mut newest = EventStream::open(web.addr);
+    let evicted = Instant::now();
+    assert_eq!(
+        newest.status, 200,
+        "the viewer beyond the cap was turned away"
+    );
+    assert_eq!(newest.next_event(Duration::from_secs(5)).0, "status");
+    let mut next = EventStream::open(web.addr);
+    assert_eq!(next.status, 200);
+    assert!(
+        reader.join().unwrap(),
+        "the evicted reading stream did not end"
+    );
+    // The oldest reads again only after the grace (and before an idle connection's keep-alive
+    // would close it): what the kernel held, then the end of the connection.
+    std::thread::sleep(
+        (evicted + Duration::from_secs(2)).saturating_duration_since(Instant::now()),
+    );
+    assert!(
+        streams[0].closes_within(Duration::from_secs(2)),
+        "the evicted stream that stopped reading kept its connection"
+    );
+    for stream in [&mut newest, &mut next, &mut streams[1]] {
+        let (event, _) = stream.next_event(Duration::from_secs(5));
+        assert_ne!(
+            event, "evicted",
+            "a third stream was closed for two viewers"
+        );
+    }
+}
+
+/// A flood of 12,000 connections, each sending a request and never reading the answer, then
+/// closing: the controller's resident memory stays within a bound (before the server's
+/// connection limits it grew by over 100 MB, one buffer set per connection, and kept it), and
+/// the view still answers afterwards.
+#[test]
+fn a_connection_flood_leaves_the_controllers_memory_bounded() {
+    const FLOOD: usize = 12_000;
+    /// Far above what `MAX_CONNECTIONS` connections can cost, far below a buffer set for
+    /// every connection of the flood.
+    const BOUND_KIB: u64 = 40 * 1024;
+    let _bank = one_bank_at_a_time();
+    let web = WebBank::start(2, 200, &["--interval-ms", "100"]);
+    web.wait_for_snapshots(Duration::from_secs(10), |list| !list.is_empty());
+    let before = web.controller_rss_kib();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (connected, failed, peak) = runtime.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let (release, held) = tokio::sync::watch::channel(false);
+        let tasks: Vec<_> = (0..FLOOD)
+            .map(|_| {
+                let mut held = held.clone();
+                let addr = web.addr;
+                tokio::spawn(async move {
+                    // Beyond the server's backlog a connection attempt is left unanswered:
+                    // that is a timeout, not a failure of the flood.
+                    let connect = tokio::net::TcpStream::connect(addr);
+                    let mut stream =
+                        match tokio::time::timeout(Duration::from_secs(3), connect).await {
+                            Err(_) => return Ok(false),
+                            Ok(Err(err)) => return Err(err),
+                            Ok(Ok(stream)) => stream,
+                        };
+                    let request = b"GET /api/overview HTTP/1.1\r\nHost: x\r\n\r\n";
+                    let _ = stream.write_all(request).await;
+                    let _ = held.wait_for(|released| *released).await;
+                    Ok(true)
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let peak = web.controller_rss_kib();
+        let _ = release.send(true);
+        let (mut connected, mut failed) = (0, Vec::new());
+        for task in tasks {
+            match task.await.expect("a flood task") {
+                Ok(true) => connected += 1,
+                Ok(false) => {}
+                Err(err) => failed.push(err.to_string()),
+            }
+        }
+        (connected, failed, peak)
+    });
+    assert!(
+        failed.is_empty(),
+        "{} of the flood's {FLOOD} connections could not be opened (raise `ulimit -n` above \
+         {FLOOD}?), e.g. {:?}",
+        failed.len(),
+        failed.first()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let after = web.controller_rss_kib();
+    eprintln!(
+        "{connected} of {FLOOD} connected; RSS {before} KiB before, {peak} KiB during, {after} KiB after"
+    );
+    assert!(
+        peak.max(after) < before + BOUND_KIB,
+        "RSS {before} KiB before, {peak} KiB during, {after} KiB after a flood of {FLOOD}"
+    );
+    assert_eq!(web.get("/api/overview").status, 200);
 }

@@ -14,22 +14,31 @@
 //! into a bounded broadcast channel, which never waits. The HTTP server runs on its own worker
 //! thread; a client that reads slowly only falls behind in the channel (it is then told to
 //! resync), so a slow or stuck browser costs the controller nothing.
+//!
+//! At most [`MAX_STREAM_CLIENTS`] live streams are open at once. A viewer that comes when they
+//! all are always gets in: the oldest stream is closed for it, after an `evicted` event (the
+//! page then stops following and says so, instead of reconnecting and evicting another); its
+//! connection is shut down [`EVICTION_GRACE`] later whatever it is doing, so a client that
+//! stopped reading (and so never takes that event) gives its place up too. So tabs left open,
+//! or clients that connect and never read, cannot lock later viewers out.
 
 pub mod metrics;
 pub mod server;
 pub mod state;
 
 use std::collections::VecDeque;
+use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::BranchEntry;
 use crate::controller::{ControllerObserver, SnapshotReport};
+use server::ConnectionSocket;
 use state::{LinkStatus, ViewState};
 
 pub use server::{WebServer, serve};
@@ -41,8 +50,12 @@ pub const DEFAULT_KEEP: usize = 100;
 /// is told to resync instead.
 const STREAM_BACKLOG: usize = 256;
 
-/// At most this many live-stream clients at once; more get `503`.
+/// At most this many live-stream clients at once; a new one closes the oldest.
 pub const MAX_STREAM_CLIENTS: usize = 64;
+
+/// Time an evicted stream has to send its `evicted` event and end before its connection is
+/// shut down.
+pub const EVICTION_GRACE: Duration = Duration::from_secs(1);
 
 /// Why the web view could not start.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +80,27 @@ struct Shared {
     /// Pre-rendered SSE frames for every connected stream.
     events: broadcast::Sender<Bytes>,
     /// Stream clients connected now.
-    clients: AtomicUsize,
+    streams: Mutex<Streams>,
+}
+
+/// The live-stream clients connected now.
+#[derive(Debug, Default)]
+struct Streams {
+    /// Oldest first.
+    open: VecDeque<OpenStream>,
+    /// The number of the next one.
+    next: u64,
+}
+
+/// One live-stream client, as the view holds it.
+#[derive(Debug)]
+struct OpenStream {
+    /// Its number, to find it when it ends.
+    id: u64,
+    /// Cancelled to end its stream.
+    evicted: CancellationToken,
+    /// Its connection (none in unit tests), shut down after [`EVICTION_GRACE`] when evicted.
+    socket: Option<ConnectionSocket>,
 }
 
 /// Events waiting for the publisher thread.
@@ -100,7 +133,7 @@ impl WebView {
                 state: Mutex::new(ViewState::new(names, addrs, total, keep)),
                 pending: Mutex::new(Pending::default()),
                 events,
-                clients: AtomicUsize::new(0),
+                streams: Mutex::new(Streams::default()),
             }),
         };
         let shared = Arc::downgrade(&view.shared);
@@ -132,6 +165,13 @@ impl WebView {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn streams(&self) -> MutexGuard<'_, Streams> {
+        self.shared
+            .streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn pending(&self) -> MutexGuard<'_, Pending> {
         self.shared
             .pending
@@ -149,6 +189,23 @@ impl WebView {
         }
         pending.frames.push_back(sse_frame("snapshot", &object));
         pending.status_changed = true;
+    }
+
+    /// Writes `/api/history` (the `limit` newest summaries) into `out`, holding the state's
+    /// lock only to copy pointers to them.
+    pub fn write_history(&self, limit: usize, out: &mut impl io::Write) -> io::Result<()> {
+        self.read(|state| state.recent(limit)).write_history(out)
+    }
+
+    /// Writes `/api/snapshots` (the `limit` newest API objects) into `out`, holding the
+    /// state's lock only to copy pointers to them.
+    pub fn write_snapshots(&self, limit: usize, out: &mut impl io::Write) -> io::Result<()> {
+        self.read(|state| state.recent(limit)).write_snapshots(out)
+    }
+
+    /// One retained snapshot.
+    pub fn snapshot(&self, id: u32) -> Option<Arc<state::Retained>> {
+        self.read(|state| state.snapshot(id))
     }
 
     /// Runs `read` on the state.
@@ -181,32 +238,72 @@ impl WebView {
         }
     }
 
-    /// A new stream client, or `None` when [`MAX_STREAM_CLIENTS`] are connected.
-    fn subscribe(&self) -> Option<Subscription> {
-        let shared = self.shared.clone();
-        let previous = shared.clients.fetch_add(1, Ordering::AcqRel);
-        let subscription = Subscription {
-            events: shared.events.subscribe(),
-            shared,
-        };
-        (previous < MAX_STREAM_CLIENTS).then_some(subscription)
+    /// A new stream client on `socket`; when [`MAX_STREAM_CLIENTS`] are connected already,
+    /// the oldest is evicted: no longer counted, its `evicted` token cancelled (its stream sends
+    /// the event and ends) and its connection shut down after [`EVICTION_GRACE`].
+    fn subscribe(&self, socket: Option<ConnectionSocket>) -> Subscription {
+        let mut streams = self.streams();
+        if streams.open.len() >= MAX_STREAM_CLIENTS
+            && let Some(oldest) = streams.open.pop_front()
+        {
+            log::info!(
+                "web view: {MAX_STREAM_CLIENTS} live streams open; closing the oldest (#{}) for a new viewer",
+                oldest.id
+            );
+            oldest.evicted.cancel();
+            if let Some(socket) = oldest.socket {
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => {
+                        runtime.spawn(async move {
+                            tokio::time::sleep(EVICTION_GRACE).await;
+                            socket.close();
+                        });
+                    }
+                    Err(_) => socket.close(),
+                }
+            }
+        }
+        let id = streams.next;
+        streams.next += 1;
+        let evicted = CancellationToken::new();
+        streams.open.push_back(OpenStream {
+            id,
+            evicted: evicted.clone(),
+            socket,
+        });
+        Subscription {
+            id,
+            evicted,
+            events: self.shared.events.subscribe(),
+            shared: self.shared.clone(),
+        }
     }
 
     /// Stream clients connected now.
     pub fn stream_clients(&self) -> usize {
-        self.shared.clients.load(Ordering::Acquire)
+        self.streams().open.len()
     }
 }
 
-/// One stream client's place in the broadcast; counted until dropped.
+/// One stream client's place in the broadcast; counted until dropped or evicted.
 struct Subscription {
+    /// Its number among the view's stream clients.
+    id: u64,
+    /// Cancelled when a newer client took its place: its stream then ends.
+    evicted: CancellationToken,
     events: broadcast::Receiver<Bytes>,
     shared: Arc<Shared>,
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.shared.clients.fetch_sub(1, Ordering::AcqRel);
+        let view = WebView {
+            shared: self.shared.clone(),
+        };
+        let mut streams = view.streams();
+        if let Some(index) = streams.open.iter().position(|open| open.id == self.id) {
+            streams.open.remove(index);
+        }
     }
 }
 
@@ -256,16 +353,33 @@ mod tests {
     }
 
     #[test]
-    fn stream_clients_are_capped_and_counted_until_dropped() {
+    fn a_new_stream_client_beyond_the_cap_evicts_the_oldest() {
         let view = WebView::new(&[], 0, 1);
-        let clients: Vec<_> = (0..MAX_STREAM_CLIENTS)
-            .map(|_| view.subscribe().expect("under the cap"))
+        let mut clients: VecDeque<_> = (0..MAX_STREAM_CLIENTS)
+            .map(|_| view.subscribe(None))
             .collect();
-        assert!(view.subscribe().is_none());
+        assert!(clients.iter().all(|client| !client.evicted.is_cancelled()));
+        assert_eq!(view.stream_clients(), MAX_STREAM_CLIENTS);
+        let newest = view.subscribe(None);
+        assert!(!newest.evicted.is_cancelled());
+        assert!(
+            clients[0].evicted.is_cancelled(),
+            "the oldest is told to close"
+        );
+        assert!(
+            clients
+                .iter()
+                .skip(1)
+                .all(|client| !client.evicted.is_cancelled())
+        );
+        assert_eq!(view.stream_clients(), MAX_STREAM_CLIENTS);
+        // The evicted one's stream ending does not uncount anyone else.
+        drop(clients.pop_front());
         assert_eq!(view.stream_clients(), MAX_STREAM_CLIENTS);
         drop(clients);
+        assert_eq!(view.stream_clients(), 1);
+        drop(newest);
         assert_eq!(view.stream_clients(), 0);
-        assert!(view.subscribe().is_some());
     }
 
     fn report(id: u32) -> SnapshotReport {
@@ -289,7 +403,7 @@ mod tests {
     #[test]
     fn the_controller_only_queues_and_the_publisher_streams() {
         let view = WebView::new(&[], 10, 4);
-        let mut client = view.subscribe().unwrap();
+        let mut client = view.subscribe(None);
         // Whatever the publisher thread already sent, drain it first.
         view.publish();
         while client.events.try_recv().is_ok() {}
@@ -308,10 +422,84 @@ mod tests {
         assert!((1..=2).contains(&statuses), "{statuses}");
     }
 
+    /// A writer that, at its first write (the reader is then in the middle of serialising),
+    /// has another thread record a report and waits for it: the recording call must finish
+    /// while the serialisation is held up (for as long as 10 s here).
+    struct RecordWhileSerialising<'a> {
+        view: &'a WebView,
+        next_id: u32,
+        recorded_within: Option<Option<Duration>>,
+        bytes: usize,
+    }
+
+    impl std::io::Write for RecordWhileSerialising<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.recorded_within.is_none() {
+                let (done, recorded) = std::sync::mpsc::channel();
+                let view = self.view.clone();
+                let id = self.next_id;
+                let started = std::time::Instant::now();
+                std::thread::spawn(move || {
+                    view.add_report(&report(id));
+                    let _ = done.send(started.elapsed());
+                });
+                self.recorded_within = Some(recorded.recv_timeout(Duration::from_secs(10)).ok());
+            }
+            self.bytes += buf.len();
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn recording_a_report_never_waits_for_a_reader_serialising_the_history() {
+        const HISTORY: u32 = 20_000;
+        let view = WebView::new(&[], 10, HISTORY as usize);
+        for id in 0..HISTORY {
+            view.add_report(&report(id));
+        }
+        type Serialise = fn(&WebView, &mut RecordWhileSerialising) -> io::Result<()>;
+        let readers: [(&str, Serialise); 2] = [
+            ("/api/history", |view, out| {
+                view.write_history(usize::MAX, out)
+            }),
+            ("/api/snapshots", |view, out| {
+                view.write_snapshots(usize::MAX, out)
+            }),
+        ];
+        for (next_id, (route, serialise)) in (HISTORY..).zip(readers) {
+            let mut reader = RecordWhileSerialising {
+                view: &view,
+                next_id,
+                recorded_within: None,
+                bytes: 0,
+            };
+            serialise(&view, &mut reader).unwrap();
+            let waited = reader.recorded_within.expect("something was written");
+            assert!(
+                waited.is_some(),
+                "{route}: recording a report waited 10 s for a reader serialising the history"
+            );
+            assert!(
+                reader.bytes > HISTORY as usize * 100,
+                "{route}: {} bytes",
+                reader.bytes
+            );
+            assert_eq!(
+                view.read(|state| state.latest_id()),
+                Some(next_id),
+                "{route}"
+            );
+        }
+    }
+
     #[test]
     fn a_client_that_never_reads_does_not_grow_the_backlog() {
         let view = WebView::new(&[], 10, 4);
-        let mut stuck = view.subscribe().unwrap();
+        let mut stuck = view.subscribe(None);
         for id in 0..(STREAM_BACKLOG as u32 * 3) {
             view.add_report(&report(id));
             if id % 10 == 0 {
@@ -329,7 +517,7 @@ mod tests {
     #[test]
     fn the_queue_for_the_publisher_is_bounded_too() {
         let view = WebView::new(&[], 10, 4);
-        let _client = view.subscribe().unwrap();
+        let _client = view.subscribe(None);
         for id in 0..(STREAM_BACKLOG as u32 + 10) {
             view.add_report(&report(id));
         }

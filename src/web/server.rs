@@ -11,16 +11,30 @@
 //! | `/api/stream` | Server-Sent Events: `status` (overview and bank) on connecting and whenever it changed (at most every 50 ms); `snapshot` per report; `resync` when a client fell behind |
 //! | `/metrics` | Prometheus text format |
 //!
+//! Every `GET` route answers `HEAD` too, with the same status and headers and no body (`HEAD
+//! /api/stream` takes no place among the stream's clients).
+//!
 //! The server runs one worker thread of its own, so serving pages never runs on the
-//! controller's thread.
+//! controller's thread. Its memory is bounded whatever clients do: it holds at most
+//! [`MAX_CONNECTIONS`] connections (live streams included); beyond that it stops accepting, and
+//! connections wait in a listen backlog of [`BACKLOG`] in the kernel (further ones are refused
+//! or retried by the client's kernel), so a flood of connections costs at most
+//! `MAX_CONNECTIONS` connections' buffers, not one per connection. A connection must send its
+//! request head within [`REQUEST_TIMEOUT`] (else `408` and closed), an idle keep-alive
+//! connection is closed after [`KEEP_ALIVE`], and one that does not finish closing within
+//! [`DISCONNECT_TIMEOUT`] is dropped; so idle or slow connections give their place up. No route
+//! reads a request body (actix discards it), and actix caps a request head at 32 KiB and 96
+//! headers.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
-use actix_web::http::header;
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::http::{Method, header};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, Route, guard, web};
 use bytes::Bytes;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -33,10 +47,56 @@ const STYLE_CSS: &str = include_str!("static/style.css");
 
 /// A comment line sent on an idle stream, so a client that went away is noticed (the write
 /// fails) and proxies do not time the stream out.
-const KEEPALIVE: Duration = Duration::from_secs(15);
+const STREAM_KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// Kernel send buffer per connection (Linux doubles it for bookkeeping).
 const SEND_BUFFER_BYTES: u32 = 64 * 1024;
+
+/// Connections served at once: the [`super::MAX_STREAM_CLIENTS`] live streams and plenty of
+/// room for pages and scrapers besides. Each costs the server some tens of KiB at most.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Connections the kernel holds, accepted but not yet taken by the server, while it is at
+/// [`MAX_CONNECTIONS`].
+pub const BACKLOG: u32 = 256;
+
+/// Time a new connection has to send its request head.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// An idle keep-alive connection is closed after this.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// Time a closing connection has to finish closing.
+pub const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A second handle on a connection's socket, taken when it is accepted: with it the view can
+/// close a connection whose client stopped reading, which actix never does while a response is
+/// waiting to be written.
+#[derive(Debug, Clone)]
+pub(super) struct ConnectionSocket(Arc<std::net::TcpStream>);
+
+impl ConnectionSocket {
+    /// Shuts the connection down both ways: whatever is blocked writing to it fails at once and
+    /// actix drops the connection.
+    pub(super) fn close(&self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Keeps a [`ConnectionSocket`] of every accepted connection in its extensions.
+fn keep_socket(connection: &dyn std::any::Any, extensions: &mut actix_web::dev::Extensions) {
+    let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() else {
+        return;
+    };
+    match tcp.as_fd().try_clone_to_owned() {
+        Ok(fd) => {
+            extensions.insert(ConnectionSocket(Arc::new(std::net::TcpStream::from(fd))));
+        }
+        Err(err) => log::warn!(
+            "web view: no second handle on a connection ({err}); if it stops reading, it keeps its place"
+        ),
+    }
+}
 
 /// A running web server.
 #[derive(Debug)]
@@ -61,21 +121,27 @@ pub fn serve(view: WebView, addr: SocketAddr) -> Result<WebServer, WebError> {
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
-            .route("/", web::get().to(index))
-            .route("/index.html", web::get().to(index))
-            .route("/app.js", web::get().to(app_js))
-            .route("/style.css", web::get().to(style_css))
-            .route("/favicon.ico", web::get().to(no_content))
-            .route("/api/snapshots", web::get().to(snapshots))
-            .route("/api/snapshots/{id}", web::get().to(snapshot))
-            .route("/api/history", web::get().to(history))
-            .route("/api/overview", web::get().to(overview))
-            .route("/api/bank", web::get().to(bank))
-            .route("/api/stream", web::get().to(stream))
-            .route("/metrics", web::get().to(metrics_text))
+            .route("/", get().to(index))
+            .route("/index.html", get().to(index))
+            .route("/app.js", get().to(app_js))
+            .route("/style.css", get().to(style_css))
+            .route("/favicon.ico", get().to(no_content))
+            .route("/api/snapshots", get().to(snapshots))
+            .route("/api/snapshots/{id}", get().to(snapshot))
+            .route("/api/history", get().to(history))
+            .route("/api/overview", get().to(overview))
+            .route("/api/bank", get().to(bank))
+            .route("/api/stream", get().to(stream))
+            .route("/metrics", get().to(metrics_text))
             .default_service(web::to(not_found))
     })
     .workers(1)
+    .max_connections(MAX_CONNECTIONS)
+    .backlog(BACKLOG)
+    .keep_alive(KEEP_ALIVE)
+    .client_request_timeout(REQUEST_TIMEOUT)
+    .client_disconnect_timeout(DISCONNECT_TIMEOUT)
+    .on_connect(keep_socket)
     .disable_signals()
     .shutdown_timeout(1)
     .listen(listener(addr).map_err(|source| WebError::Bind { addr, source })?)
@@ -115,7 +181,14 @@ fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.set_send_buffer_size(SEND_BUFFER_BYTES)?;
     socket.bind(addr)?;
-    socket.listen(1024)?.into_std()
+    // `HttpServer::backlog` applies to the sockets it binds itself, not to this one.
+    socket.listen(BACKLOG)?.into_std()
+}
+
+/// A `GET` route that answers `HEAD` too: the same status and headers, no body (actix-http
+/// leaves the body out of any response to `HEAD`).
+fn get() -> Route {
+    web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
 }
 
 async fn index() -> HttpResponse {
@@ -142,6 +215,22 @@ fn asset(content_type: &str, body: &'static str) -> HttpResponse {
 }
 
 fn json(body: String) -> HttpResponse {
+    json_bytes(body.into_bytes())
+}
+
+/// A JSON response written by `write` into memory (which cannot fail; should it, a `500`).
+fn json_written(write: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>) -> HttpResponse {
+    let mut body = Vec::new();
+    match write(&mut body) {
+        Ok(()) => json_bytes(body),
+        Err(err) => error(
+            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("cannot write the response: {err}"),
+        ),
+    }
+}
+
+fn json_bytes(body: Vec<u8>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -183,7 +272,7 @@ fn bad_request(message: &str) -> HttpResponse {
 
 async fn snapshots(request: HttpRequest, view: web::Data<WebView>) -> HttpResponse {
     match limit(&request) {
-        Ok(limit) => json(view.read(|state| state.snapshots_json(limit))),
+        Ok(limit) => json_written(|body| view.write_snapshots(limit, body)),
         Err(message) => bad_request(&message),
     }
 }
@@ -196,8 +285,8 @@ async fn snapshot(request: HttpRequest, view: web::Data<WebView>) -> HttpRespons
             &format!("a snapshot id is a number, not {raw:?}"),
         );
     };
-    match view.read(|state| state.snapshot_json(id).map(str::to_string)) {
-        Some(object) => json(object),
+    match view.snapshot(id) {
+        Some(retained) => json(retained.json().to_owned()),
         None => error(
             actix_web::http::StatusCode::NOT_FOUND,
             &format!("snapshot {id} is not retained (never reported, or older than the history)"),
@@ -207,7 +296,7 @@ async fn snapshot(request: HttpRequest, view: web::Data<WebView>) -> HttpRespons
 
 async fn history(request: HttpRequest, view: web::Data<WebView>) -> HttpResponse {
     match limit(&request) {
-        Ok(limit) => json(view.read(|state| state.history_json(limit).to_string())),
+        Ok(limit) => json_written(|body| view.write_history(limit, body)),
         Err(message) => bad_request(&message),
     }
 }
@@ -232,13 +321,23 @@ struct StreamState {
     subscription: Subscription,
 }
 
-async fn stream(view: web::Data<WebView>) -> HttpResponse {
-    let Some(subscription) = view.subscribe() else {
-        return error(
-            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-            "too many live-stream clients",
-        );
+/// The last frame of a stream closed for a newer viewer.
+const EVICTED: &str = "{\"reason\":\"closed for a newer viewer: too many live streams\"}";
+
+async fn stream(request: HttpRequest, view: web::Data<WebView>) -> HttpResponse {
+    let response = || {
+        let mut response = HttpResponse::Ok();
+        response
+            .content_type("text/event-stream")
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .insert_header(("X-Accel-Buffering", "no"));
+        response
     };
+    // HEAD: the headers of a stream, without taking a place among the stream's clients.
+    if request.method() == Method::HEAD {
+        return response().finish();
+    }
+    let subscription = view.subscribe(request.conn_data::<ConnectionSocket>().cloned());
     let status = view.read(|state| state.status_json().to_string());
     let start = StreamState {
         first: Some(sse_frame("status", &status)),
@@ -248,7 +347,13 @@ async fn stream(view: web::Data<WebView>) -> HttpResponse {
         if let Some(first) = client.first.take() {
             return Some((Ok::<_, Infallible>(first), client));
         }
+        if client.subscription.evicted.is_cancelled() {
+            // The `evicted` frame went out: end the stream.
+            return None;
+        }
         let frame = tokio::select! {
+            biased;
+            () = client.subscription.evicted.cancelled() => sse_frame("evicted", EVICTED),
             event = client.subscription.events.recv() => match event {
                 Ok(frame) => frame,
                 Err(RecvError::Lagged(missed)) => {
@@ -256,13 +361,9 @@ async fn stream(view: web::Data<WebView>) -> HttpResponse {
                 }
                 Err(RecvError::Closed) => return None,
             },
-            () = tokio::time::sleep(KEEPALIVE) => Bytes::from_static(b": keep-alive\n\n"),
+            () = tokio::time::sleep(STREAM_KEEPALIVE) => Bytes::from_static(b": keep-alive\n\n"),
         };
         Some((Ok(frame), client))
     });
-    HttpResponse::Ok()
-        .content_type("text/event-stream")
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(frames)
+    response().streaming(frames)
 }

@@ -5,13 +5,18 @@
 //! and takes the time as an argument, so it is unit-tested directly:
 //!
 //! - the last `keep` snapshots, each as its API object (the `--format json` object plus a `view`
-//!   section: start time, per-branch time to record, money in transit, transfers per second),
-//!   serialized once when the report arrives;
+//!   section: start time, per-branch time to record, money in transit, transfers per second)
+//!   and its history summary, both serialized once when the report arrives and then shared
+//!   immutably ([`Retained`] behind an `Arc`): a reader takes [`ViewState::recent`], a copy of
+//!   pointers, and writes the response after letting go of the lock, so a long history never
+//!   holds up the controller, which takes the same lock to add a report;
 //! - Flink-style counters (started, in progress, by verdict), the latest ok and latest failed
 //!   snapshot, and a duration histogram over every snapshot since the start (constant memory);
 //! - the state of the controller's connection to each branch.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::io::{self, Write};
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 
@@ -37,16 +42,70 @@ pub enum LinkStatus {
     Down(String),
 }
 
-/// One retained snapshot.
-#[derive(Debug, Clone)]
-struct Entry {
+/// One retained snapshot, immutable once made: the history and every reader in the middle of
+/// writing a response share it.
+#[derive(Debug)]
+pub struct Retained {
     id: u32,
     /// The API object (`/api/snapshots/{id}`), serialized once.
     json: String,
-    /// The compact form used by the history table and charts.
-    summary: Value,
+    /// The compact form used by the history table and charts (`/api/history`), serialized once.
+    summary: String,
     /// Whether its verdict is ok (for the latest-ok lookup).
     ok: bool,
+    /// Its duration, for the overview's min/avg/max.
+    elapsed_ms: f64,
+    /// Money in transit at its cut when it is complete, for the overview's min/avg/max.
+    in_transit: Option<u64>,
+}
+
+impl Retained {
+    /// The snapshot's API object.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+}
+
+/// Some retained snapshots, newest first, taken from the state under its lock (a copy of
+/// pointers) and written out after it is released.
+#[derive(Debug, Clone, Default)]
+pub struct Recent(Vec<Arc<Retained>>);
+
+impl Recent {
+    /// `/api/snapshots`: their API objects as one JSON array.
+    pub fn write_snapshots(&self, out: &mut impl Write) -> io::Result<()> {
+        self.write_array(out, |entry| &entry.json)
+    }
+
+    /// `/api/history`: their summaries as one JSON array.
+    pub fn write_history(&self, out: &mut impl Write) -> io::Result<()> {
+        self.write_array(out, |entry| &entry.summary)
+    }
+
+    fn write_array(
+        &self,
+        out: &mut impl Write,
+        text: impl Fn(&Retained) -> &str,
+    ) -> io::Result<()> {
+        out.write_all(b"[")?;
+        for (index, entry) in self.0.iter().enumerate() {
+            if index > 0 {
+                out.write_all(b",")?;
+            }
+            out.write_all(text(entry).as_bytes())?;
+        }
+        out.write_all(b"]")
+    }
+
+    /// How many snapshots.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// Counts of reported snapshots per verdict.
@@ -95,7 +154,7 @@ pub struct ViewState {
     /// How many snapshots to retain.
     keep: usize,
     /// The retained snapshots, oldest first.
-    history: VecDeque<Entry>,
+    history: VecDeque<Arc<Retained>>,
     /// Snapshots started (from the observer; at least the number reported).
     started: u64,
     /// Snapshots reported.
@@ -272,53 +331,35 @@ impl ViewState {
             Verdict::Mismatch => self.verdicts.mismatch += 1,
             Verdict::Incomplete => self.verdicts.incomplete += 1,
         }
-        if report.is_ok() {
-            self.latest_ok = Some(summary.clone());
+        let latest = if report.is_ok() {
+            &mut self.latest_ok
         } else {
-            self.latest_failed = Some(summary.clone());
-        }
-        self.history.push_back(Entry {
+            &mut self.latest_failed
+        };
+        *latest = Some(summary.clone());
+        self.history.push_back(Arc::new(Retained {
             id: report.id,
             json: json.clone(),
-            summary,
+            summary: summary.to_string(),
             ok: report.is_ok(),
-        });
+            elapsed_ms,
+            in_transit,
+        }));
         while self.history.len() > self.keep {
             self.history.pop_front();
         }
         json
     }
 
-    /// The retained snapshots' API objects, newest first, at most `limit`.
-    pub fn snapshots_json(&self, limit: usize) -> String {
-        let objects: Vec<&str> = self
-            .history
-            .iter()
-            .rev()
-            .take(limit)
-            .map(|entry| entry.json.as_str())
-            .collect();
-        format!("[{}]", objects.join(","))
+    /// The newest `limit` retained snapshots, newest first: pointers only, so this is all a
+    /// reader does under the lock (no serializing, no copying of the objects).
+    pub fn recent(&self, limit: usize) -> Recent {
+        Recent(self.history.iter().rev().take(limit).cloned().collect())
     }
 
-    /// One retained snapshot's API object.
-    pub fn snapshot_json(&self, id: u32) -> Option<&str> {
-        self.history
-            .iter()
-            .rfind(|entry| entry.id == id)
-            .map(|entry| entry.json.as_str())
-    }
-
-    /// The retained snapshots' compact summaries, newest first, at most `limit`.
-    pub fn history_json(&self, limit: usize) -> Value {
-        Value::Array(
-            self.history
-                .iter()
-                .rev()
-                .take(limit)
-                .map(|entry| entry.summary.clone())
-                .collect(),
-        )
+    /// One retained snapshot.
+    pub fn snapshot(&self, id: u32) -> Option<Arc<Retained>> {
+        self.history.iter().rfind(|entry| entry.id == id).cloned()
     }
 
     /// Snapshots started so far.
@@ -392,11 +433,11 @@ impl ViewState {
     /// The Flink-style overview: counts, latest ok and failed, min/avg/max of the retained
     /// snapshots' durations and money in transit.
     pub fn overview_json(&self) -> Value {
-        let stats = |field: &dyn Fn(&Value) -> Option<f64>| {
+        let stats = |field: &dyn Fn(&Retained) -> Option<f64>| {
             let values: Vec<f64> = self
                 .history
                 .iter()
-                .filter_map(|entry| field(&entry.summary))
+                .filter_map(|entry| field(entry))
                 .collect();
             if values.is_empty() {
                 return Value::Null;
@@ -420,8 +461,8 @@ impl ViewState {
             "latest_failed": self.latest_failed,
             "retained": self.history.len(),
             "keep": self.keep,
-            "duration_ms": stats(&|s| s["elapsed_ms"].as_f64()),
-            "in_transit": stats(&|s| s["view"]["in_transit"].as_f64()),
+            "duration_ms": stats(&|entry| Some(entry.elapsed_ms)),
+            "in_transit": stats(&|entry| entry.in_transit.map(|amount| amount as f64)),
             "transfers_per_second": self.transfers_per_second,
         })
     }
@@ -506,6 +547,13 @@ mod tests {
     use super::*;
     use crate::wire::pb::return_snapshot::LocalSnapshot;
 
+    /// What `write` writes, parsed as a JSON array.
+    fn written(write: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> Vec<Value> {
+        let mut out = Vec::new();
+        write(&mut out).unwrap();
+        serde_json::from_slice(&out).unwrap()
+    }
+
     fn names() -> Vec<String> {
         ["b1", "b2", "b3"].map(String::from).to_vec()
     }
@@ -577,8 +625,8 @@ mod tests {
         assert_eq!(view["record_ms"], json!([null, 1.5, null]));
         assert_eq!(view["in_transit"], 5);
         assert_eq!(view["reason"], Value::Null);
-        assert_eq!(state.snapshot_json(1), Some(json.as_str()));
-        assert_eq!(state.snapshot_json(2), None);
+        assert_eq!(state.snapshot(1).unwrap().json(), json);
+        assert!(state.snapshot(2).is_none());
     }
 
     #[test]
@@ -588,16 +636,23 @@ mod tests {
             state.snapshot_started(id);
             state.add_report(&report(id, [10, 10, 10], 0), f64::from(id) * 1000.0);
         }
-        let list: Vec<Value> = serde_json::from_str(&state.snapshots_json(usize::MAX)).unwrap();
+        let list = written(|out| state.recent(usize::MAX).write_snapshots(out));
         let ids: Vec<u64> = list
             .iter()
             .map(|o| o["snapshot_id"].as_u64().unwrap())
             .collect();
         assert_eq!(ids, [5, 4, 3]);
-        let list: Vec<Value> = serde_json::from_str(&state.snapshots_json(1)).unwrap();
+        let list = written(|out| state.recent(1).write_snapshots(out));
         assert_eq!(list.len(), 1);
-        assert_eq!(state.history_json(2).as_array().unwrap().len(), 2);
-        assert_eq!(state.snapshot_json(1), None, "dropped");
+        let history = written(|out| state.recent(2).write_history(out));
+        let ids: Vec<u64> = history
+            .iter()
+            .map(|o| o["snapshot_id"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ids, [5, 4]);
+        assert!(history.iter().all(|o| o["balances"] == json!([10, 10, 10])));
+        assert!(state.snapshot(1).is_none(), "dropped");
+        assert!(written(|out| Recent::default().write_history(out)).is_empty());
         // Counters cover every snapshot, not only the retained ones.
         assert_eq!(state.verdicts().ok, 5);
         assert_eq!(state.durations().count, 5);
@@ -626,7 +681,7 @@ mod tests {
         );
         assert_eq!(overview["duration_ms"]["max"], 20.0);
         assert_eq!(overview["duration_ms"]["min"], 4.0);
-        let failed: Value = serde_json::from_str(state.snapshot_json(2).unwrap()).unwrap();
+        let failed: Value = serde_json::from_str(state.snapshot(2).unwrap().json()).unwrap();
         assert_eq!(failed["view"]["reason"], "b2: connection lost: reset");
         assert_eq!(failed["view"]["in_transit"], Value::Null);
     }

@@ -76,6 +76,22 @@ impl WebBank {
         }
     }
 
+    /// The controller's process id.
+    pub fn controller_pid(&self) -> u32 {
+        self.controller.id()
+    }
+
+    /// The controller's resident memory now, in KiB (`VmRSS` in `/proc/<pid>/status`).
+    pub fn controller_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.controller.id()))
+            .expect("the controller's /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("a VmRSS line")
+    }
+
     /// The page's URL.
     pub fn url(&self) -> String {
         format!("http://{}/", self.addr)
@@ -142,13 +158,18 @@ impl Response {
 
 /// One `GET` with `Connection: close`, read to the end (5 s at most).
 pub fn get(addr: SocketAddr, path: &str) -> Response {
+    request(addr, "GET", path)
+}
+
+/// One request with `method` and `Connection: close`, read to the end (5 s at most).
+pub fn request(addr: SocketAddr, method: &str, path: &str) -> Response {
     let mut stream = TcpStream::connect(addr).expect("connect to the web view");
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut raw = Vec::new();
@@ -243,6 +264,57 @@ impl EventStream {
             reader,
             status,
             content_type,
+        }
+    }
+
+    /// Whether the stream ends (the chunked body's last chunk, or the connection closed)
+    /// within `limit`, whatever events come before.
+    pub fn ends_within(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut line = String::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            self.reader.get_ref().set_read_timeout(Some(left)).unwrap();
+            line.clear();
+            match self.reader.read_line(&mut line) {
+                Ok(0) => return true,
+                // The last chunk: a size line of 0 (event lines never are).
+                Ok(_) if line.trim_end() == "0" => return true,
+                Ok(_) => {}
+                Err(err) => {
+                    return !matches!(
+                        err.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    );
+                }
+            }
+        }
+    }
+
+    /// Whether the server closes the connection (end of file, or reset) within `limit`,
+    /// whatever comes before: the end of the response alone does not count.
+    pub fn closes_within(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut chunk = vec![0u8; 1 << 16];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            self.reader.get_ref().set_read_timeout(Some(left)).unwrap();
+            match self.reader.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(err) => {
+                    return !matches!(
+                        err.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    );
+                }
+            }
         }
     }
 

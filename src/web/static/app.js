@@ -129,6 +129,12 @@ function connect() {
     scheduleRender();
   });
   stream.addEventListener('resync', () => load().catch(showError));
+  // Too many viewers: the server closed this, the oldest, stream for a newer one. Reconnecting
+  // would only close another viewer's, so stop following and say so.
+  stream.addEventListener('evicted', () => {
+    stream.close();
+    setConn('down', 'closed for a newer viewer (too many open); reload to follow again');
+  });
 }
 
 function setConn(cls, text) {
