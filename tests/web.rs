@@ -416,7 +416,9 @@ fn a_stuck_stream_client_does_not_hold_the_controller_back() {
             stream
         })
         .collect();
-    let list = web.wait_for_snapshots(Duration::from_secs(40), |list| {
+    // 1200 snapshots' events are more than the stuck clients' kernel buffers hold. The deadline
+    // only guards against a hang: how fast they come depends on the machine, not on the code.
+    let list = web.wait_for_snapshots(Duration::from_secs(180), |list| {
         list.first()
             .is_some_and(|newest| newest["snapshot_id"].as_u64() >= Some(1200))
     });
