@@ -124,7 +124,10 @@ impl WebBank {
             }
             assert!(
                 self.started.elapsed() < limit,
-                "condition not met within {limit:?}; /api/snapshots: {list:?}"
+                "condition not met within {limit:?}; /api/snapshots holds {} snapshot(s), the newest: {:?}",
+                list.len(),
+                list.first()
+                    .map(|newest| (&newest["snapshot_id"], &newest["verdict"]))
             );
             std::thread::sleep(Duration::from_millis(50));
         }
