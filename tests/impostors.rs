@@ -12,13 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use common::{ControllerProcess, RawController, closed_within, verdicts, write_frame};
+use common::{ControllerProcess, RawPeer, SecretDir, closed_within, verdicts, write_frame};
 use serde_json::Value;
-use snapbank::auth::{Role, Secret};
-use snapbank::local_bank::{LocalBank, free_ports};
-use snapbank::wire::{self, Body, FrameCodec, pb};
-use tokio_util::codec::Decoder;
+use snapbank::auth::Secret;
+use snapbank::local_bank::LocalBank;
+use snapbank::wire::{self, Body, pb};
 
 const BRANCH: &str = env!("CARGO_BIN_EXE_branch");
 
@@ -112,24 +110,15 @@ impl Drop for Squatter {
 
 #[test]
 fn a_squatter_refusing_everyone_during_a_restart_does_not_cut_the_branch_off() {
-    let dir = std::env::temp_dir().join(format!("snapbank-squatter-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let secret_file = dir.join("secret");
-    std::fs::write(&secret_file, "the secret of the squatter test's bank\n").unwrap();
-    let args = [
-        "--max-interval-ms",
-        "20",
-        "--secret-file",
-        secret_file.to_str().unwrap(),
-    ]
-    .map(String::from);
+    let secret = SecretDir::new("squatter");
+    let args = ["--max-interval-ms", "20", "--secret-file", secret.path()].map(String::from);
     let mut bank = LocalBank::start_durable(BRANCH.as_ref(), 2, &args).unwrap();
     let controller = ControllerProcess::start(
         &bank,
         "2000",
         &[
             "--secret-file",
-            secret_file.to_str().unwrap(),
+            secret.path(),
             "--interval-ms",
             "100",
             "--snapshots",
@@ -149,7 +138,6 @@ fn a_squatter_refusing_everyone_during_a_restart_does_not_cut_the_branch_off() {
     drop(squatter);
     bank.restart(1, &[]).unwrap();
     let (_code, reports, stderr) = controller.finish(Duration::from_secs(60));
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(
         answered >= 2,
         "the squatter refused only {answered} connection(s): the test did not test"
@@ -159,65 +147,9 @@ fn a_squatter_refusing_everyone_during_a_restart_does_not_cut_the_branch_off() {
     assert_healed(&reports, 2000, 30, &stderr);
 }
 
-/// A raw peer connection claiming to be branch `name`, past the handshake: in a bank without
-/// a secret anybody can compute the proofs ([`Secret::none`]).
-struct Stranger {
-    stream: TcpStream,
-    codec: FrameCodec,
-    buffer: BytesMut,
-}
-
-impl Stranger {
-    fn claim(addr: SocketAddr, name: &str, acceptor: &str) -> Self {
-        Self::dial(addr, name, acceptor, &Secret::none())
-    }
-
-    fn dial(addr: SocketAddr, name: &str, acceptor: &str, secret: &Secret) -> Self {
-        let mut stream = common::connect_when_listening(addr);
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let nonce = snapbank::auth::nonce();
-        write_frame(
-            &mut stream,
-            Body::Hello(pb::Hello {
-                name: name.into(),
-                nonce: nonce.clone(),
-                known_incarnation: 0,
-            }),
-        )
-        .unwrap();
-        let mut stranger = Self {
-            stream,
-            codec: FrameCodec::default(),
-            buffer: BytesMut::new(),
-        };
-        let Some(Body::Welcome(welcome)) = stranger.receive() else {
-            panic!("expected a Welcome from {acceptor}");
-        };
-        let proof = secret.prove(Role::Dial, &welcome.nonce, name, acceptor);
-        stranger.send(Body::Auth(pb::Auth { proof }));
-        stranger
-    }
-
-    fn send(&mut self, body: Body) {
-        write_frame(&mut self.stream, body).unwrap();
-    }
-
-    /// The next frame, or `None` once the connection is closed or silent for the read timeout.
-    fn receive(&mut self) -> Option<Body> {
-        loop {
-            if let Some(frame) = self.codec.decode(&mut self.buffer).ok()? {
-                return frame.branch_message;
-            }
-            let mut chunk = [0u8; 4096];
-            let read = self.stream.read(&mut chunk).ok()?;
-            if read == 0 {
-                return None;
-            }
-            self.buffer.extend_from_slice(&chunk[..read]);
-        }
-    }
+/// A stranger's connection claiming to be branch `name` in a bank without a secret.
+fn claim(addr: SocketAddr, name: &str, acceptor: &str) -> RawPeer {
+    RawPeer::dial(addr, name, acceptor, &Secret::none())
 }
 
 #[test]
@@ -244,7 +176,7 @@ fn forged_frames_in_a_bank_without_a_secret_end_only_the_strangers_connection() 
 
     // A stranger claiming branch1 towards branch3 tries to learn branch3's incarnation from the
     // Resume branch3 would answer with.
-    let mut spy = Stranger::claim(b3, "branch1", "branch3");
+    let mut spy = claim(b3, "branch1", "branch3");
     spy.stream
         .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
@@ -294,7 +226,7 @@ fn forged_frames_in_a_bank_without_a_secret_end_only_the_strangers_connection() 
         ),
     ];
     for (what, frames) in forgeries {
-        let mut stranger = Stranger::claim(b4, "branch3", "branch4");
+        let mut stranger = claim(b4, "branch3", "branch4");
         for frame in frames {
             stranger.send(frame);
         }
@@ -315,37 +247,10 @@ fn forged_frames_in_a_bank_without_a_secret_end_only_the_strangers_connection() 
 
 #[test]
 fn a_member_whose_connection_breaks_the_protocol_gets_its_channel_back_on_the_next() {
-    let dir = std::env::temp_dir().join(format!("snapbank-breaker-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let secret_file = dir.join("secret");
-    std::fs::write(&secret_file, "the secret of the protocol breaker test\n").unwrap();
-    let secret = Secret::load(&secret_file).unwrap();
-    let args = [
-        "--max-interval-ms",
-        "1000",
-        "--secret-file",
-        secret_file.to_str().unwrap(),
-    ]
-    .map(String::from);
-    let bank = LocalBank::start(BRANCH.as_ref(), 1, &args).unwrap();
+    let secret_dir = SecretDir::new("protocol-breaker");
+    let secret = secret_dir.secret();
+    let (bank, mut controller) = common::bank_with_the_test_as_a0(BRANCH, &secret_dir);
     let target = bank.entries()[0].addr;
-    // The bank: "a0" (this test, which dials since its name sorts first) and branch1.
-    let mut members = wire::branch_list(bank.entries());
-    members.insert(
-        0,
-        pb::init_branch::Branch {
-            name: "a0".into(),
-            ip: "127.0.0.1".into(),
-            port: u32::from(free_ports(1).unwrap()[0]),
-        },
-    );
-    let mut controller = RawController::attach(target, "branch1", &secret);
-    controller.send(Body::InitBranch(pb::InitBranch {
-        balance: 100,
-        all_branches: members,
-        secret: Vec::new(),
-        ..Default::default()
-    }));
     let transfer = |pos: u64, seq: u64| Body::Transfer(pb::Transfer { money: 5, seq, pos });
     let resume = || {
         Body::Resume(pb::Resume {
@@ -354,7 +259,7 @@ fn a_member_whose_connection_breaks_the_protocol_gets_its_channel_back_on_the_ne
         })
     };
     // First connection: one good transfer, then one after a gap.
-    let mut first = Stranger::dial(target, "a0", "branch1", &secret);
+    let mut first = RawPeer::dial(target, "a0", "branch1", &secret);
     first.send(resume());
     let Some(Body::Resume(_)) = first.receive() else {
         panic!("expected branch1's Resume");
@@ -370,7 +275,7 @@ fn a_member_whose_connection_breaks_the_protocol_gets_its_channel_back_on_the_ne
     assert!(refusal.reason.contains("gap"), "{refusal:?}");
     assert!(closed_within(&mut first.stream, Duration::from_secs(5)));
     // Second connection, same incarnation: the channel resumes where it was.
-    let mut second = Stranger::dial(target, "a0", "branch1", &secret);
+    let mut second = RawPeer::dial(target, "a0", "branch1", &secret);
     second.send(resume());
     match second.receive() {
         Some(Body::Resume(_)) => {}
@@ -395,7 +300,6 @@ fn a_member_whose_connection_breaks_the_protocol_gets_its_channel_back_on_the_ne
         id += 1;
         std::thread::sleep(Duration::from_millis(50));
     };
-    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(
         received,
         Some((2, 10)),

@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{ControllerProcess, verdicts};
+use common::{ControllerProcess, SecretDir, verdicts};
 use snapbank::local_bank::LocalBank;
 
 const BRANCH: &str = env!("CARGO_BIN_EXE_branch");
@@ -37,24 +37,15 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 
 #[test]
 fn a_branch_restarted_on_an_older_commit_says_its_state_regressed_and_stops() {
-    let dir = std::env::temp_dir().join(format!("snapbank-lost-commit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let secret_file = dir.join("secret");
-    std::fs::write(&secret_file, "the secret of the lost commit test\n").unwrap();
-    let args = [
-        "--max-interval-ms",
-        "5",
-        "--secret-file",
-        secret_file.to_str().unwrap(),
-    ]
-    .map(String::from);
+    let secret = SecretDir::new("lost-commit");
+    let args = ["--max-interval-ms", "5", "--secret-file", secret.path()].map(String::from);
     let mut bank = LocalBank::start_durable(BRANCH.as_ref(), 2, &args).unwrap();
     let controller = ControllerProcess::start(
         &bank,
         "2000",
         &[
             "--secret-file",
-            secret_file.to_str().unwrap(),
+            secret.path(),
             "--interval-ms",
             "100",
             "--snapshots",
@@ -69,7 +60,7 @@ fn a_branch_restarted_on_an_older_commit_says_its_state_regressed_and_stops() {
     // A copy of branch1's store as it was at one instant (the process is stopped meanwhile, so
     // the copy is what a crash at that instant would have left).
     let store = bank.data_dir("branch1");
-    let older = dir.join("branch1.older");
+    let older = secret.dir.join("branch1.older");
     let pid = bank.pids()[0];
     signal(pid, "STOP");
     copy_dir(&store, &older);
@@ -83,7 +74,6 @@ fn a_branch_restarted_on_an_older_commit_says_its_state_regressed_and_stops() {
     let status = bank.wait_for_exit(0, Duration::from_secs(20));
     let log = std::fs::read_to_string(bank.log_path("branch1")).unwrap_or_default();
     let (_code, reports, _stderr) = controller.finish(Duration::from_secs(60));
-    let _ = std::fs::remove_dir_all(&dir);
     let status = status.expect("branch1 went on trading on a store that lost a commit");
     assert_eq!(status.code(), Some(2), "{status:?}");
     let line = log

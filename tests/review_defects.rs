@@ -4,17 +4,13 @@
 mod common;
 
 use std::io::Read;
-use std::net::TcpStream;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use common::{RawController, RunLimited, write_frame};
+use common::{RawController, RawPeer, RunLimited, SecretDir, write_frame};
 use serde_json::Value;
-use snapbank::auth::{Role, Secret};
-use snapbank::local_bank::{LocalBank, free_ports};
-use snapbank::wire::{self, Body, FrameCodec, pb};
-use tokio_util::codec::Decoder;
+use snapbank::local_bank::LocalBank;
+use snapbank::wire::{self, Body, pb};
 
 const BRANCH: &str = env!("CARGO_BIN_EXE_branch");
 const CONTROLLER: &str = env!("CARGO_BIN_EXE_controller");
@@ -212,87 +208,12 @@ fn a_record_discarded_by_the_cap_is_reported_as_discarded() {
     );
 }
 
-/// A raw peer: performs the peer handshake as `name` with `secret`, then exchanges `Resume`.
-struct RawPeer {
-    stream: TcpStream,
-    codec: FrameCodec,
-    buffer: BytesMut,
-}
-
-impl RawPeer {
-    fn receive(&mut self) -> Option<Body> {
-        loop {
-            if let Some(frame) = self.codec.decode(&mut self.buffer).ok()? {
-                return frame.branch_message;
-            }
-            let mut chunk = [0u8; 4096];
-            let read = self.stream.read(&mut chunk).ok()?;
-            if read == 0 {
-                return None;
-            }
-            self.buffer.extend_from_slice(&chunk[..read]);
-        }
-    }
-}
-
 #[test]
 fn an_unnumbered_transfer_in_an_authenticated_bank_is_refused() {
-    let dir = std::env::temp_dir().join(format!("snapbank-seq0-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let secret_file = dir.join("secret");
-    std::fs::write(&secret_file, "the secret of this test's bank\n").unwrap();
-    let secret = Secret::load(&secret_file).unwrap();
-    let args = [
-        "--max-interval-ms".to_string(),
-        "1000".to_string(),
-        "--secret-file".to_string(),
-        secret_file.display().to_string(),
-    ];
-    let bank = LocalBank::start(BRANCH.as_ref(), 1, &args).unwrap();
+    let secret = SecretDir::new("seq0");
+    let (bank, mut controller) = common::bank_with_the_test_as_a0(BRANCH, &secret);
     let target = bank.entries()[0].addr;
-    // The bank: "a0" (this test, which dials since its name sorts first) and branch1.
-    let a0_port = free_ports(1).unwrap()[0];
-    let mut members = wire::branch_list(bank.entries());
-    members.insert(
-        0,
-        pb::init_branch::Branch {
-            name: "a0".into(),
-            ip: "127.0.0.1".into(),
-            port: u32::from(a0_port),
-        },
-    );
-    let mut controller = RawController::attach(target, "branch1", &secret);
-    controller.send(Body::InitBranch(pb::InitBranch {
-        balance: 100,
-        all_branches: members,
-        secret: Vec::new(),
-        ..Default::default()
-    }));
-    let stream = common::connect_when_listening(target);
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut peer = RawPeer {
-        stream,
-        codec: FrameCodec::default(),
-        buffer: BytesMut::new(),
-    };
-    let nonce = snapbank::auth::nonce();
-    write_frame(
-        &mut peer.stream,
-        Body::Hello(pb::Hello {
-            name: "a0".into(),
-            nonce: nonce.clone(),
-            known_incarnation: 0,
-        }),
-    )
-    .unwrap();
-    let Some(Body::Welcome(welcome)) = peer.receive() else {
-        panic!("expected Welcome");
-    };
-    assert!(secret.verify(&welcome.proof, Role::Accept, &nonce, "branch1", "a0"));
-    let proof = secret.prove(Role::Dial, &welcome.nonce, "a0", "branch1");
-    write_frame(&mut peer.stream, Body::Auth(pb::Auth { proof })).unwrap();
+    let mut peer = RawPeer::dial(target, "a0", "branch1", &secret.secret());
     // The dialler states who it is first; the acceptor answers with its own Resume.
     write_frame(
         &mut peer.stream,
@@ -337,7 +258,6 @@ fn an_unnumbered_transfer_in_an_authenticated_bank_is_refused() {
         }
     };
     assert_eq!(record.balance, 100, "{record:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

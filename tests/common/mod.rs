@@ -309,3 +309,124 @@ pub fn swapped_branches_file(bank: &snapbank::local_bank::LocalBank) -> std::pat
     .expect("write the swapped branches file");
     swapped
 }
+
+/// A raw peer connection claiming to be branch `name` towards `acceptor`, past the peer
+/// handshake with `secret` (in a bank without one, [`Secret::none`]: anybody can compute those
+/// proofs). The test then speaks the channel protocol itself.
+pub struct RawPeer {
+    pub stream: TcpStream,
+    codec: FrameCodec,
+    buffer: BytesMut,
+}
+
+impl RawPeer {
+    pub fn dial(addr: SocketAddr, name: &str, acceptor: &str, secret: &Secret) -> Self {
+        let mut stream = connect_when_listening(addr);
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let nonce = snapbank::auth::nonce();
+        write_frame(
+            &mut stream,
+            Body::Hello(pb::Hello {
+                name: name.into(),
+                nonce: nonce.clone(),
+                known_incarnation: 0,
+            }),
+        )
+        .unwrap();
+        let mut peer = Self {
+            stream,
+            codec: FrameCodec::default(),
+            buffer: BytesMut::new(),
+        };
+        let Some(Body::Welcome(welcome)) = peer.receive() else {
+            panic!("expected a Welcome from {acceptor}");
+        };
+        assert!(secret.verify(&welcome.proof, Role::Accept, &nonce, acceptor, name));
+        let proof = secret.prove(Role::Dial, &welcome.nonce, name, acceptor);
+        peer.send(Body::Auth(pb::Auth { proof }));
+        peer
+    }
+
+    pub fn send(&mut self, body: Body) {
+        write_frame(&mut self.stream, body).unwrap();
+    }
+
+    /// The next frame, or `None` once the connection is closed or silent for the read timeout.
+    pub fn receive(&mut self) -> Option<Body> {
+        loop {
+            if let Some(frame) = self.codec.decode(&mut self.buffer).ok()? {
+                return frame.branch_message;
+            }
+            let mut chunk = [0u8; 4096];
+            let read = self.stream.read(&mut chunk).ok()?;
+            if read == 0 {
+                return None;
+            }
+            self.buffer.extend_from_slice(&chunk[..read]);
+        }
+    }
+}
+
+/// A private temporary directory holding a cluster secret file, removed on drop.
+pub struct SecretDir {
+    pub dir: std::path::PathBuf,
+    pub file: std::path::PathBuf,
+}
+
+impl SecretDir {
+    /// A fresh one for the test named by `tag`, its secret a line naming the test.
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("snapbank-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("secret");
+        std::fs::write(&file, format!("the secret of the {tag} test's bank\n")).unwrap();
+        Self { dir, file }
+    }
+
+    /// The secret file's path, as a command-line argument.
+    pub fn path(&self) -> &str {
+        self.file.to_str().expect("a UTF-8 temporary path")
+    }
+
+    /// The secret, as the bank's programs read it.
+    pub fn secret(&self) -> Secret {
+        Secret::load(&self.file).expect("the secret file reads back")
+    }
+}
+
+impl Drop for SecretDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A bank of two: the real branch `branch1` (with `--max-interval-ms 1000` and `secret`) and
+/// `a0`, played by the test through a [`RawPeer`] (it dials, since its name sorts first). The
+/// returned controller is attached to branch1 and has initialised it with balance 100.
+pub fn bank_with_the_test_as_a0(
+    branch_bin: &str,
+    secret: &SecretDir,
+) -> (snapbank::local_bank::LocalBank, RawController) {
+    let args = ["--max-interval-ms", "1000", "--secret-file", secret.path()].map(String::from);
+    let bank = snapbank::local_bank::LocalBank::start(branch_bin.as_ref(), 1, &args).unwrap();
+    let target = bank.entries()[0].addr;
+    let mut members = wire::branch_list(bank.entries());
+    members.insert(
+        0,
+        pb::init_branch::Branch {
+            name: "a0".into(),
+            ip: "127.0.0.1".into(),
+            port: u32::from(snapbank::local_bank::free_ports(1).unwrap()[0]),
+        },
+    );
+    let mut controller = RawController::attach(target, "branch1", &secret.secret());
+    controller.send(Body::InitBranch(pb::InitBranch {
+        balance: 100,
+        all_branches: members,
+        secret: Vec::new(),
+        ..Default::default()
+    }));
+    (bank, controller)
+}
