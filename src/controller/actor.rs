@@ -292,17 +292,8 @@ impl Carrier for ControllerActor {
         }
     }
 
-    /// Connection `generation` of branch `index` is gone: redial it.
-    fn link_lost(
-        &mut self,
-        index: usize,
-        generation: u64,
-        reason: String,
-        ctx: &mut Context<Self>,
-    ) {
-        if !self.drop_link(index, generation, &reason) {
-            return;
-        }
+    /// Branch `index`'s link is down: redial it.
+    fn on_link_down(&mut self, index: usize, reason: String, ctx: &mut Context<Self>) {
         let name = self.run.name(index);
         warn!(
             "lost the connection to branch {name}: {reason}; redialling ({} request(s) waiting)",

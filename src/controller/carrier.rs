@@ -6,7 +6,7 @@
 //!
 //! Each controller implements only what its connection pattern needs: how a snapshot's
 //! commands go out ([`Carrier::begin_snapshot`]), what a frame on a link means
-//! ([`Carrier::on_body`]) and how a lost link comes back ([`Carrier::link_lost`]).
+//! ([`Carrier::on_body`]) and how a lost link comes back ([`Carrier::on_link_down`]).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -164,8 +164,22 @@ pub(super) trait Carrier: Actor<Context = Context<Self>> + StreamHandler<LinkEve
     /// Branch `index` sent `body` on its current link.
     fn on_body(&mut self, index: usize, body: Body, ctx: &mut Context<Self>);
 
-    /// Connection `generation` of branch `index` is gone, for `reason`.
-    fn link_lost(&mut self, index: usize, generation: u64, reason: String, ctx: &mut Context<Self>);
+    /// Branch `index`'s current link went down, for `reason`: bring it back.
+    fn on_link_down(&mut self, index: usize, reason: String, ctx: &mut Context<Self>);
+
+    /// Connection `generation` of branch `index` is gone, for `reason`: if it was the current
+    /// one, it is marked down and [`Carrier::on_link_down`] brings it back.
+    fn link_lost(
+        &mut self,
+        index: usize,
+        generation: u64,
+        reason: String,
+        ctx: &mut Context<Self>,
+    ) {
+        if self.drop_link(index, generation, &reason) {
+            self.on_link_down(index, reason, ctx);
+        }
+    }
 
     /// The run begins: stop early when told to; start snapshots back to back or on the ticks.
     fn begin_run(&mut self, ctx: &mut Context<Self>) {
@@ -361,7 +375,7 @@ pub(super) trait Carrier: Actor<Context = Context<Self>> + StreamHandler<LinkEve
         link.probed = false;
     }
 
-    /// The shared start of [`Carrier::link_lost`]: whether connection `generation` of branch
+    /// The start of [`Carrier::link_lost`]: whether connection `generation` of branch
     /// `index` was the current one, then marked down for `reason` (false: stale, already down,
     /// or the run is over).
     fn drop_link(&mut self, index: usize, generation: u64, reason: &str) -> bool {

@@ -470,6 +470,14 @@ mod tests {
         id
     }
 
+    /// A collector over `branches` with one snapshot started and opened now.
+    fn one_open(branches: usize, ask_again: bool) -> (Collector, Instant, u32) {
+        let mut collector = collector(branches, ask_again);
+        let now = Instant::now();
+        let id = start_open(&mut collector, now);
+        (collector, now, id)
+    }
+
     #[test]
     fn snapshots_are_numbered_from_the_first_id_up_to_the_limit() {
         let mut collector = Collector::new(&config(2, Some(2)), 7, true);
@@ -525,9 +533,7 @@ mod tests {
 
     #[test]
     fn a_second_answer_from_a_branch_is_ignored() {
-        let mut collector = collector(2, false);
-        let now = Instant::now();
-        let id = start_open(&mut collector, now);
+        let (mut collector, now, id) = one_open(2, false);
         collector.on_answer(0, complete(id, 10, 2), now);
         assert_eq!(
             collector.on_answer(0, complete(id, 99, 2), now),
@@ -543,9 +549,7 @@ mod tests {
 
     #[test]
     fn an_original_branch_record_without_status_reads_as_final() {
-        let mut collector = collector(2, false);
-        let now = Instant::now();
-        let id = start_open(&mut collector, now);
+        let (mut collector, now, id) = one_open(2, false);
         collector.on_answer(0, complete(id, 10, 2), now);
         collector.on_answer(1, complete(id, 20, 2), now);
         let progress = collector.take_progress();
@@ -611,9 +615,7 @@ mod tests {
 
     #[test]
     fn a_branch_still_recording_is_asked_again_while_time_is_left() {
-        let mut collector = collector(1, true);
-        let now = Instant::now();
-        let id = start_open(&mut collector, now);
+        let (mut collector, now, id) = one_open(1, true);
         let recording = || with_status(id, pb::SnapshotStatus::Recording);
         assert_eq!(collector.on_answer(0, recording(), now), Answer::AskAgain);
         assert_eq!(collector.awaited_from(0), vec![id]);
@@ -627,9 +629,7 @@ mod tests {
 
     #[test]
     fn without_asking_again_still_recording_is_final_at_once() {
-        let mut collector = collector(1, false);
-        let now = Instant::now();
-        let id = start_open(&mut collector, now);
+        let (mut collector, now, id) = one_open(1, false);
         let answer = collector.on_answer(0, with_status(id, pb::SnapshotStatus::Recording), now);
         assert_eq!(
             answer,
@@ -641,9 +641,7 @@ mod tests {
 
     #[test]
     fn wait_ms_is_the_time_left_less_the_answer_margin() {
-        let mut collector = collector(1, true);
-        let now = Instant::now();
-        let id = start_open(&mut collector, now);
+        let (collector, now, id) = one_open(1, true);
         assert_eq!(collector.wait_ms(id, now), Some(900));
         assert_eq!(
             collector.wait_ms(id, now + Duration::from_millis(400)),
@@ -654,9 +652,7 @@ mod tests {
 
     #[test]
     fn expiry_says_why_each_missing_branch_did_not_answer() {
-        let mut collector = collector(3, true);
-        let now = Instant::now();
-        let id = start_open(&mut collector, now);
+        let (mut collector, now, id) = one_open(3, true);
         collector.on_answer(0, complete(id, 10, 3), now);
         collector.link_down(2, now, "closed by the branch".into());
         collector.expire(id, now + Duration::from_millis(1000));
@@ -676,9 +672,7 @@ mod tests {
 
     #[test]
     fn a_failed_request_fills_only_an_empty_slot() {
-        let mut collector = collector(2, false);
-        let now = Instant::now();
-        let id = start_open(&mut collector, now);
+        let (mut collector, now, id) = one_open(2, false);
         collector.on_answer(0, complete(id, 10, 2), now);
         collector.on_failure(0, id, "refused the request: no".into(), now);
         collector.on_failure(1, id, "closed the connection without answering".into(), now);

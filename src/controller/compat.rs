@@ -414,17 +414,8 @@ impl Carrier for CompatController {
         }
     }
 
-    /// Persistent connection `generation` of branch `index` is gone: redial it, plainly.
-    fn link_lost(
-        &mut self,
-        index: usize,
-        generation: u64,
-        reason: String,
-        ctx: &mut Context<Self>,
-    ) {
-        if !self.drop_link(index, generation, &reason) {
-            return;
-        }
+    /// Branch `index`'s persistent link is down: redial it, plainly.
+    fn on_link_down(&mut self, index: usize, reason: String, ctx: &mut Context<Self>) {
         warn!(
             "lost the connection to branch {}: {reason}; reconnecting",
             self.run.name(index)
