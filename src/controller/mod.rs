@@ -89,8 +89,8 @@ pub struct ControllerConfig {
     pub link_timeout: Duration,
     /// Whether to probe branch connections with heartbeats (snapbank branches answer them).
     pub heartbeats: bool,
-    /// Live events for a view of the controller (`--web`); `None` for none. Added for the web
-    /// view (issue 10): an optional field, so every other caller is unchanged.
+    /// Live events for a view of the controller (`--web`); `None` for none. Optional, so a
+    /// caller without a view passes nothing.
     pub observer: Option<Arc<dyn ControllerObserver>>,
 }
 
