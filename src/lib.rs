@@ -8,6 +8,8 @@
 //! - [`auth`]: the cluster secret and the HMAC challenge-response proofs of the handshakes.
 //! - [`handshake`]: the peer and controller handshakes as async steps over a connection.
 //! - [`backoff`]: the capped, jittered pause between reconnect attempts.
+//! - [`dial`]: the one connect loop: connect timeout, a handshake step, backoff, an optional
+//!   deadline and rate-limited warnings; every party that dials another uses it.
 //! - [`config`]: the branches file (`<name> <ip> <port>` lines), parsed and validated.
 //! - [`core`]: the algorithm with no I/O. [`core::BranchCore`] applies transfers and markers to a
 //!   ledger and returns effects; [`core::SnapshotRecord`] is one branch's part of a snapshot;
@@ -37,6 +39,7 @@ pub mod branch;
 pub mod config;
 pub mod controller;
 pub mod core;
+pub mod dial;
 pub mod failpoint;
 pub mod handshake;
 pub mod local_bank;

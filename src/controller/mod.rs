@@ -5,8 +5,11 @@
 //!   the exercise's original schema, as the exercise's own controllers do.
 //! - [`report`]: [`SnapshotReport`], assembled from the branches' records, with its verdict and
 //!   text/JSON forms.
-//! - `schedule`: what both controllers share about a run: the ticks (skipping those a stall
-//!   missed) and handing reports out in id order.
+//! - `collector`: what both controllers decide, with no I/O: in-flight snapshots, deadlines,
+//!   answers, initiators, the words for a status that is no record, reports in id order.
+//! - `carrier`: the actix glue both controllers share to carry those decisions: the schedule,
+//!   timers, persistent links and the end of a run.
+//! - `schedule`: the ticks (skipping those a stall missed) and what a run stopped early lists.
 //!
 //! Retrieval without blind sleeps: right after `InitSnapshot`, the controller sends every branch
 //! `RetrieveSnapshot` with `wait_ms` (a snapbank extension) set to the time left before the
@@ -14,6 +17,8 @@
 //! knows the original schema ignores `wait_ms` and answers at once.
 
 pub mod actor;
+mod carrier;
+mod collector;
 pub mod compat;
 pub mod observer;
 pub mod report;
@@ -34,8 +39,15 @@ pub use report::{BranchRecord, BranchState, SnapshotReport, Verdict};
 pub use schedule::UnfinishedSnapshot;
 
 use crate::auth::Secret;
+use crate::backoff::Backoff;
 use crate::config::BranchEntry;
+use crate::dial::Dialer;
 use crate::handshake;
+
+/// First pause between two attempts to reach a branch at startup; doubles up to
+/// [`MAX_CONNECT_DELAY`]: a branch that comes up is found soon after.
+const FIRST_CONNECT_DELAY: Duration = Duration::from_millis(10);
+const MAX_CONNECT_DELAY: Duration = Duration::from_millis(250);
 
 /// Largest frame the controller accepts by default: records list the transfers found in
 /// transit, which backpressure bounds to far less than this.
@@ -77,8 +89,8 @@ pub struct ControllerConfig {
     pub link_timeout: Duration,
     /// Whether to probe branch connections with heartbeats (snapbank branches answer them).
     pub heartbeats: bool,
-    /// Live events for a view of the controller (`--web`); `None` for none. Added for the web
-    /// view (issue 10): an optional field, so every other caller is unchanged.
+    /// Live events for a view of the controller (`--web`); `None` for none. Optional, so a
+    /// caller without a view passes nothing.
     pub observer: Option<Arc<dyn ControllerObserver>>,
 }
 
@@ -258,14 +270,7 @@ async fn connect_and_attach(
             first_id = first_id.max(next_id);
             links.push(link);
         } else {
-            let (reader, writer) = stream.into_split();
-            links.push(handshake::Authenticated {
-                reader: tokio_util::codec::FramedRead::new(
-                    reader,
-                    crate::wire::FrameCodec::new(config.max_frame),
-                ),
-                writer,
-            });
+            links.push(carrier::plain(stream, config.max_frame));
         }
     }
     Ok((links, first_id))
@@ -305,29 +310,15 @@ async fn connect_one(
     deadline: Instant,
     timeout: Duration,
 ) -> Result<TcpStream, ControllerError> {
-    let mut delay = Duration::from_millis(10);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let error = match tokio::time::timeout(left, TcpStream::connect(branch.addr)).await {
-            Ok(Ok(stream)) => {
-                if let Err(err) = stream.set_nodelay(true) {
-                    log::debug!("cannot set TCP_NODELAY towards {}: {err}", branch.name);
-                }
-                return Ok(stream);
-            }
-            Ok(Err(err)) => err.to_string(),
-            Err(_) => "connect timed out".to_string(),
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(ControllerError::Connect {
-                name: branch.name.clone(),
-                addr: branch.addr,
-                waited_ms: timeout.as_millis(),
-                last_error: error,
-            });
-        }
-        tokio::time::sleep(delay.min(left)).await;
-        delay = (delay * 2).min(Duration::from_millis(250));
-    }
+    let backoff = Backoff::new(FIRST_CONNECT_DELAY, MAX_CONNECT_DELAY);
+    Dialer::new(branch.addr, timeout, backoff)
+        .deadline(deadline)
+        .connect(|_| {})
+        .await
+        .map_err(|gave_up| ControllerError::Connect {
+            name: branch.name.clone(),
+            addr: branch.addr,
+            waited_ms: timeout.as_millis(),
+            last_error: gave_up.last_error,
+        })
 }

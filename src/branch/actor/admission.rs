@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use log::{error, info, warn};
-use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 
 use super::lease::{Claim, Displaced};
@@ -30,6 +29,7 @@ use crate::auth::Secret;
 use crate::branch::connection::{FrameReader, LinkSettings, PeerConnection};
 use crate::config::MAX_NAME_BYTES;
 use crate::core::Channel;
+use crate::dial::{Dialer, Failed, Never, Step, Warning};
 use crate::handshake::{self, Authenticated, ControllerClaim, HandshakeError};
 use crate::outbox::Outbox;
 use crate::wire::{self, Body, pb};
@@ -37,6 +37,9 @@ use crate::wire::{self, Body, pb};
 /// How long a dialling branch waits for the acceptor's `Welcome`: the acceptor answers only
 /// once it has its own `InitBranch`, which the controller may still be sending.
 const DIAL_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long one connect to a peer may take.
+const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// First pause between two dial attempts; it doubles after each failure up to
 /// [`MAX_REDIAL_DELAY`], with jitter so that branches cut off together do not redial in step.
@@ -567,71 +570,55 @@ impl BranchActor {
         // peer (or an impostor) that refuses every connection is retried at the backoff's pace.
         let first_pause =
             std::mem::take(&mut peer.redial_pending_pause).then(|| peer.redial.next_pause());
-        let mut backoff = peer.redial.clone();
+        let dialer =
+            Dialer::new(addr, PEER_CONNECT_TIMEOUT, peer.redial.clone()).first_pause(first_pause);
         let dialling = async move {
-            if let Some(pause) = first_pause {
-                tokio::time::sleep(pause).await;
-            }
-            let started = Instant::now();
-            let mut last_warning: Option<Instant> = None;
-            loop {
-                // What failed, and whether the other side answered at all (a handshake failure
-                // is worth a warning at once; an absent peer only every few seconds).
-                let (error, answered) = match tokio::time::timeout(
-                    Duration::from_secs(2),
-                    TcpStream::connect(addr),
-                )
-                .await
-                {
-                    Ok(Ok(stream)) => {
-                        if let Err(err) = stream.set_nodelay(true) {
-                            log::debug!("cannot set TCP_NODELAY towards {name}: {err}");
-                        }
-                        match handshake::dial_peer(
-                            stream,
-                            &secret,
-                            &me,
-                            &name,
-                            known_incarnation,
-                            max_frame,
-                            DIAL_ANSWER_TIMEOUT,
-                        )
-                        .await
-                        {
-                            Ok(authenticated) => return authenticated,
-                            Err(HandshakeError::Refused(reason)) => (
-                                format!(
-                                    "refused before proving the cluster secret, so retrying: {reason}"
-                                ),
-                                true,
+            let handshake = |stream| {
+                let (secret, me, name) = (&secret, &me, &name);
+                async move {
+                    handshake::dial_peer(
+                        stream,
+                        secret,
+                        me,
+                        name,
+                        known_incarnation,
+                        max_frame,
+                        DIAL_ANSWER_TIMEOUT,
+                    )
+                    .await
+                    .map_err(|err| {
+                        Step::<Never>::Retry(Failed::answered(match err {
+                            HandshakeError::Refused(reason) => format!(
+                                "refused before proving the cluster secret, so retrying: {reason}"
                             ),
-                            Err(err) => (format!("handshake failed: {err}"), true),
-                        }
-                    }
-                    Ok(Err(err)) => (err.to_string(), false),
-                    Err(_) => ("connect timed out".to_string(), false),
-                };
-                let quiet_for = last_warning.unwrap_or(started).elapsed();
-                if (answered && last_warning.is_none()) || quiet_for >= Duration::from_secs(5) {
-                    warn!(
-                        "{me}: still trying to reach {name} at {addr} after {} s: {error}",
-                        started.elapsed().as_secs()
-                    );
-                    last_warning = Some(Instant::now());
+                            err => format!("handshake failed: {err}"),
+                        }))
+                    })
                 }
-                tokio::time::sleep(backoff.next_pause()).await;
-            }
+            };
+            let warn = |warning: Warning<'_>| {
+                warn!(
+                    "{me}: still trying to reach {name} at {addr} after {} s: {}",
+                    warning.after.as_secs(),
+                    warning.error
+                );
+            };
+            dialer.forever(handshake, warn).await
         };
-        ctx.spawn(actix::fut::wrap_future::<_, Self>(dialling).map(
-            move |authenticated, branch, ctx| {
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(dialling).map(move |dialled, branch, ctx| {
+                let authenticated = match dialled {
+                    Ok(authenticated) => authenticated,
+                    Err(never) => match never {},
+                };
                 let to = branch
                     .bank
                     .as_ref()
                     .map(|bank| bank.peers[channel].addr.to_string())
                     .unwrap_or_default();
                 branch.peer_connected(channel, authenticated, &format!("dialled {to}"), ctx);
-            },
-        ));
+            }),
+        );
     }
 
     /// Stops sending, and closes every connection once what is queued on it is written.
