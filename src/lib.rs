@@ -4,7 +4,8 @@
 //! A map of the crate, from the bytes on the wire inwards:
 //!
 //! - [`wire`]: the protobuf types generated from `proto/bank.proto`, the delimited frame codec,
-//!   and frame builders. The only module that knows about bytes.
+//!   frame builders, and the conversions of what arrives into domain values
+//!   ([`core::PeerMsg`], [`wire::ControllerCmd`]). The only module that knows about bytes.
 //! - [`auth`]: the cluster secret and the HMAC challenge-response proofs of the handshakes.
 //! - [`handshake`]: the peer and controller handshakes as async steps over a connection.
 //! - [`backoff`]: the capped, jittered pause between reconnect attempts.
@@ -20,9 +21,12 @@
 //!   task drains in batches, so a burst of messages costs one system call.
 //! - [`branch`]: a live branch: `BranchActor` owns the core, one `PeerConnection` actor per TCP
 //!   stream feeds it frames in FIFO order, one `SnapshotRecorder` actor per snapshot id keeps that
-//!   snapshot's record until the controller retrieves it.
+//!   snapshot's record until the controller retrieves it; in a bank with a secret the branch
+//!   obeys one controller at a time (its controller lease).
 //! - [`controller`]: `ControllerActor` initialises the bank, schedules snapshots, retrieves the
-//!   records and turns them into [`controller::SnapshotReport`]s.
+//!   records and turns them into [`controller::SnapshotReport`]s. What both controllers decide
+//!   (snapshots in flight, deadlines, answers, report assembly) is one no-I/O collector
+//!   ([`controller::collector`]); each controller keeps only its connection pattern.
 //! - [`store`]: a durable branch's state in an embedded crash-safe database (redb), written by
 //!   group commit and read back after a crash.
 //! - [`failpoint`]: named places where a test can make a branch abort, as `kill -9` would.
