@@ -26,7 +26,7 @@
 //! - [`controller`]: `ControllerActor` initialises the bank, schedules snapshots, retrieves the
 //!   records and turns them into [`controller::SnapshotReport`]s. What both controllers decide
 //!   (snapshots in flight, deadlines, answers, report assembly) is one no-I/O collector
-//!   ([`controller::collector`]); each controller keeps only its connection pattern.
+//!   (`controller::collector`); each controller keeps only its connection pattern.
 //! - [`store`]: a durable branch's state in an embedded crash-safe database (redb), written by
 //!   group commit and read back after a crash.
 //! - [`failpoint`]: named places where a test can make a branch abort, as `kill -9` would.
