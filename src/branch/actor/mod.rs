@@ -376,8 +376,9 @@ impl BranchActor {
         }
     }
 
-    /// Becomes `Some(reason)` if the branch halts because it cannot go on with its state (its
-    /// store lost a commit), so whoever runs it can stop the process with that reason.
+    /// Becomes `Some(reason)` if the branch halts because it cannot go on with its state (the
+    /// stored state cannot be restored, or the store lost a commit), so whoever runs it can stop
+    /// the process with that reason; library code never exits the process itself.
     pub fn halted(&self) -> tokio::sync::watch::Receiver<Option<String>> {
         self.halted.subscribe()
     }
@@ -406,11 +407,13 @@ impl Actor for BranchActor {
             self.durable = Some(durability::Durable::new(store.database(), 0));
         }
         if let Err(reason) = self.restore(restored, ctx) {
-            log::error!(
-                "{}: the store's state cannot be restored: {reason}; refusing to start with a guessed state",
-                self.name
+            let reason = format!(
+                "the store's state cannot be restored: {reason}; refusing to start with a guessed state"
             );
-            std::process::exit(2);
+            log::error!("{}: {reason}", self.name);
+            self.bank = None;
+            self.shut_down();
+            self.halted.send_replace(Some(reason));
         }
     }
 }
