@@ -378,7 +378,7 @@ impl BranchActor {
 
     /// Becomes `Some(reason)` if the branch halts because it cannot go on with its state (the
     /// stored state cannot be restored, or the store lost a commit), so whoever runs it can stop
-    /// the process with that reason; library code never exits the process itself.
+    /// the process with that reason.
     pub fn halted(&self) -> tokio::sync::watch::Receiver<Option<String>> {
         self.halted.subscribe()
     }
