@@ -159,13 +159,6 @@ pub struct Changes {
     pub removed_records: Vec<SnapshotId>,
 }
 
-impl Changes {
-    /// Whether there is nothing to write.
-    pub fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
-}
-
 /// One peer's channel as the store held it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RestoredChannel {
