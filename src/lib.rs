@@ -27,8 +27,8 @@
 //!   records and turns them into [`controller::SnapshotReport`]s. What both controllers decide
 //!   (snapshots in flight, deadlines, answers, report assembly) is one no-I/O collector
 //!   (`controller::collector`); each controller keeps only its connection pattern.
-//! - [`store`]: a durable branch's state in an embedded crash-safe database (redb), written by
-//!   group commit and read back after a crash.
+//! - [`store`]: a durable branch's state behind [`store::BranchStore`], over the branch's own
+//!   types: the redb store (group commit, read back after a crash) and an in-memory one.
 //! - [`failpoint`]: named places where a test can make a branch abort, as `kill -9` would.
 //! - [`controller::compat`]: `CompatController` (`controller --compat`) drives branches that
 //!   speak only the exercise's original schema, one connection per branch or per command.

@@ -133,7 +133,7 @@ impl BranchActor {
         self.check_own_entry(&members)?;
         if let Some(store) = &self.store {
             self.durable = Some(super::durability::Durable::new(
-                store.database(),
+                store.handle(),
                 members.len().saturating_sub(1),
             ));
             let meta = super::durability::meta(&self.name, &members, &secret, self.incarnation);

@@ -23,17 +23,18 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use log::{error, info};
-use prost::Message;
 
 use super::{Bank, BranchActor, ConnId, Peer};
 use crate::auth::Secret;
 use crate::branch::recorder::SnapshotRecorder;
 use crate::config::BranchEntry;
 use crate::core::{
-    BranchCore, ChannelCount, CoreState, Frame, InTransit, Position, ReceiveCursor, SendWindow,
-    SnapshotId, SnapshotRecord,
+    BranchCore, ChannelCount, Frame, InTransit, Position, ReceiveCursor, SendWindow, SnapshotId,
 };
-use crate::store::{self, ChangeSet, Restored, pb};
+use crate::store::{
+    BankMeta, BranchStore, Changes, ChannelMarks, FrameBatch, RecordHeader, Restored, StoredCore,
+    TransitBatch,
+};
 use crate::wire::{self, pb as wire_pb};
 
 /// How often the store's figures are logged.
@@ -58,9 +59,10 @@ struct Commit {
 
 /// The durable half of a branch: what is staged for the next commit and what waits for one.
 pub(super) struct Durable {
-    db: Arc<redb::Database>,
+    /// Where commits go.
+    store: Arc<dyn BranchStore>,
     /// Changes for the next commit.
-    staged: ChangeSet,
+    staged: Changes,
     /// Something changed since the last commit started.
     dirty: bool,
     /// The commit being written.
@@ -72,9 +74,9 @@ pub(super) struct Durable {
     /// Per peer: the stored frame batches, `(first, last)`, oldest first.
     batches: Vec<VecDeque<(Position, Position)>>,
     /// The header of every record not yet retrieved, as stored.
-    headers: HashMap<SnapshotId, pb::RecordHeader>,
+    headers: HashMap<SnapshotId, RecordHeader>,
     /// Transfers found in transit since the last commit started, per record.
-    new_transit: HashMap<SnapshotId, Vec<pb::InTransit>>,
+    new_transit: HashMap<SnapshotId, Vec<InTransit>>,
     /// Per record: the next transit batch's index.
     transit_batches: HashMap<SnapshotId, u64>,
     /// Retrieved records still kept in the store, oldest first.
@@ -88,22 +90,6 @@ pub(super) struct Durable {
     stats_since: Instant,
 }
 
-fn counts(count: ChannelCount) -> pb::Counts {
-    pb::Counts {
-        count: count.count,
-        amount: count.amount,
-        digest: count.digest,
-    }
-}
-
-fn channel_count(counts: Option<&pb::Counts>) -> ChannelCount {
-    counts.map_or_else(ChannelCount::default, |c| ChannelCount {
-        count: c.count,
-        amount: c.amount,
-        digest: c.digest,
-    })
-}
-
 impl Durable {
     /// Whether an answer for controller connection `conn` waits for a commit.
     pub(super) fn owes_answer_on(&self, conn: ConnId) -> bool {
@@ -112,11 +98,11 @@ impl Durable {
             .any(|(_, held_conn, _)| *held_conn == conn)
     }
 
-    /// A durable half writing to `db`, for a bank of `peers` peers.
-    pub(super) fn new(db: Arc<redb::Database>, peers: usize) -> Self {
+    /// A durable half committing to `store`, for a bank of `peers` peers.
+    pub(super) fn new(store: Arc<dyn BranchStore>, peers: usize) -> Self {
         Self {
-            db,
-            staged: ChangeSet::default(),
+            store,
+            staged: Changes::default(),
             dirty: false,
             committing: None,
             next_epoch: 1,
@@ -158,18 +144,14 @@ impl Durable {
                 break;
             }
             batches.pop_front();
-            self.staged
-                .removed_frame_batches
-                .push((channel as u32, first));
+            self.staged.removed_frame_batches.push((channel, first));
         }
     }
 
     /// Stages `header` as record `id`'s stored header.
-    fn stage_header(&mut self, header: pb::RecordHeader) {
+    fn stage_header(&mut self, header: RecordHeader) {
         self.dirty = true;
-        self.staged
-            .records
-            .push((header.id, header.encode_to_vec()));
+        self.staged.records.push(header.clone());
         self.headers.insert(header.id, header);
     }
 
@@ -181,11 +163,11 @@ impl Durable {
         sent: &[ChannelCount],
         received: &[ChannelCount],
     ) {
-        self.stage_header(pb::RecordHeader {
+        self.stage_header(RecordHeader {
             id,
             balance,
-            sent: sent.iter().map(|&c| counts(c)).collect(),
-            received: received.iter().map(|&c| counts(c)).collect(),
+            sent: sent.to_vec(),
+            received: received.to_vec(),
             lost: Vec::new(),
             finished: false,
             retrieved: false,
@@ -195,17 +177,13 @@ impl Durable {
     /// A transfer was found in transit for record `id`.
     pub(super) fn record_transfer(&mut self, id: SnapshotId, transfer: InTransit) {
         self.dirty = true;
-        self.new_transit.entry(id).or_default().push(pb::InTransit {
-            from: transfer.from as u32,
-            seq: transfer.seq,
-            amount: transfer.amount,
-        });
+        self.new_transit.entry(id).or_default().push(transfer);
     }
 
     /// Record `id` lost channel `from`.
     pub(super) fn lose_channel(&mut self, id: SnapshotId, from: usize) {
         if let Some(mut header) = self.headers.get(&id).cloned() {
-            header.lost.push(from as u32);
+            header.lost.push(from);
             self.stage_header(header);
         }
     }
@@ -255,6 +233,37 @@ impl Durable {
         }
     }
 
+    /// Takes what is staged, with `core` (the core as it is now), as the next commit's changes:
+    /// the frames and transfers collected since the last commit become one batch per channel
+    /// and per record. Returns the changes and how many frames they hold.
+    fn take_changes(&mut self, core: StoredCore) -> (Changes, u64) {
+        let mut changes = std::mem::take(&mut self.staged);
+        let mut frames = 0u64;
+        for (channel, slot) in self.new_frames.iter_mut().enumerate() {
+            if let Some((first, list)) = slot.take() {
+                frames += list.len() as u64;
+                let last = first + list.len() as u64 - 1;
+                self.batches[channel].push_back((first, last));
+                changes.frame_batches.push(FrameBatch {
+                    channel,
+                    first,
+                    frames: list,
+                });
+            }
+        }
+        for (id, transfers) in self.new_transit.drain() {
+            let index = self.transit_batches.entry(id).or_insert(0);
+            changes.transit.push(TransitBatch {
+                id,
+                index: *index,
+                transfers,
+            });
+            *index += 1;
+        }
+        changes.core = Some(core);
+        (changes, frames)
+    }
+
     fn log_stats(&mut self) {
         let elapsed = self.stats_since.elapsed();
         if elapsed < STATS_EVERY || self.commits == 0 {
@@ -275,25 +284,17 @@ impl Durable {
     }
 }
 
-/// The stored `Meta` of a bank.
+/// The bank as branch `name` keeps it in its store.
 pub(super) fn meta(
     name: &str,
     members: &[BranchEntry],
     secret: &Secret,
     incarnation: u64,
-) -> pb::Meta {
-    pb::Meta {
-        format: store::FORMAT,
+) -> BankMeta {
+    BankMeta {
         name: name.to_string(),
-        members: members
-            .iter()
-            .map(|member| pb::Member {
-                name: member.name.clone(),
-                ip: member.addr.ip().to_string(),
-                port: u32::from(member.addr.port()),
-            })
-            .collect(),
-        secret: secret.as_bytes().to_vec(),
+        members: members.to_vec(),
+        secret: secret.clone(),
         incarnation,
     }
 }
@@ -301,9 +302,9 @@ pub(super) fn meta(
 impl BranchActor {
     /// Stages the bank's description (at `InitBranch`), to be made durable with the first
     /// commit.
-    pub(super) fn stage_meta(&mut self, meta: &pb::Meta) {
+    pub(super) fn stage_meta(&mut self, meta: &BankMeta) {
         if let Some(durable) = self.durable.as_mut() {
-            durable.staged.meta = Some(meta.encode_to_vec());
+            durable.staged.bank = Some(meta.clone());
             durable.dirty = true;
         }
     }
@@ -333,29 +334,7 @@ impl BranchActor {
         if durable.committing.is_some() || !durable.dirty {
             return;
         }
-        let mut changes = std::mem::take(&mut durable.staged);
-        let mut frames = 0u64;
-        for (channel, slot) in durable.new_frames.iter_mut().enumerate() {
-            if let Some((first, list)) = slot.take() {
-                frames += list.len() as u64;
-                let last = first + list.len() as u64 - 1;
-                durable.batches[channel].push_back((first, last));
-                let batch = pb::FrameBatch {
-                    frames: list.into_iter().map(store::encode_frame).collect(),
-                };
-                changes
-                    .frame_batches
-                    .push((channel as u32, first, batch.encode_to_vec()));
-            }
-        }
-        for (id, transfers) in durable.new_transit.drain() {
-            let index = durable.transit_batches.entry(id).or_insert(0);
-            changes
-                .transit
-                .push((id, *index, pb::TransitBatch { transfers }.encode_to_vec()));
-            *index += 1;
-        }
-        changes.core = Some(encode_core(bank, self.highest_snapshot).encode_to_vec());
+        let (changes, frames) = durable.take_changes(stored_core(bank, self.highest_snapshot));
         let unfinished_record = durable.headers.values().any(|header| !header.finished);
         let epoch = durable.next_epoch;
         durable.next_epoch += 1;
@@ -368,8 +347,8 @@ impl BranchActor {
             unfinished_record,
             started: Instant::now(),
         });
-        let db = durable.db.clone();
-        let writing = tokio::task::spawn_blocking(move || store::commit(&db, changes));
+        let store = durable.store.clone();
+        let writing = tokio::task::spawn_blocking(move || store.commit(&changes));
         ctx.spawn(actix::fut::wrap_future::<_, Self>(writing).map(
             |result, branch, ctx| match result {
                 Ok(Ok(())) => branch.commit_done(ctx),
@@ -447,29 +426,13 @@ impl BranchActor {
         ctx: &mut Context<Self>,
     ) -> Result<(), String> {
         let Restored {
-            meta,
+            bank: stored_bank,
             core,
-            frames,
-            frame_batches,
+            channels,
             records,
-            transit_batches,
         } = restored;
-        let members: Vec<wire_pb::init_branch::Branch> = meta
-            .members
-            .iter()
-            .map(|member| wire_pb::init_branch::Branch {
-                name: member.name.clone(),
-                ip: member.ip.clone(),
-                port: member.port,
-            })
-            .collect();
-        let members = wire::bank_members(&self.name, &members).map_err(|err| err.to_string())?;
-        self.check_own_entry(&members)?;
-        let secret = if meta.secret.is_empty() {
-            Secret::none()
-        } else {
-            Secret::from_bytes(meta.secret.clone(), "the store").map_err(|err| err.to_string())?
-        };
+        self.check_own_entry(&stored_bank.members)?;
+        let secret = stored_bank.secret;
         // `Store::open` refuses this already; a branch built around its own store checks too.
         if let Some(configured) = &self.settings.secret
             && !configured.same_as(secret.as_bytes())
@@ -478,51 +441,31 @@ impl BranchActor {
                 "the bank in the store has another cluster secret than --secret-file".into(),
             );
         }
-        self.incarnation = meta.incarnation;
-        let state = CoreState {
-            balance: core.balance,
-            initial: core.initial,
-            sent: core
-                .peers
-                .iter()
-                .map(|p| channel_count(p.sent.as_ref()))
-                .collect(),
-            received: core
-                .peers
-                .iter()
-                .map(|p| channel_count(p.received.as_ref()))
-                .collect(),
-            recording: core
-                .recording
-                .iter()
-                .map(|r| (r.id, r.open.clone()))
-                .collect(),
-            finished: core
-                .finished_first
-                .iter()
-                .copied()
-                .zip(core.finished_last.iter().copied())
-                .collect(),
-        };
-        let branch_core = BranchCore::restore(state)?;
+        self.incarnation = stored_bank.incarnation;
+        let branch_core = BranchCore::restore(core.state)?;
         let window = self.settings.send_window;
-        let mut frames = frames.into_iter();
-        let peers: Vec<Peer> = members
+        let (unacked, batches): (Vec<_>, Vec<_>) = channels
+            .into_iter()
+            .map(|channel| (channel.unacked, VecDeque::from(channel.batches)))
+            .unzip();
+        let mut unacked = unacked.into_iter();
+        let peers: Vec<Peer> = stored_bank
+            .members
             .into_iter()
             .filter(|member| *member.name != *self.name)
-            .zip(core.peers.iter())
-            .map(|(entry, stored)| {
-                let unacked = frames.next().unwrap_or_default();
+            .zip(core.channels.iter())
+            .map(|(entry, marks): (_, &ChannelMarks)| {
+                let frames = unacked.next().unwrap_or_default();
                 Peer::new(
                     &self.name,
                     entry,
                     SendWindow::restore(
                         window,
-                        stored.acked,
-                        unacked.into_iter().map(|(_, f)| f).collect(),
+                        marks.acked,
+                        frames.into_iter().map(|(_, f)| f).collect(),
                     ),
-                    ReceiveCursor::restore(stored.delivered),
-                    (stored.peer_incarnation != 0).then_some(stored.peer_incarnation),
+                    ReceiveCursor::restore(marks.delivered),
+                    marks.peer_incarnation,
                 )
             })
             .collect();
@@ -532,41 +475,22 @@ impl BranchActor {
         let mut durable = Durable::new(
             self.durable
                 .as_ref()
-                .map(|d| d.db.clone())
+                .map(|d| d.store.clone())
                 .ok_or("no store to restore into")?,
             peers.len(),
         );
-        durable.batches = frame_batches.into_iter().map(VecDeque::from).collect();
-        durable.transit_batches = transit_batches;
+        durable.batches = batches;
         self.secret = Some(secret.clone());
-        self.highest_snapshot = (core.highest_snapshot != 0).then_some(core.highest_snapshot);
+        self.highest_snapshot = core.highest_snapshot;
         let peer_names: std::rc::Rc<[String]> =
             peers.iter().map(|peer| peer.name.clone()).collect();
         let mut recorders = HashMap::new();
-        for (header, found) in records {
-            let mut record = SnapshotRecord::new(
-                header.id,
-                header.balance,
-                header.sent.iter().map(|c| channel_count(Some(c))).collect(),
-                header
-                    .received
-                    .iter()
-                    .map(|c| channel_count(Some(c)))
-                    .collect(),
-            );
-            for transfer in &found {
-                record.add_in_transit(InTransit {
-                    from: transfer.from as usize,
-                    seq: transfer.seq,
-                    amount: transfer.amount,
-                });
-            }
-            for &lost in &header.lost {
-                record.lose(lost as usize);
-            }
-            if header.finished {
-                record.finish();
-            }
+        for restored in records {
+            let record = restored.record();
+            let header = restored.header;
+            durable
+                .transit_batches
+                .insert(header.id, restored.transit_batches);
             if header.retrieved {
                 // Answered before the crash: kept as the answer, for a controller that asks again.
                 let status = if record.lost().is_empty() {
@@ -615,31 +539,111 @@ impl BranchActor {
     }
 }
 
-/// The stored form of the core and the peers' positions.
-fn encode_core(bank: &Bank, highest_snapshot: Option<SnapshotId>) -> pb::Core {
-    let state = bank.core.state();
-    pb::Core {
-        balance: state.balance,
-        initial: state.initial,
-        peers: bank
+/// The core and the peers' positions as the store keeps them.
+fn stored_core(bank: &Bank, highest_snapshot: Option<SnapshotId>) -> StoredCore {
+    StoredCore {
+        state: bank.core.state(),
+        channels: bank
             .peers
             .iter()
-            .enumerate()
-            .map(|(channel, peer)| pb::PeerChannel {
-                sent: state.sent.get(channel).map(|&c| counts(c)),
-                received: state.received.get(channel).map(|&c| counts(c)),
+            .map(|peer| ChannelMarks {
                 delivered: peer.cursor.delivered(),
                 acked: peer.window.acked(),
-                peer_incarnation: peer.incarnation.unwrap_or(0),
+                peer_incarnation: peer.incarnation,
             })
             .collect(),
-        recording: state
-            .recording
-            .into_iter()
-            .map(|(id, open)| pb::Recording { id, open })
-            .collect(),
-        finished_first: state.finished.iter().map(|&(first, _)| first).collect(),
-        finished_last: state.finished.iter().map(|&(_, last)| last).collect(),
-        highest_snapshot: highest_snapshot.unwrap_or(0),
+        highest_snapshot,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::CoreState;
+    use crate::store::MemoryStore;
+
+    fn bank() -> BankMeta {
+        let member = |name: &str, port| BranchEntry {
+            name: name.into(),
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        meta(
+            "a",
+            &[member("a", 4001), member("b", 4002)],
+            &Secret::none(),
+            9,
+        )
+    }
+
+    fn core() -> StoredCore {
+        StoredCore {
+            state: CoreState {
+                balance: 100,
+                initial: 100,
+                sent: vec![ChannelCount::default()],
+                received: vec![ChannelCount::default()],
+                recording: Vec::new(),
+                finished: Vec::new(),
+            },
+            channels: vec![ChannelMarks::default()],
+            highest_snapshot: None,
+        }
+    }
+
+    /// Commits what `durable` staged to its store, as the actor would.
+    fn commit(durable: &mut Durable) {
+        let (changes, _) = durable.take_changes(core());
+        durable.store.commit(&changes).unwrap();
+    }
+
+    #[test]
+    fn only_the_most_recent_retrieved_records_stay_in_the_store() {
+        let store = MemoryStore::new();
+        let mut durable = Durable::new(Arc::new(store.clone()), 1);
+        durable.staged.bank = Some(bank());
+        let extra = 3;
+        let count = KEPT_RETRIEVED as SnapshotId + extra;
+        for id in 1..=count {
+            let counts = [ChannelCount::default()];
+            durable.begin_record(id, 50, &counts, &counts);
+            durable.record_transfer(
+                id,
+                InTransit {
+                    from: 0,
+                    seq: 1,
+                    amount: 2,
+                },
+            );
+            durable.finish_record(id);
+            // Some records are committed before their retrieval, some in the same commit.
+            if id % 2 == 0 {
+                commit(&mut durable);
+            }
+            durable.retire_record(id);
+        }
+        durable.begin_record(count + 1, 50, &[], &[]);
+        commit(&mut durable);
+
+        let (_, restored) = store.reopen().unwrap();
+        let records = restored.expect("a bank").records;
+        let kept: Vec<SnapshotId> = records
+            .iter()
+            .filter(|r| r.header.retrieved)
+            .map(|r| r.header.id)
+            .collect();
+        assert_eq!(kept, (extra + 1..=count).collect::<Vec<_>>());
+        assert!(
+            records
+                .iter()
+                .all(|r| r.header.finished == r.header.retrieved)
+        );
+        assert!(
+            records
+                .iter()
+                .filter(|r| r.header.retrieved)
+                .all(|r| r.in_transit.len() == 1)
+        );
+        assert_eq!(records.last().map(|r| r.header.id), Some(count + 1));
+        assert_eq!(records.len(), KEPT_RETRIEVED + 1);
     }
 }

@@ -404,7 +404,7 @@ impl Actor for BranchActor {
             return;
         };
         if let Some(store) = &self.store {
-            self.durable = Some(durability::Durable::new(store.database(), 0));
+            self.durable = Some(durability::Durable::new(store.handle(), 0));
         }
         if let Err(reason) = self.restore(restored, ctx) {
             let reason = format!(

@@ -1,25 +1,21 @@
-//! A durable branch's store: its state in an embedded, transactional, crash-safe database
-//! ([`redb`]) in its `--data-dir`, so a branch killed at any instant restarts with exactly the
-//! money, channels and snapshot records it had.
+//! The redb store: a branch's state in an embedded, transactional, crash-safe database
+//! ([`redb`]) in its `--data-dir`.
 //!
 //! Why redb: pure Rust (no C toolchain, no system library), ACID transactions with copy-on-write
 //! pages and checksummed commits, so a crash mid-commit leaves the previous commit intact, and
 //! one `fsync` per commit; a single file per branch. A log written by hand would have to get
 //! torn writes, checksums and compaction right itself.
 //!
-//! What it holds (values encoded with the messages of `proto/store.proto`):
-//! - `meta`: the bank the branch belongs to (its name, the members, the cluster secret) and its
-//!   incarnation; written once, at `InitBranch`, with the format version.
-//! - `core`: the balance, per peer the channel counters and positions; snapshots recording;
-//!   finished snapshot ids. Small, so rewritten whole at every commit.
-//! - `frames`: every frame sent and not yet acknowledged, in one batch per commit and channel,
-//!   keyed by (channel, first position); a batch is deleted once all of it is acknowledged.
-//! - `records` and `transit`: every snapshot record not yet retrieved, its header rewritten when
-//!   it changes and the transfers found in transit appended in batches.
+//! Its tables (values encoded by [`super::codec`]):
+//! - `meta`: the bank ([`BankMeta`]) with the format version, under the key `meta`;
+//! - `core`: the core ([`super::StoredCore`]), under the key `core`, rewritten at every commit;
+//! - `frames`: one [`FrameBatch`] per commit and channel, keyed by (channel, first position);
+//! - `records` and `transit`: record headers by snapshot id, and their transit batches keyed by
+//!   (snapshot id, batch index).
 //!
-//! Every change of one group commit goes into one write transaction ([`commit`]), and the branch
-//! lets frames, acknowledgements and answers out only once the transaction holding what they
-//! depend on is durable (see `branch::actor::durability`).
+//! Every change of one group commit goes into one write transaction ([`Store::commit`], one
+//! fsync), and the branch lets frames, acknowledgements and answers out only once the
+//! transaction holding what they depend on is durable (see `branch::actor::durability`).
 //!
 //! Opening ([`Store::open`]) never guesses, and never starts afresh over money:
 //! - one process at a time: the branch holds an exclusive lock on `branch.lock` beside the
@@ -36,28 +32,21 @@
 //!   advice that comes with it fits: only a file that is not a usable store is worth setting
 //!   aside.
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read as _, Write as _};
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use prost::Message;
 use redb::{
     Database, DatabaseError, ReadableDatabase, ReadableTable, StorageError, TableDefinition,
+    WriteTransaction,
 };
 
+use super::{
+    BankMeta, BranchStore, Changes, FORMAT, FrameBatch, Restored, StoreError, StoreOptions, codec,
+};
 use crate::auth::Secret;
-use crate::core::Frame;
-
-/// Types generated from `proto/store.proto`.
-pub mod pb {
-    include!(concat!(env!("OUT_DIR"), "/store.rs"));
-}
-
-/// The store format this build reads and writes.
-pub const FORMAT: u32 = 1;
 
 /// The store's file inside the data directory.
 pub const FILE_NAME: &str = "branch.redb";
@@ -76,87 +65,16 @@ const FRAMES: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("frames"
 const RECORDS: TableDefinition<u32, &[u8]> = TableDefinition::new("records");
 const TRANSIT: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("transit");
 
-/// What the operator allowed when opening a store (the `branch` command's flags).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StoreOptions {
-    /// `--reset-store`: start this branch afresh even though its directory holds a store file
-    /// (empty, corrupt, or whole): the file is renamed aside (`branch.redb.reset-<seconds>`),
-    /// never deleted, and a new store is created. Without it a present store file is never
-    /// replaced, since it may hold the branch's money.
-    pub reset: bool,
-    /// `--allow-shared-data-dir`: accept a store or data directory that the group or others may
-    /// read or write, although the store holds the cluster secret.
-    pub allow_shared: bool,
-}
-
-/// Why a store cannot be used. A branch refuses to start on any of these: it never starts with
-/// a guessed state. Each variant is one cause, with advice that fits it.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("cannot create the data directory {dir}: {reason}")]
-    CreateDir { dir: PathBuf, reason: String },
-    /// Another process has the store open (its lock file is locked, or redb's own lock on the
-    /// store file is held).
-    #[error(
-        "another branch process holds {dir} ({}); stop it first, or give this branch its own --data-dir",
-        holder(.pid)
-    )]
-    Locked { dir: PathBuf, pid: Option<u32> },
-    /// The file system, the directory or the file does not let this process write.
-    #[error(
-        "{path} is read-only ({reason}): a durable branch must write its store; make it writable (nothing in it was changed)"
-    )]
-    ReadOnly { path: PathBuf, reason: String },
-    /// A present store file of 0 bytes: never a new store (one is created whole, under another
-    /// name, then renamed into place), so it is one cut short.
-    #[error(
-        "{path} is empty (0 bytes): a store cut short, not a new one; restore it from a backup, or start with --reset-store to set it aside and begin this branch afresh"
-    )]
-    Empty { path: PathBuf },
-    #[error(
-        "{path}: not a snapbank store or corrupt ({reason}); restore it from a backup, or start with --reset-store to set it aside and begin this branch afresh"
-    )]
-    Corrupt { path: PathBuf, reason: String },
-    /// The store or its directory may be read or written by the group or others.
-    #[error(
-        "{path} may be read or written by its group or others (mode {mode:04o}) and the store holds the bank's secret: chmod go-rw {path}, or pass --allow-shared-data-dir if that is intended"
-    )]
-    Shared { path: PathBuf, mode: u32 },
-    /// The bank kept in the store has another cluster secret than the one configured.
-    #[error(
-        "{path}: the bank kept here has another cluster secret than --secret-file; start this branch with its bank's secret file (or without --secret-file, to use the stored one)"
-    )]
-    SecretDiffers { path: PathBuf },
-    #[error("cannot use {path}: {reason}")]
-    Io { path: PathBuf, reason: String },
-    #[error(
-        "{path}: store format {found}, but this build reads format {FORMAT}; use the build that wrote it, or start with --reset-store to set it aside and begin afresh"
-    )]
-    Version { path: PathBuf, found: u32 },
-    #[error(
-        "{path}: this is branch {found:?}'s store, not {expected:?}'s; give each branch its own --data-dir"
-    )]
-    OtherBranch {
-        path: PathBuf,
-        found: String,
-        expected: String,
-    },
-    #[error("writing the store failed: {0}")]
-    Write(String),
-}
-
-/// How a lock holder is named in [`StoreError::Locked`].
-fn holder(pid: &Option<u32>) -> String {
-    match pid {
-        Some(pid) => format!("pid {pid}"),
-        None => "pid unknown".into(),
-    }
-}
-
-/// An open store.
+/// An open redb store.
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
+    /// The store file, as refusals and errors name it.
+    path: Arc<Path>,
+    /// The branch whose store this is: a stored bank of another branch is refused.
+    name: Arc<str>,
+    /// The configured cluster secret (`--secret-file`): a stored bank with another is refused.
+    secret: Option<Secret>,
     /// The locked `branch.lock`: held as long as the store is open, so no other process opens
     /// it meanwhile.
     _lock: Arc<File>,
@@ -165,80 +83,6 @@ pub struct Store {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Store")
-    }
-}
-
-/// A branch's state as its store held it at the last commit.
-#[derive(Debug, Clone)]
-pub struct Restored {
-    pub meta: pb::Meta,
-    pub core: pb::Core,
-    /// Per peer (channel order): the unacknowledged frames, oldest first, with positions.
-    pub frames: Vec<Vec<(u64, Frame)>>,
-    /// Per peer: the stored frame batches as `(first, last)` positions, oldest first.
-    pub frame_batches: Vec<Vec<(u64, u64)>>,
-    /// Records not yet retrieved, with the transfers found in transit.
-    pub records: Vec<(pb::RecordHeader, Vec<pb::InTransit>)>,
-    /// Per record: how many transit batches it has (the next batch's index).
-    pub transit_batches: HashMap<u32, u64>,
-}
-
-/// Everything one group commit changes.
-#[derive(Debug, Default)]
-pub struct ChangeSet {
-    pub meta: Option<Vec<u8>>,
-    pub core: Option<Vec<u8>>,
-    /// `(channel, first position, FrameBatch)`.
-    pub frame_batches: Vec<(u32, u64, Vec<u8>)>,
-    /// `(channel, first position)` of batches now wholly acknowledged.
-    pub removed_frame_batches: Vec<(u32, u64)>,
-    /// `(snapshot, RecordHeader)`.
-    pub records: Vec<(u32, Vec<u8>)>,
-    /// `(snapshot, batch index, TransitBatch)`.
-    pub transit: Vec<(u32, u64, Vec<u8>)>,
-    /// Records retrieved or discarded.
-    pub removed_records: Vec<u32>,
-}
-
-impl ChangeSet {
-    /// Whether there is nothing to write.
-    pub fn is_empty(&self) -> bool {
-        self.meta.is_none()
-            && self.core.is_none()
-            && self.frame_batches.is_empty()
-            && self.removed_frame_batches.is_empty()
-            && self.records.is_empty()
-            && self.transit.is_empty()
-            && self.removed_records.is_empty()
-    }
-}
-
-/// The encoded form of a frame kept for a resend.
-pub fn encode_frame(frame: Frame) -> pb::Frame {
-    match frame {
-        Frame::Transfer { seq, amount } => pb::Frame {
-            seq,
-            amount,
-            is_marker: false,
-            marker: 0,
-        },
-        Frame::Marker { id } => pb::Frame {
-            seq: 0,
-            amount: 0,
-            is_marker: true,
-            marker: id,
-        },
-    }
-}
-
-fn decode_frame(frame: &pb::Frame) -> Frame {
-    if frame.is_marker {
-        Frame::Marker { id: frame.marker }
-    } else {
-        Frame::Transfer {
-            seq: frame.seq,
-            amount: frame.amount,
-        }
     }
 }
 
@@ -305,19 +149,97 @@ impl Store {
             }
             None => create_atomically(dir, &path)?,
         };
-        let restored = read_state(&db, name, secret, &path)?;
-        Ok((
-            Self {
-                db: Arc::new(db),
-                _lock: Arc::new(lock),
-            },
-            restored,
-        ))
+        let store = Self {
+            db: Arc::new(db),
+            path: path.into(),
+            name: name.into(),
+            secret: secret.cloned(),
+            _lock: Arc::new(lock),
+        };
+        let restored = store.read()?;
+        Ok((store, restored))
     }
 
-    /// The database, for the commit thread.
-    pub fn database(&self) -> Arc<Database> {
-        self.db.clone()
+    /// The store as the commit thread uses it.
+    pub fn handle(&self) -> Arc<dyn BranchStore> {
+        Arc::new(self.clone())
+    }
+
+    /// Writes `changes` into `txn`, without committing it.
+    fn write(txn: &WriteTransaction, changes: &Changes) -> Result<(), StoreError> {
+        let failed = |err: &dyn std::fmt::Display| StoreError::Write(err.to_string());
+        let mut meta = txn.open_table(META).map_err(|err| failed(&err))?;
+        if let Some(bank) = &changes.bank {
+            meta.insert("meta", codec::encode_bank(bank).as_slice())
+                .map_err(|err| failed(&err))?;
+        }
+        let mut core = txn.open_table(CORE).map_err(|err| failed(&err))?;
+        if let Some(state) = &changes.core {
+            core.insert("core", codec::encode_core(state).as_slice())
+                .map_err(|err| failed(&err))?;
+        }
+        let mut frames = txn.open_table(FRAMES).map_err(|err| failed(&err))?;
+        for batch in &changes.frame_batches {
+            frames
+                .insert(
+                    (batch.channel as u32, batch.first),
+                    codec::encode_frames(&batch.frames).as_slice(),
+                )
+                .map_err(|err| failed(&err))?;
+        }
+        for &(channel, first) in &changes.removed_frame_batches {
+            frames
+                .remove((channel as u32, first))
+                .map_err(|err| failed(&err))?;
+        }
+        let mut records = txn.open_table(RECORDS).map_err(|err| failed(&err))?;
+        let mut transit = txn.open_table(TRANSIT).map_err(|err| failed(&err))?;
+        for header in &changes.records {
+            records
+                .insert(header.id, codec::encode_header(header).as_slice())
+                .map_err(|err| failed(&err))?;
+        }
+        for batch in &changes.transit {
+            transit
+                .insert(
+                    (batch.id, batch.index),
+                    codec::encode_transit(&batch.transfers).as_slice(),
+                )
+                .map_err(|err| failed(&err))?;
+        }
+        for &id in &changes.removed_records {
+            records.remove(id).map_err(|err| failed(&err))?;
+            transit
+                .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)
+                .map_err(|err| failed(&err))?;
+        }
+        Ok(())
+    }
+
+    /// Writes `changes` in a transaction and drops it uncommitted, as a crash in the middle of
+    /// the commit would (for the conformance suite).
+    #[cfg(test)]
+    pub(super) fn abandon_commit(&self, changes: &Changes) {
+        let txn = self.db.begin_write().unwrap();
+        Self::write(&txn, changes).unwrap();
+        txn.abort().unwrap();
+    }
+}
+
+impl BranchStore for Store {
+    /// One write transaction, made durable with one fsync.
+    fn commit(&self, changes: &Changes) -> Result<(), StoreError> {
+        let failed = |err: &dyn std::fmt::Display| StoreError::Write(err.to_string());
+        let txn = self.db.begin_write().map_err(|err| failed(&err))?;
+        Self::write(&txn, changes)?;
+        crate::failpoint::hit("mid-commit");
+        txn.commit().map_err(|err| failed(&err))
+    }
+
+    /// Reads the whole state, checking its format, its owner and (when one is configured) its
+    /// secret.
+    fn read(&self) -> Result<Option<Restored>, StoreError> {
+        read_state(&self.db, &self.name, self.secret.as_ref(), &self.path)
     }
 }
 
@@ -510,7 +432,7 @@ fn read_state(
     else {
         return Ok(None);
     };
-    let meta = pb::Meta::decode(meta.value()).map_err(|err| corrupt(format!("meta: {err}")))?;
+    let meta = codec::decode_meta(meta.value()).map_err(corrupt)?;
     if meta.format != FORMAT {
         return Err(StoreError::Version {
             path: path.to_path_buf(),
@@ -531,6 +453,7 @@ fn read_state(
             path: path.to_path_buf(),
         });
     }
+    let bank = BankMeta::try_from(meta).map_err(corrupt)?;
     let core_table = read
         .open_table(CORE)
         .map_err(|err| corrupt(err.to_string()))?;
@@ -538,57 +461,21 @@ fn read_state(
         .get("core")
         .map_err(|err| corrupt(err.to_string()))?
         .ok_or_else(|| corrupt("no core state beside the bank's description".into()))?;
-    let core = pb::Core::decode(core.value()).map_err(|err| corrupt(format!("core: {err}")))?;
-    let peers = core.peers.len();
-    if peers + 1 != meta.members.len() {
-        return Err(corrupt(format!(
-            "{} peers' channels for a bank of {} members",
-            peers,
-            meta.members.len()
-        )));
-    }
-    let mut frames = vec![Vec::new(); peers];
-    let mut frame_batches = vec![Vec::new(); peers];
+    let core = codec::decode_core(core.value()).map_err(corrupt)?;
+    let mut frame_batches = Vec::new();
     let table = read
         .open_table(FRAMES)
         .map_err(|err| corrupt(err.to_string()))?;
     for entry in table.iter().map_err(|err| corrupt(err.to_string()))? {
         let (key, value) = entry.map_err(|err| corrupt(err.to_string()))?;
         let (channel, first) = key.value();
-        let batch = pb::FrameBatch::decode(value.value())
-            .map_err(|err| corrupt(format!("frames: {err}")))?;
-        let channel = channel as usize;
-        let acked = core
-            .peers
-            .get(channel)
-            .ok_or_else(|| {
-                corrupt(format!(
-                    "frames for channel {channel}, which does not exist"
-                ))
-            })?
-            .acked;
-        let last = first + batch.frames.len() as u64 - 1;
-        frame_batches[channel].push((first, last));
-        for (pos, frame) in (first..).zip(&batch.frames) {
-            if pos > acked {
-                frames[channel].push((pos, decode_frame(frame)));
-            }
-        }
-    }
-    for (channel, list) in frames.iter().enumerate() {
-        let acked = core.peers[channel].acked;
-        if list
-            .iter()
-            .zip(acked + 1..)
-            .any(|((pos, _), expected)| *pos != expected)
-        {
-            return Err(corrupt(format!(
-                "the frames kept for channel {channel} do not follow position {acked} without a gap"
-            )));
-        }
+        frame_batches.push(FrameBatch {
+            channel: channel as usize,
+            first,
+            frames: codec::decode_frames(value.value()).map_err(corrupt)?,
+        });
     }
     let mut records = Vec::new();
-    let mut transit_batches = HashMap::new();
     let table = read
         .open_table(RECORDS)
         .map_err(|err| corrupt(err.to_string()))?;
@@ -598,84 +485,27 @@ fn read_state(
     for entry in table.iter().map_err(|err| corrupt(err.to_string()))? {
         let (key, value) = entry.map_err(|err| corrupt(err.to_string()))?;
         let id = key.value();
-        let header = pb::RecordHeader::decode(value.value())
-            .map_err(|err| corrupt(format!("record {id}: {err}")))?;
-        let mut found = Vec::new();
-        let mut batches = 0;
+        let header = codec::decode_header(id, value.value()).map_err(corrupt)?;
+        let mut batches = Vec::new();
         for entry in transit
             .range((id, 0)..=(id, u64::MAX))
             .map_err(|err| corrupt(err.to_string()))?
         {
             let (_, value) = entry.map_err(|err| corrupt(err.to_string()))?;
-            let batch = pb::TransitBatch::decode(value.value())
-                .map_err(|err| corrupt(format!("record {id}'s transfers: {err}")))?;
-            found.extend(batch.transfers);
-            batches += 1;
+            batches.push(codec::decode_transit(id, value.value()).map_err(corrupt)?);
         }
-        transit_batches.insert(id, batches);
-        records.push((header, found));
+        records.push((header, batches));
     }
-    Ok(Some(Restored {
-        meta,
-        core,
-        frames,
-        frame_batches,
-        records,
-        transit_batches,
-    }))
-}
-
-/// Writes `changes` in one transaction and makes it durable (one fsync). Blocking: runs on a
-/// thread of its own, never on the branch's event loop.
-pub fn commit(db: &Database, changes: ChangeSet) -> Result<(), StoreError> {
-    let failed = |err: &dyn std::fmt::Display| StoreError::Write(err.to_string());
-    let txn = db.begin_write().map_err(|err| failed(&err))?;
-    {
-        let mut meta = txn.open_table(META).map_err(|err| failed(&err))?;
-        if let Some(bytes) = &changes.meta {
-            meta.insert("meta", bytes.as_slice())
-                .map_err(|err| failed(&err))?;
-        }
-        let mut core = txn.open_table(CORE).map_err(|err| failed(&err))?;
-        if let Some(bytes) = &changes.core {
-            core.insert("core", bytes.as_slice())
-                .map_err(|err| failed(&err))?;
-        }
-        let mut frames = txn.open_table(FRAMES).map_err(|err| failed(&err))?;
-        for (channel, first, bytes) in &changes.frame_batches {
-            frames
-                .insert((*channel, *first), bytes.as_slice())
-                .map_err(|err| failed(&err))?;
-        }
-        for key in &changes.removed_frame_batches {
-            frames.remove(*key).map_err(|err| failed(&err))?;
-        }
-        let mut records = txn.open_table(RECORDS).map_err(|err| failed(&err))?;
-        let mut transit = txn.open_table(TRANSIT).map_err(|err| failed(&err))?;
-        for (id, bytes) in &changes.records {
-            records
-                .insert(*id, bytes.as_slice())
-                .map_err(|err| failed(&err))?;
-        }
-        for (id, index, bytes) in &changes.transit {
-            transit
-                .insert((*id, *index), bytes.as_slice())
-                .map_err(|err| failed(&err))?;
-        }
-        for id in &changes.removed_records {
-            records.remove(*id).map_err(|err| failed(&err))?;
-            transit
-                .retain_in((*id, 0)..=(*id, u64::MAX), |_, _| false)
-                .map_err(|err| failed(&err))?;
-        }
-    }
-    crate::failpoint::hit("mid-commit");
-    txn.commit().map_err(|err| failed(&err))
+    super::assemble(bank, core, frame_batches, records)
+        .map(Some)
+        .map_err(corrupt)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::pb;
+    use std::path::PathBuf;
 
     fn temp_dir(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("snapbank-store-{tag}-{}", std::process::id()));
@@ -698,18 +528,27 @@ mod tests {
         std::fs::metadata(path).unwrap().mode() & 0o777
     }
 
+    /// Commits `meta` and `core` as they are (a store of another format, a bank without a
+    /// secret...) into the store in `dir`.
+    fn commit_raw(store: &Store, meta: &pb::Meta, core: &pb::Core) {
+        use prost::Message as _;
+        let txn = store.db.begin_write().unwrap();
+        Store::write(&txn, &Changes::default()).unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert("meta", meta.encode_to_vec().as_slice())
+            .unwrap();
+        txn.open_table(CORE)
+            .unwrap()
+            .insert("core", core.encode_to_vec().as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+
     /// Commits a bank (`meta`) for branch "a" into a new store in `dir`.
     fn store_with_bank(dir: &Path, meta: pb::Meta) {
         let (store, _) = open(dir, "a").unwrap();
-        commit(
-            &store.database(),
-            ChangeSet {
-                meta: Some(meta.encode_to_vec()),
-                core: Some(core(0).encode_to_vec()),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        commit_raw(&store, &meta, &core());
     }
 
     fn meta(name: &str) -> pb::Meta {
@@ -733,85 +572,13 @@ mod tests {
         }
     }
 
-    fn core(acked: u64) -> pb::Core {
+    fn core() -> pb::Core {
         pb::Core {
             balance: 90,
             initial: 100,
-            peers: vec![pb::PeerChannel {
-                acked,
-                ..Default::default()
-            }],
+            peers: vec![pb::PeerChannel::default()],
             ..Default::default()
         }
-    }
-
-    fn batch(frames: &[Frame]) -> Vec<u8> {
-        pb::FrameBatch {
-            frames: frames.iter().map(|&f| encode_frame(f)).collect(),
-        }
-        .encode_to_vec()
-    }
-
-    #[test]
-    fn a_committed_state_reads_back_with_acknowledged_frames_gone() {
-        let dir = temp_dir("roundtrip");
-        let (store, restored) = open(&dir, "a").unwrap();
-        assert!(restored.is_none(), "a new store holds nothing");
-        let db = store.database();
-        let t = |seq| Frame::Transfer { seq, amount: 5 };
-        commit(
-            &db,
-            ChangeSet {
-                meta: Some(meta("a").encode_to_vec()),
-                core: Some(core(0).encode_to_vec()),
-                frame_batches: vec![
-                    (0, 1, batch(&[t(1), Frame::Marker { id: 3 }])),
-                    (0, 3, batch(&[t(2)])),
-                ],
-                records: vec![(
-                    3,
-                    pb::RecordHeader {
-                        id: 3,
-                        balance: 90,
-                        ..Default::default()
-                    }
-                    .encode_to_vec(),
-                )],
-                transit: vec![(
-                    3,
-                    0,
-                    pb::TransitBatch {
-                        transfers: vec![pb::InTransit {
-                            from: 0,
-                            seq: 1,
-                            amount: 4,
-                        }],
-                    }
-                    .encode_to_vec(),
-                )],
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        commit(
-            &db,
-            ChangeSet {
-                core: Some(core(2).encode_to_vec()),
-                removed_frame_batches: vec![(0, 1)],
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        drop((store, db));
-        let (_, restored) = open(&dir, "a").unwrap();
-        let restored = restored.expect("state");
-        assert_eq!(restored.meta.incarnation, 42);
-        assert_eq!(restored.core.balance, 90);
-        assert_eq!(restored.frames, vec![vec![(3, t(2))]]);
-        assert_eq!(restored.records.len(), 1);
-        assert_eq!(restored.records[0].1.len(), 1);
-        assert_eq!(restored.transit_batches[&3], 1);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -831,17 +598,7 @@ mod tests {
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
 
         let _ = std::fs::remove_dir_all(&dir);
-        let (store, _) = open(&dir, "a").unwrap();
-        commit(
-            &store.database(),
-            ChangeSet {
-                meta: Some(meta("a").encode_to_vec()),
-                core: Some(core(0).encode_to_vec()),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        drop(store);
+        store_with_bank(&dir, meta("a"));
         let err = open(&dir, "b").unwrap_err();
         assert!(matches!(err, StoreError::OtherBranch { .. }), "{err}");
 
@@ -856,19 +613,9 @@ mod tests {
     #[test]
     fn a_store_of_another_format_is_refused() {
         let dir = temp_dir("format");
-        let (store, _) = open(&dir, "a").unwrap();
         let mut future = meta("a");
         future.format = FORMAT + 1;
-        commit(
-            &store.database(),
-            ChangeSet {
-                meta: Some(future.encode_to_vec()),
-                core: Some(core(0).encode_to_vec()),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        drop(store);
+        store_with_bank(&dir, future);
         let err = open(&dir, "a").unwrap_err();
         assert!(matches!(err, StoreError::Version { found: 2, .. }), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
