@@ -1,4 +1,4 @@
-//! One test per defect found in review (issue 8, part 3), each against the real binaries: it
+//! One test per defect found in an earlier review, each against the real binaries: it
 //! failed before its fix and holds now.
 
 mod common;

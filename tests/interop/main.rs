@@ -1,4 +1,4 @@
-//! Interoperability with other implementations of the exercise (issue 11), both ways, against
+//! Interoperability with other implementations of the exercise, both ways, against
 //! a minimal original-schema controller and branch written here from the v1 messages only:
 //!
 //! - their controller, our branches: one connection per command, and one persistent
