@@ -78,6 +78,9 @@ pub struct Store {
     /// The locked `branch.lock`: held as long as the store is open, so no other process opens
     /// it meanwhile.
     _lock: Arc<File>,
+    /// redb found the last commit failing its checksum when opening, and fell back to the one
+    /// before: the state read is older than the last commit made.
+    fell_back: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -113,10 +116,10 @@ impl Store {
             Err(err) if err.kind() == ErrorKind::NotFound => None,
             Err(err) => return Err(io_error(&path, err)),
         };
-        let db = match present {
+        let (db, fell_back) = match present {
             Some(_) if options.reset => {
                 set_aside(dir, &path)?;
-                create_atomically(dir, &path)?
+                (create_atomically(dir, &path)?, false)
             }
             Some(metadata) => {
                 if !options.allow_shared {
@@ -139,15 +142,16 @@ impl Store {
                     })
                     .open(&path)
                     .map_err(|err| open_error(dir, &path, err))?;
-                if fell_back.load(std::sync::atomic::Ordering::Relaxed) {
+                let fell_back = fell_back.load(std::sync::atomic::Ordering::Relaxed);
+                if fell_back {
                     log::error!(
                         "{}: its last commit failed its checksum, and the store fell back to the commit before it: the disk may be corrupt, and the state may be older than what this branch's peers know",
                         path.display()
                     );
                 }
-                db
+                (db, fell_back)
             }
-            None => create_atomically(dir, &path)?,
+            None => (create_atomically(dir, &path)?, false),
         };
         let store = Self {
             db: Arc::new(db),
@@ -155,6 +159,7 @@ impl Store {
             name: name.into(),
             secret: secret.cloned(),
             _lock: Arc::new(lock),
+            fell_back,
         };
         let restored = store.read()?;
         Ok((store, restored))
@@ -223,6 +228,14 @@ impl Store {
         let txn = self.db.begin_write().unwrap();
         Self::write(&txn, changes).unwrap();
         txn.abort().unwrap();
+    }
+}
+
+impl Store {
+    /// Whether opening found the last commit failing its checksum and fell back to the commit
+    /// before it (logged then too): the branch's peers may know a later state.
+    pub fn fell_back_on_open(&self) -> bool {
+        self.fell_back
     }
 }
 
@@ -607,6 +620,34 @@ mod tests {
         std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
         let err = open(&dir, "a").unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_last_commit_failing_its_checksum_falls_back_to_the_one_before_and_says_so() {
+        let dir = temp_dir("fallback");
+        let (store, _) = open(&dir, "a").unwrap();
+        assert!(!store.fell_back_on_open());
+        commit_raw(&store, &meta("a"), &core());
+        let later = pb::Core {
+            balance: 80,
+            ..core()
+        };
+        commit_raw(&store, &meta("a"), &later);
+        // The file as a crash now would leave it (read while the store is open), with one byte
+        // of the last commit's root checksum flipped, as a bad disk might: redb's file header
+        // keeps the god byte at 9 (bit 0: which of the two commit slots is the primary) and the
+        // slots at 64 and 192, each with its user root's checksum at bytes 16..32.
+        let path = dir.join(FILE_NAME);
+        let mut bytes = std::fs::read(&path).unwrap();
+        drop(store);
+        let primary = usize::from(bytes[9] & 1);
+        bytes[64 + 128 * primary + 16] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let (store, restored) = open(&dir, "a").unwrap();
+        assert!(store.fell_back_on_open());
+        assert_eq!(restored.expect("a bank").core.state.balance, 90);
+        drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
