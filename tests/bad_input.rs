@@ -7,10 +7,11 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::RunLimited;
-use std::time::Duration;
+use common::{RawController, RunLimited, bank, run_controller};
+use std::time::{Duration, Instant};
 
 use snapbank::local_bank::LocalBank;
+use snapbank::wire::{self, Body, pb};
 
 const BRANCH: &str = env!("CARGO_BIN_EXE_branch");
 const CONTROLLER: &str = env!("CARGO_BIN_EXE_controller");
@@ -229,4 +230,83 @@ fn garbage_and_oversized_frames_drop_the_connection_and_the_bank_works_on() {
         assert!(log.contains(expected), "log lacks {expected:?}:\n{log}");
     }
     bank.stop();
+}
+
+#[test]
+fn a_name_over_the_limit_is_refused_at_every_door() {
+    let long = "b".repeat(256);
+    // The branch command line.
+    let output = Command::new(BRANCH).args([&long, "0"]).run_limited();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("255-byte limit"));
+    // The branches file.
+    let dir = std::env::temp_dir().join(format!("snapbank-names-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("branches.txt");
+    std::fs::write(&file, format!("{long} 127.0.0.1 9000\nb 127.0.0.1 9001\n")).unwrap();
+    let output = run_controller("10", &file, &[]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(":1: ") && stderr.contains("255-byte limit"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    // InitBranch.
+    let bank = bank(2, "1000");
+    let mut raw = RawController::connect(bank.entries()[0].addr);
+    let mut all_branches = wire::branch_list(bank.entries());
+    all_branches[1].name = long;
+    raw.send(Body::InitBranch(pb::InitBranch {
+        balance: 10,
+        all_branches,
+        secret: Vec::new(),
+        ..Default::default()
+    }));
+    let Body::Refusal(pb::Refusal { reason, .. }) = raw.receive() else {
+        panic!("expected a Refusal");
+    };
+    assert!(reason.contains("255-byte limit"), "{reason}");
+}
+
+#[test]
+fn a_branch_given_another_branchs_port_is_refused_with_the_reason() {
+    let bank = bank(2, "1000");
+    // The file says branch2 is where branch1 listens, and the reverse: names and ports swapped.
+    let swapped = common::swapped_branches_file(&bank);
+    let output = run_controller("100", &swapped, &["--snapshots", "1"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("refused") && stderr.contains("names and ports swapped"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn rerunning_the_controller_against_a_running_bank_says_why_and_what_to_do() {
+    let bank = bank(3, "5");
+    let first = run_controller(
+        "300",
+        &bank.branches_file(),
+        &["--snapshots", "2", "--interval-ms", "20"],
+    );
+    assert!(first.status.success());
+    let started = Instant::now();
+    let second = run_controller(
+        "300",
+        &bank.branches_file(),
+        &["--snapshots", "2", "--interval-ms", "20"],
+    );
+    assert_eq!(second.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("already initialised") && stderr.contains("--attach"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "said so at once, not after a retrieve timeout"
+    );
+    assert!(String::from_utf8_lossy(&second.stdout).is_empty());
 }

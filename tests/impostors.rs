@@ -306,3 +306,55 @@ fn a_member_whose_connection_breaks_the_protocol_gets_its_channel_back_on_the_ne
         "(transfers, amount) branch1 received from a0"
     );
 }
+
+#[test]
+fn an_unnumbered_transfer_in_an_authenticated_bank_is_refused() {
+    let secret = SecretDir::new("seq0");
+    let (bank, mut controller) = common::bank_with_the_test_as_a0(BRANCH, &secret);
+    let target = bank.entries()[0].addr;
+    let mut peer = RawPeer::dial(target, "a0", "branch1", &secret.secret());
+    // The dialler states who it is first; the acceptor answers with its own Resume.
+    write_frame(
+        &mut peer.stream,
+        Body::Resume(pb::Resume {
+            incarnation: 7,
+            received: 0,
+        }),
+    )
+    .unwrap();
+    let Some(Body::Resume(_)) = peer.receive() else {
+        panic!("expected the branch's Resume");
+    };
+    // Positioned, but without a transfer number: refused, and the connection closed.
+    write_frame(
+        &mut peer.stream,
+        Body::Transfer(pb::Transfer {
+            money: 5,
+            seq: 0,
+            pos: 1,
+        }),
+    )
+    .unwrap();
+    let refusal = std::iter::from_fn(|| peer.receive())
+        .find_map(|body| match body {
+            Body::Refusal(pb::Refusal { reason, .. }) => Some(reason),
+            _ => None,
+        })
+        .expect("a Refusal before the connection closes");
+    assert!(refusal.contains("without a sequence number"), "{refusal}");
+    // The money was not credited: branch1 still holds its 100.
+    controller.send(Body::InitSnapshot(pb::InitSnapshot { snapshot_id: 1 }));
+    controller.send(Body::RetrieveSnapshot(pb::RetrieveSnapshot {
+        snapshot_id: 1,
+        wait_ms: 0,
+    }));
+    let record = loop {
+        if let Body::ReturnSnapshot(pb::ReturnSnapshot {
+            local_snapshot: Some(local),
+        }) = controller.receive()
+        {
+            break local;
+        }
+    };
+    assert_eq!(record.balance, 100, "{record:?}");
+}

@@ -430,3 +430,27 @@ pub fn bank_with_the_test_as_a0(
     }));
     (bank, controller)
 }
+
+/// `count` branches started with `--max-interval-ms interval_ms`.
+pub fn bank(count: usize, interval_ms: &str) -> snapbank::local_bank::LocalBank {
+    let args = ["--max-interval-ms", interval_ms].map(String::from);
+    snapbank::local_bank::LocalBank::start(env!("CARGO_BIN_EXE_branch").as_ref(), count, &args)
+        .expect("start the branches")
+}
+
+/// Runs the controller on `file` with `total` and `args` to completion (within a minute).
+pub fn run_controller(total: &str, file: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_controller"))
+        .arg(total)
+        .arg(file)
+        .args(args)
+        .run_limited()
+}
+
+/// The reports of a controller run with `--format json`, one per line of its output.
+pub fn json_reports(output: &std::process::Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON report per line"))
+        .collect()
+}
