@@ -13,8 +13,11 @@
 //! - [`id_set`]: a compact set of snapshot ids, so remembering every finished snapshot costs
 //!   memory proportional to the gaps between ids, not to their number.
 //!
-//! Actors in [`crate::branch`] feed these structs and move their effects onto sockets; every rule
-//! of the algorithm is here, where it is unit-tested directly.
+//! Actors in [`crate::branch`] feed these structs and move their effects onto sockets. The
+//! snapshot rules and the exactly-once rules of one channel are here, unit-tested directly; the
+//! rules for a channel across connections (which connection carries it, `Resume` and
+//! incarnations, refusals, the grace period), the record cap and the durability epochs are
+//! still decided in the actors (`branch::actor::{channels, recording, durability}`).
 
 pub mod audit;
 pub mod branch;

@@ -1,9 +1,11 @@
 //! [`BranchActor`]: owns a branch's [`BranchCore`] and carries its decisions to the network.
 //!
 //! Every frame from every connection arrives here in an [`InboundBatch`] through the actor's
-//! one mailbox, so per-connection FIFO order reaches the core intact. The actor contains no
-//! algorithm of its own: the core decides the snapshot rules, [`crate::core::channel`] the
-//! exactly-once rules of each peer channel, and the actor carries frames and effects.
+//! one mailbox, so per-connection FIFO order reaches the core intact. The core decides the
+//! snapshot rules and [`crate::core::channel`] the exactly-once rules of each peer channel; the
+//! actor carries frames and effects, and (for now) still decides the rules around them: what a
+//! connection may do to a channel (`channels`), the record cap (`recording`), and what waits
+//! for which commit (`durability`).
 //!
 //! `impl BranchActor` is split by what it handles:
 //! - `admission`: what a new connection's first frame makes it, the handshakes, parking before
