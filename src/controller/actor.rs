@@ -1,8 +1,8 @@
 //! [`ControllerActor`]: one persistent connection per branch; `InitBranch`, then a snapshot
 //! every interval; records collected as each branch finishes; reports emitted in id order.
 //!
-//! The decisions (ids, initiators, deadlines, answers, reports) are the [`super::collector`]'s;
-//! the links, timers and schedule are the [`super::carrier`]'s, shared with the compat driver.
+//! The decisions (ids, initiators, deadlines, answers, reports) are the `collector`'s;
+//! the links, timers and schedule are the `carrier`'s, shared with the compat driver.
 //! What is this actor's own: `InitBranch`, `wait_ms` on every `RetrieveSnapshot`, heartbeats,
 //! the controller handshake on every reconnection, and the controller lease. Answers name their
 //! snapshot, so each `ReturnSnapshot` is matched by id, never by order.

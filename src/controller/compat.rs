@@ -18,8 +18,8 @@
 //! Answers are matched by `local_snapshot.snapshot_id`, never by arrival order, and reports come
 //! out in id order, built by [`SnapshotReport::assemble`]: a branch that sends no channel
 //! counters is checked by the sum alone, and the verdict says `sum only`. Those decisions, and
-//! the words for a status that is no record, are the [`super::collector`]'s, the same as the
-//! normal controller's; the schedule, timers and persistent links are the [`super::carrier`]'s.
+//! the words for a status that is no record, are the `collector`'s, the same as the
+//! normal controller's; the schedule, timers and persistent links are the `carrier`'s.
 //!
 //! Lost connections: in persistent mode a lost connection is redialled plainly (no handshake:
 //! the branches know none) with capped, jittered backoff, and the retrievals still unanswered on
