@@ -111,24 +111,7 @@ impl Drop for Squatter {
 #[test]
 fn a_squatter_refusing_everyone_during_a_restart_does_not_cut_the_branch_off() {
     let secret = SecretDir::new("squatter");
-    let args = ["--max-interval-ms", "20", "--secret-file", secret.path()].map(String::from);
-    let mut bank = LocalBank::start_durable(BRANCH.as_ref(), 2, &args).unwrap();
-    let controller = ControllerProcess::start(
-        &bank,
-        "2000",
-        &[
-            "--secret-file",
-            secret.path(),
-            "--interval-ms",
-            "100",
-            "--snapshots",
-            "90",
-            "--retrieve-timeout-ms",
-            "3000",
-            "--link-timeout-ms",
-            "1000",
-        ],
-    );
+    let (mut bank, controller) = common::durable_pair_with_controller(&secret, "20", "90", "3000");
     std::thread::sleep(Duration::from_millis(1500));
     let b2 = bank.entries()[1].addr;
     bank.kill(1);

@@ -8,10 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{ControllerProcess, SecretDir, verdicts};
-use snapbank::local_bank::LocalBank;
-
-const BRANCH: &str = env!("CARGO_BIN_EXE_branch");
+use common::{SecretDir, verdicts};
 
 /// Sends `signal` (`STOP`, `CONT`) to process `pid`.
 fn signal(pid: u32, signal: &str) {
@@ -38,24 +35,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 #[test]
 fn a_branch_restarted_on_an_older_commit_says_its_state_regressed_and_stops() {
     let secret = SecretDir::new("lost-commit");
-    let args = ["--max-interval-ms", "5", "--secret-file", secret.path()].map(String::from);
-    let mut bank = LocalBank::start_durable(BRANCH.as_ref(), 2, &args).unwrap();
-    let controller = ControllerProcess::start(
-        &bank,
-        "2000",
-        &[
-            "--secret-file",
-            secret.path(),
-            "--interval-ms",
-            "100",
-            "--snapshots",
-            "50",
-            "--retrieve-timeout-ms",
-            "1000",
-            "--link-timeout-ms",
-            "1000",
-        ],
-    );
+    let (mut bank, controller) = common::durable_pair_with_controller(&secret, "5", "50", "1000");
     std::thread::sleep(Duration::from_millis(1000));
     // A copy of branch1's store as it was at one instant (the process is stopped meanwhile, so
     // the copy is what a crash at that instant would have left).

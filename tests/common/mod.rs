@@ -454,3 +454,44 @@ pub fn json_reports(output: &std::process::Output) -> Vec<serde_json::Value> {
         .map(|line| serde_json::from_str(line).expect("one JSON report per line"))
         .collect()
 }
+
+/// Two durable branches sending every `interval_ms` with `secret`, and a controller with the
+/// same secret taking `snapshots` snapshots 100 ms apart (retrieve timeout `retrieve_ms`, link
+/// timeout 1 s): the bank the crash and restart tests kill parts of.
+pub fn durable_pair_with_controller(
+    secret: &SecretDir,
+    interval_ms: &str,
+    snapshots: &str,
+    retrieve_ms: &str,
+) -> (snapbank::local_bank::LocalBank, ControllerProcess) {
+    let args = [
+        "--max-interval-ms",
+        interval_ms,
+        "--secret-file",
+        secret.path(),
+    ]
+    .map(String::from);
+    let bank = snapbank::local_bank::LocalBank::start_durable(
+        env!("CARGO_BIN_EXE_branch").as_ref(),
+        2,
+        &args,
+    )
+    .expect("start the branches");
+    let controller = ControllerProcess::start(
+        &bank,
+        "2000",
+        &[
+            "--secret-file",
+            secret.path(),
+            "--interval-ms",
+            "100",
+            "--snapshots",
+            snapshots,
+            "--retrieve-timeout-ms",
+            retrieve_ms,
+            "--link-timeout-ms",
+            "1000",
+        ],
+    );
+    (bank, controller)
+}
