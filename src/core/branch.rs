@@ -19,7 +19,7 @@
 //! transfers (and how much money) it had sent on each outgoing channel and received on each
 //! incoming one: the evidence [`super::audit`] uses to prove the cut consistent.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use super::{IdSet, Ledger};
 
@@ -32,7 +32,7 @@ pub type SnapshotId = u32;
 pub type Channel = usize;
 
 /// How many transfers, and how much money, went over one directed channel so far.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct ChannelCount {
     /// Transfers so far; also the sequence number of the latest one.
     pub count: u64,
@@ -69,7 +69,7 @@ pub fn chain_digest(digest: u64, seq: u64, amount: u64) -> u64 {
 }
 
 /// Something the caller must do as a result of a message: send a marker, or update a record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Effect {
     /// A new record for snapshot `id`: the branch's balance at the cut and the per-channel
     /// counts at the cut (`sent` per outgoing, `received` per incoming channel). Always comes
@@ -127,7 +127,7 @@ pub enum CoreError {
 
 /// Everything a [`BranchCore`] holds, as plain data: what a durable branch persists at each
 /// commit and restores from after a crash.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CoreState {
     /// The balance now.
     pub balance: u64,
@@ -144,7 +144,7 @@ pub struct CoreState {
 }
 
 /// Which incoming channels are still recording for one snapshot in progress.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Recording {
     /// `open[c]`: incoming channel `c` has not delivered its marker yet.
     open: Vec<bool>,
@@ -154,7 +154,7 @@ struct Recording {
 
 /// One branch's state machine: its ledger, its channel counters and every snapshot it takes
 /// part in.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BranchCore {
     /// The money this branch holds.
     ledger: Ledger,
@@ -165,7 +165,7 @@ pub struct BranchCore {
     /// Incoming channels whose connection is gone: no marker will ever come on them.
     lost: Vec<bool>,
     /// Snapshots whose record is not finished yet.
-    recording: HashMap<SnapshotId, Recording>,
+    recording: BTreeMap<SnapshotId, Recording>,
     /// Snapshots whose record is finished: a marker for one of these is a protocol error, not
     /// the start of a new snapshot.
     finished: IdSet,
@@ -185,7 +185,7 @@ impl BranchCore {
             sent: vec![ChannelCount::default(); outgoing],
             received: vec![ChannelCount::default(); incoming],
             lost: vec![false; incoming],
-            recording: HashMap::new(),
+            recording: BTreeMap::new(),
             finished: IdSet::new(),
         }
     }
@@ -213,7 +213,7 @@ impl BranchCore {
     /// match its channels.
     pub fn restore(state: CoreState) -> Result<Self, String> {
         let incoming = state.received.len();
-        let mut recording = HashMap::new();
+        let mut recording = BTreeMap::new();
         for (id, open) in state.recording {
             if open.len() != incoming {
                 return Err(format!(

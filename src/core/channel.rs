@@ -28,7 +28,7 @@ use std::collections::VecDeque;
 use super::SnapshotId;
 
 /// A frame on a peer channel, as the sender keeps it for a possible resend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Frame {
     /// Transfer number `seq` on the channel, of `amount`.
     Transfer { seq: u64, amount: u64 },
@@ -55,7 +55,7 @@ pub enum RefusalKind {
 
 /// A message on a peer connection, as the channel layer sees it: decoded once, at the edge
 /// ([`crate::wire`]), so the rules below never match generated types.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PeerMsg {
     /// A frame of the channel at position `pos` (0: unpositioned, from an original-schema sender
     /// in a bank without a secret). A transfer's `seq` is 0 when the sender numbered none.
@@ -120,7 +120,7 @@ pub enum Delivery {
 }
 
 /// The sending half of a directed channel: every frame not yet acknowledged, in order.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SendWindow {
     /// Highest position the receiver has acknowledged; the window's first frame is `acked + 1`.
     acked: Position,
@@ -283,7 +283,7 @@ impl SendWindow {
 }
 
 /// The receiving half of a directed channel: how far it has delivered and acknowledged.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct ReceiveCursor {
     /// Highest position delivered.
     delivered: Position,

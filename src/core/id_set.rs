@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 /// A set of ids kept as ranges, so the ids 1..=1_000_000 cost one map entry. Snapshot ids are
 /// handed out in order, so a branch can remember every snapshot it finished in constant memory.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct IdSet {
     /// start -> end (inclusive) of each maximal run of ids in the set.
     ranges: BTreeMap<u32, u32>,

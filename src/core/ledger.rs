@@ -3,7 +3,7 @@
 use super::CoreError;
 
 /// A branch's balance and the balance it started with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Ledger {
     /// Money the branch holds now. Kept as u64 so that sums of u32 wire amounts cannot wrap.
     balance: u64,

@@ -24,6 +24,8 @@ pub mod branch;
 pub mod channel;
 pub mod id_set;
 pub mod ledger;
+pub mod node;
+pub mod persist;
 pub mod record;
 
 pub use audit::{Audit, ChannelEvidence, CutEvidence, Rule, Violation};

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use super::{Channel, ChannelCount, Effect, SnapshotId};
 
 /// One transfer found in transit: it arrived on a channel that was still recording.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct InTransit {
     /// The incoming channel it arrived on.
     pub from: Channel,
@@ -18,7 +18,7 @@ pub struct InTransit {
 /// One branch's part of one global snapshot: its balance at the cut, the money it found in
 /// transit on each incoming channel, and the channel counters that let a checker prove the cut
 /// consistent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SnapshotRecord {
     /// The snapshot this record belongs to.
     id: SnapshotId,

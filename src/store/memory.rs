@@ -27,9 +27,9 @@ struct Tables {
 
 impl Tables {
     /// The tables after `changes`, in the order [`Changes`] documents.
-    fn apply(&self, changes: &Changes) -> Self {
+    fn apply(&self, bank: Option<&BankMeta>, changes: &Changes) -> Self {
         let mut next = self.clone();
-        if let Some(bank) = &changes.bank {
+        if let Some(bank) = bank {
             next.bank = Some(bank.clone());
         }
         if let Some(core) = &changes.core {
@@ -115,20 +115,20 @@ impl MemoryStore {
     /// Applies `changes` and drops the result, as a crash in the middle of the commit would
     /// (for the conformance suite).
     #[cfg(test)]
-    pub(super) fn abandon_commit(&self, changes: &Changes) {
-        drop(self.lock().committed.apply(changes));
+    pub(super) fn abandon_commit(&self, bank: Option<&BankMeta>, changes: &Changes) {
+        drop(self.lock().committed.apply(bank, changes));
     }
 }
 
 impl BranchStore for MemoryStore {
-    fn commit(&self, changes: &Changes) -> Result<(), StoreError> {
+    fn commit(&self, bank: Option<&BankMeta>, changes: &Changes) -> Result<(), StoreError> {
         let mut shared = self.lock();
         if shared.generation != self.generation {
             return Err(StoreError::Write(
                 "the store was reopened after a crash of this handle's process".into(),
             ));
         }
-        shared.committed = shared.committed.apply(changes);
+        shared.committed = shared.committed.apply(bank, changes);
         Ok(())
     }
 

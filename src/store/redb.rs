@@ -171,10 +171,14 @@ impl Store {
     }
 
     /// Writes `changes` into `txn`, without committing it.
-    fn write(txn: &WriteTransaction, changes: &Changes) -> Result<(), StoreError> {
+    fn write(
+        txn: &WriteTransaction,
+        bank: Option<&BankMeta>,
+        changes: &Changes,
+    ) -> Result<(), StoreError> {
         let failed = |err: &dyn std::fmt::Display| StoreError::Write(err.to_string());
         let mut meta = txn.open_table(META).map_err(|err| failed(&err))?;
-        if let Some(bank) = &changes.bank {
+        if let Some(bank) = bank {
             meta.insert("meta", codec::encode_bank(bank).as_slice())
                 .map_err(|err| failed(&err))?;
         }
@@ -224,9 +228,9 @@ impl Store {
     /// Writes `changes` in a transaction and drops it uncommitted, as a crash in the middle of
     /// the commit would (for the conformance suite).
     #[cfg(test)]
-    pub(super) fn abandon_commit(&self, changes: &Changes) {
+    pub(super) fn abandon_commit(&self, bank: Option<&BankMeta>, changes: &Changes) {
         let txn = self.db.begin_write().unwrap();
-        Self::write(&txn, changes).unwrap();
+        Self::write(&txn, bank, changes).unwrap();
         txn.abort().unwrap();
     }
 }
@@ -241,10 +245,10 @@ impl Store {
 
 impl BranchStore for Store {
     /// One write transaction, made durable with one fsync.
-    fn commit(&self, changes: &Changes) -> Result<(), StoreError> {
+    fn commit(&self, bank: Option<&BankMeta>, changes: &Changes) -> Result<(), StoreError> {
         let failed = |err: &dyn std::fmt::Display| StoreError::Write(err.to_string());
         let txn = self.db.begin_write().map_err(|err| failed(&err))?;
-        Self::write(&txn, changes)?;
+        Self::write(&txn, bank, changes)?;
         crate::failpoint::hit("mid-commit");
         txn.commit().map_err(|err| failed(&err))
     }
@@ -546,7 +550,7 @@ mod tests {
     fn commit_raw(store: &Store, meta: &pb::Meta, core: &pb::Core) {
         use prost::Message as _;
         let txn = store.db.begin_write().unwrap();
-        Store::write(&txn, &Changes::default()).unwrap();
+        Store::write(&txn, None, &Changes::default()).unwrap();
         txn.open_table(META)
             .unwrap()
             .insert("meta", meta.encode_to_vec().as_slice())

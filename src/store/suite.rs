@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use super::*;
-use crate::core::{ChannelCount, CoreState, Frame, InTransit};
+use crate::core::{Channel, ChannelCount, CoreState, Frame, InTransit, SnapshotId};
 
 /// How the suite drives one implementation.
 trait Harness {
@@ -19,7 +19,7 @@ trait Harness {
     fn open(&mut self) -> Result<(Self::Store, Option<Restored>), StoreError>;
 
     /// Writes `changes` and crashes before they are committed.
-    fn crash_mid_commit(&mut self, store: Self::Store, changes: &Changes);
+    fn crash_mid_commit(&mut self, store: Self::Store, bank: Option<&BankMeta>, changes: &Changes);
 }
 
 /// The redb store in a temporary directory, removed on drop.
@@ -52,8 +52,8 @@ impl Harness for Redb {
         Store::open(&self.dir, "a", None, StoreOptions::default())
     }
 
-    fn crash_mid_commit(&mut self, store: Store, changes: &Changes) {
-        store.abandon_commit(changes);
+    fn crash_mid_commit(&mut self, store: Store, bank: Option<&BankMeta>, changes: &Changes) {
+        store.abandon_commit(bank, changes);
     }
 }
 
@@ -70,8 +70,8 @@ impl Harness for Memory {
         self.store.reopen()
     }
 
-    fn crash_mid_commit(&mut self, store: MemoryStore, changes: &Changes) {
-        store.abandon_commit(changes);
+    fn crash_mid_commit(&mut self, store: MemoryStore, bank: Option<&BankMeta>, changes: &Changes) {
+        store.abandon_commit(bank, changes);
     }
 }
 
@@ -158,14 +158,18 @@ fn in_transit(from: Channel, seq: u64) -> InTransit {
 /// The first commit of a branch: its bank and core.
 fn init() -> Changes {
     Changes {
-        bank: Some(bank()),
         core: Some(core(90, [0, 0])),
         ..Default::default()
     }
 }
 
 fn commit(store: &impl BranchStore, changes: Changes) {
-    store.commit(&changes).unwrap();
+    store.commit(None, &changes).unwrap();
+}
+
+/// Commits `changes` as a branch's first commit: with its bank.
+fn commit_with_bank(store: &impl BranchStore, changes: Changes) {
+    store.commit(Some(&bank()), &changes).unwrap();
 }
 
 fn restored(harness: &mut impl Harness) -> Restored {
@@ -190,7 +194,7 @@ fn a_new_store_holds_nothing(harness: &mut impl Harness) {
 
 fn the_bank_and_core_read_back_as_committed(harness: &mut impl Harness) {
     let (store, _) = harness.open().unwrap();
-    commit(&store, init());
+    commit_with_bank(&store, init());
     let later = core(70, [0, 0]);
     commit(
         &store,
@@ -214,7 +218,7 @@ fn frames_acknowledged_away_are_gone(harness: &mut impl Harness) {
         batch(0, 1, &[transfer(1), Frame::Marker { id: 5 }]),
         batch(1, 1, &[transfer(1)]),
     ];
-    commit(&store, first);
+    commit_with_bank(&store, first);
     commit(
         &store,
         Changes {
@@ -258,7 +262,7 @@ fn records_and_their_transit_batches_read_back_in_order(harness: &mut impl Harne
         index: 0,
         transfers: vec![in_transit(0, 1), in_transit(1, 1)],
     }];
-    commit(&store, first);
+    commit_with_bank(&store, first);
     let mut lost = header(5);
     lost.lost = vec![1];
     let mut finished = lost.clone();
@@ -303,7 +307,7 @@ fn retrieved_records_are_kept_marked_and_removed_ones_gone(harness: &mut impl Ha
         index: 0,
         transfers: vec![in_transit(0, 1)],
     }];
-    commit(&store, first);
+    commit_with_bank(&store, first);
     let mut retrieved = header(5);
     retrieved.finished = true;
     retrieved.retrieved = true;
@@ -337,7 +341,7 @@ fn a_crash_mid_commit_loses_that_commit_only(harness: &mut impl Harness) {
     let mut first = init();
     first.frame_batches = vec![batch(0, 1, &[transfer(1)])];
     first.records = vec![header(5)];
-    commit(&store, first);
+    commit_with_bank(&store, first);
     let before = {
         drop(store);
         restored(harness)
@@ -347,8 +351,8 @@ fn a_crash_mid_commit_loses_that_commit_only(harness: &mut impl Harness) {
     bank.incarnation = 1;
     harness.crash_mid_commit(
         store,
+        Some(&bank),
         &Changes {
-            bank: Some(bank),
             core: Some(core(10, [1, 0])),
             frame_batches: vec![batch(0, 2, &[transfer(2)]), batch(1, 1, &[transfer(1)])],
             removed_frame_batches: vec![(0, 1)],
@@ -374,7 +378,7 @@ fn reopening_is_idempotent(harness: &mut impl Harness) {
         index: 0,
         transfers: vec![in_transit(1, 1)],
     }];
-    commit(&store, first);
+    commit_with_bank(&store, first);
     drop(store);
     let once = restored(harness);
     let twice = restored(harness);
@@ -408,7 +412,7 @@ fn a_state_no_commit_could_leave_is_refused(harness: &mut impl Harness) {
     // Channel 0 acknowledged up to 1, but the frame kept after it is at 3.
     first.core = Some(core(90, [1, 0]));
     first.frame_batches = vec![batch(0, 3, &[transfer(3)])];
-    commit(&store, first);
+    commit_with_bank(&store, first);
     drop(store);
     assert_eq!(
         refusal(harness),
@@ -420,7 +424,7 @@ fn a_frame_batch_without_frames_is_refused_not_a_panic(harness: &mut impl Harnes
     let (store, _) = harness.open().unwrap();
     let mut first = init();
     first.frame_batches = vec![batch(1, 0, &[])];
-    commit(&store, first);
+    commit_with_bank(&store, first);
     drop(store);
     assert_eq!(
         refusal(harness),
@@ -496,10 +500,10 @@ suite!(memory, |_| Memory::default());
 #[test]
 fn a_memory_store_handle_from_before_a_crash_commits_nothing() {
     let store = MemoryStore::new();
-    commit(&store, init());
+    commit_with_bank(&store, init());
     let (reopened, _) = store.reopen().unwrap();
     let err = store
-        .commit(&Changes {
+        .commit(None, &Changes {
             core: Some(core(1, [0, 0])),
             ..Default::default()
         })

@@ -63,6 +63,8 @@ pub(super) struct Durable {
     store: Arc<dyn BranchStore>,
     /// Changes for the next commit.
     staged: Changes,
+    /// The bank's description, for the next commit (at `InitBranch`).
+    staged_bank: Option<BankMeta>,
     /// Something changed since the last commit started.
     dirty: bool,
     /// The commit being written.
@@ -103,6 +105,7 @@ impl Durable {
         Self {
             store,
             staged: Changes::default(),
+            staged_bank: None,
             dirty: false,
             committing: None,
             next_epoch: 1,
@@ -304,7 +307,7 @@ impl BranchActor {
     /// commit.
     pub(super) fn stage_meta(&mut self, meta: &BankMeta) {
         if let Some(durable) = self.durable.as_mut() {
-            durable.staged.bank = Some(meta.clone());
+            durable.staged_bank = Some(meta.clone());
             durable.dirty = true;
         }
     }
@@ -348,7 +351,9 @@ impl BranchActor {
             started: Instant::now(),
         });
         let store = durable.store.clone();
-        let writing = tokio::task::spawn_blocking(move || store.commit(&changes));
+        let bank = durable.staged_bank.take();
+        let writing =
+            tokio::task::spawn_blocking(move || store.commit(bank.as_ref(), &changes));
         ctx.spawn(actix::fut::wrap_future::<_, Self>(writing).map(
             |result, branch, ctx| match result {
                 Ok(Ok(())) => branch.commit_done(ctx),
@@ -593,14 +598,15 @@ mod tests {
     /// Commits what `durable` staged to its store, as the actor would.
     fn commit(durable: &mut Durable) {
         let (changes, _) = durable.take_changes(core());
-        durable.store.commit(&changes).unwrap();
+        let bank = durable.staged_bank.take();
+        durable.store.commit(bank.as_ref(), &changes).unwrap();
     }
 
     #[test]
     fn only_the_most_recent_retrieved_records_stay_in_the_store() {
         let store = MemoryStore::new();
         let mut durable = Durable::new(Arc::new(store.clone()), 1);
-        durable.staged.bank = Some(bank());
+        durable.staged_bank = Some(bank());
         let extra = 3;
         let count = KEPT_RETRIEVED as SnapshotId + extra;
         for id in 1..=count {

@@ -1,0 +1,44 @@
+//! One rule per test, driving a [`BranchNode`] directly.
+
+use super::*;
+
+fn config(name: &str, peers: &[&str]) -> NodeConfig {
+    NodeConfig {
+        name: name.into(),
+        peers: peers.iter().map(|p| p.to_string()).collect(),
+        send_window: 16,
+        authenticated: true,
+        durable: false,
+        incarnation: 7,
+        peer_grace: Duration::from_millis(100),
+    }
+}
+
+#[test]
+fn the_lower_name_dials_and_its_resume_goes_first() {
+    let mut a = BranchNode::new(config("a", &["b"]), 10);
+    let ready = a.take_ready();
+    assert_eq!(
+        ready.dials,
+        vec![Dial {
+            peer: 0,
+            after_pause: false,
+            known_incarnation: 0
+        }]
+    );
+    a.step(Input::LinkUp { peer: 0, conn: 1 });
+    let ready = a.take_ready();
+    assert_eq!(
+        ready.messages,
+        vec![Outgoing {
+            peer: 0,
+            conn: 1,
+            msg: PeerMsg::Resume {
+                incarnation: 7,
+                received: 0
+            }
+        }]
+    );
+    let mut b = BranchNode::new(config("b", &["a"]), 10);
+    assert!(b.take_ready().dials.is_empty());
+}
