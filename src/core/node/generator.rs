@@ -54,14 +54,16 @@ impl BranchNode {
         let mut connected = false;
         let channel = (0..count).map(|i| (start + i) % count).find(|&c| {
             let peer = &self.peers[c];
-            let live = peer.is_live();
+            let live = peer.is_live() && self.channels.out_of[c].is_some();
             connected |= live;
             live && peer.window.has_room() && outbox_has_room(c)
         });
-        let Some(channel) = channel else {
+        let Some((channel, out)) =
+            channel.and_then(|c| self.channels.out_of[c].map(|out| (c, out)))
+        else {
             return Err(if connected { Pause::Room } else { Pause::Peer });
         };
-        let Ok(seq) = self.core.send_transfer(channel, draw.amount) else {
+        let Ok(seq) = self.core.send_transfer(out, draw.amount) else {
             return Err(Pause::Funds); // no money, no transfer
         };
         self.touch();

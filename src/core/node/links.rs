@@ -181,6 +181,14 @@ impl BranchNode {
             self.protocol_error(channel, format!("sent a frame without a {what}"));
             return;
         }
+        let Some(incoming) = self.channels.in_of[channel] else {
+            self.protocol_error(
+                channel,
+                "sent a frame on a channel that does not exist".to_string(),
+            );
+            return;
+        };
+        let peer = &mut self.peers[channel];
         // Put back if the frame turns out to be unusable, so that its position is still owed
         // and the sender's resend after the reconnect is delivered.
         let cursor_before = peer.cursor;
@@ -200,12 +208,12 @@ impl BranchNode {
         }
         let result = match frame {
             Frame::Transfer { seq, amount } => self.core.receive_transfer(
-                channel,
+                incoming,
                 amount,
                 (seq != 0).then_some(seq),
                 &mut self.effects,
             ),
-            Frame::Marker { id } => self.core.receive_marker(channel, id, &mut self.effects),
+            Frame::Marker { id } => self.core.receive_marker(incoming, id, &mut self.effects),
         };
         match result {
             Ok(()) => {
@@ -312,12 +320,14 @@ impl BranchNode {
         if new_incarnation {
             self.touch();
         }
-        if self.core.is_lost(channel) {
+        if let Some(incoming) = self.channels.in_of[channel]
+            && self.core.is_lost(incoming)
+        {
             info!(
                 "{me}: {} is back after its grace period: snapshots from now on wait for it again",
                 self.peers[channel].name
             );
-            let _ = self.core.restore_channel(channel);
+            let _ = self.core.restore_channel(incoming);
         }
         self.ready.0.notes.push(Note::ChannelResumed(channel));
         self.ready.0.notes.push(Note::Wake(Pause::Peer));
@@ -480,7 +490,10 @@ impl BranchNode {
             peer.name,
             self.config.peer_grace.as_millis()
         );
-        if self.core.lose_channel(channel, &mut self.effects).is_ok() {
+        let Some(incoming) = self.channels.in_of[channel] else {
+            return;
+        };
+        if self.core.lose_channel(incoming, &mut self.effects).is_ok() {
             self.touch();
             self.apply_effects();
         }

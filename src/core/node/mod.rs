@@ -68,6 +68,58 @@ pub struct NodeConfig {
     /// How long snapshots wait for a peer whose connection is down before its channel counts as
     /// lost.
     pub peer_grace: Duration,
+    /// Which directions exist per peer, for a topology that is not a full mesh (the
+    /// simulator's); empty: a full mesh, every peer both ways, as in a live bank.
+    pub directions: Vec<Directions>,
+}
+
+/// The directed channels between this branch and one peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Directions {
+    /// This branch sends to the peer.
+    pub to: bool,
+    /// The peer sends to this branch.
+    pub from: bool,
+}
+
+/// Where each peer's channels are among the core's outgoing and incoming channels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ChannelMap {
+    /// Per peer: its outgoing channel, if this branch sends to it.
+    out_of: Vec<Option<Channel>>,
+    /// Per peer: its incoming channel, if it sends to this branch.
+    in_of: Vec<Option<Channel>>,
+    /// Per outgoing channel: the peer.
+    peer_of_out: Vec<Channel>,
+}
+
+impl ChannelMap {
+    fn new(peers: usize, directions: &[Directions]) -> Self {
+        let both = Directions {
+            to: true,
+            from: true,
+        };
+        let mut map = Self {
+            out_of: Vec::with_capacity(peers),
+            in_of: Vec::with_capacity(peers),
+            peer_of_out: Vec::new(),
+        };
+        let mut incoming = 0;
+        for peer in 0..peers {
+            let directions = directions.get(peer).copied().unwrap_or(both);
+            map.out_of.push(directions.to.then_some(map.peer_of_out.len()));
+            if directions.to {
+                map.peer_of_out.push(peer);
+            }
+            map.in_of.push(directions.from.then_some(incoming));
+            incoming += usize::from(directions.from);
+        }
+        map
+    }
+
+    fn incoming(&self) -> usize {
+        self.in_of.iter().flatten().count()
+    }
 }
 
 /// A controller's command, as the node takes it (`InitBranch` creates the node instead).
@@ -288,6 +340,8 @@ struct Waiter {
 pub struct BranchNode {
     config: NodeConfig,
     core: BranchCore,
+    /// Each peer's place among the core's channels.
+    channels: ChannelMap,
     peers: Vec<PeerState>,
     /// Every record begun and not yet handed over or discarded.
     records: BTreeMap<SnapshotId, SnapshotRecord>,
@@ -349,7 +403,8 @@ impl BranchNode {
                 )
             })
             .collect();
-        let core = BranchCore::new(balance, config.peers.len());
+        let map = ChannelMap::new(config.peers.len(), &config.directions);
+        let core = BranchCore::with_links(balance, map.incoming(), map.peer_of_out.len());
         let mut node = Self::assemble(config, core, peers);
         node.touch();
         node.dial_all();
@@ -427,9 +482,11 @@ impl BranchNode {
     fn assemble(config: NodeConfig, core: BranchCore, peers: Vec<PeerState>) -> Self {
         let name_bytes = config.name.len() + config.peers.iter().map(String::len).sum::<usize>();
         let epochs = config.durable.then(|| epochs::Epochs::new(peers.len()));
+        let channels = ChannelMap::new(peers.len(), &config.directions);
         Self {
             config,
             core,
+            channels,
             peers,
             records: BTreeMap::new(),
             waiters: BTreeMap::new(),

@@ -69,8 +69,8 @@ impl BranchNode {
                     received,
                 } => self.begin_record(SnapshotRecord::new(id, balance, sent, received)),
                 Effect::SendMarker { to, id } => {
-                    if to < self.peers.len() {
-                        self.send_on_channel(to, Frame::Marker { id });
+                    if let Some(&peer) = self.channels.peer_of_out.get(to) {
+                        self.send_on_channel(peer, Frame::Marker { id });
                     }
                 }
                 Effect::RecordTransfer {

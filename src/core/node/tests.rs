@@ -11,6 +11,7 @@ fn config(name: &str, peers: &[&str]) -> NodeConfig {
         durable: false,
         incarnation: 7,
         peer_grace: Duration::from_millis(100),
+        directions: Vec::new(),
     }
 }
 
