@@ -12,23 +12,28 @@
 //! - [`dial`]: the one connect loop: connect timeout, a handshake step, backoff, an optional
 //!   deadline and rate-limited warnings; every party that dials another uses it.
 //! - [`config`]: the branches file (`<name> <ip> <port>` lines), parsed and validated.
-//! - [`core`]: the algorithm with no I/O. [`core::BranchCore`] applies transfers and markers to a
-//!   ledger and returns effects; [`core::SnapshotRecord`] is one branch's part of a snapshot;
-//!   [`core::Audit`] proves (or refutes) that a snapshot is a consistent cut.
+//! - [`core`]: the algorithm with no I/O. [`core::node::BranchNode`] is the whole branch protocol
+//!   (channels across reconnects, incarnations, grace periods, records and answers, durability
+//!   epochs, the generator's decision) as a state machine with typed inputs and a `Ready` out;
+//!   it owns a [`core::BranchCore`], which applies transfers and markers to a ledger;
+//!   [`core::SnapshotRecord`] is one branch's part of a snapshot; [`core::Audit`] proves (or
+//!   refutes) that a snapshot is a consistent cut.
 //! - [`sim`]: a deterministic simulator running `BranchCore`s on a simulated network of FIFO
 //!   links, behind `snapbank-sim` and the randomized search in the tests.
 //! - [`outbox`]: the write half of every connection: frames appended to a buffer that a writer
 //!   task drains in batches, so a burst of messages costs one system call.
-//! - [`branch`]: a live branch: `BranchActor` owns the core, one `PeerConnection` actor per TCP
-//!   stream feeds it frames in FIFO order, one `SnapshotRecorder` actor per snapshot id keeps that
-//!   snapshot's record until the controller retrieves it; in a bank with a secret the branch
+//! - [`branch`]: a live branch, the runtime of a `BranchNode`: `BranchActor` owns the node and
+//!   carries out its `Ready` (sockets, timers, the commit thread, random draws), one
+//!   `PeerConnection` actor per TCP stream feeds it frames in FIFO order, one `SnapshotRecorder`
+//!   actor per snapshot record runs that record's timers; in a bank with a secret the branch
 //!   obeys one controller at a time (its controller lease).
 //! - [`controller`]: `ControllerActor` initialises the bank, schedules snapshots, retrieves the
 //!   records and turns them into [`controller::SnapshotReport`]s. What both controllers decide
 //!   (snapshots in flight, deadlines, answers, report assembly) is one no-I/O collector
 //!   (`controller::collector`); each controller keeps only its connection pattern.
 //! - [`store`]: a durable branch's state behind [`store::BranchStore`], over the branch's own
-//!   types: the redb store (group commit, read back after a crash) and an in-memory one.
+//!   types ([`core::persist`]): the redb store (group commit, read back after a crash) and an
+//!   in-memory one that survives a simulated crash.
 //! - [`failpoint`]: named places where a test can make a branch abort, as `kill -9` would.
 //! - [`controller::compat`]: `CompatController` (`controller --compat`) drives branches that
 //!   speak only the exercise's original schema, one connection per branch or per command.

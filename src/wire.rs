@@ -201,6 +201,69 @@ pub fn final_refusal(kind: RefusalKind, reason: impl Into<String>) -> Body {
     })
 }
 
+/// The wire form of a message the node sends on a peer connection.
+pub fn peer_body(msg: PeerMsg) -> Body {
+    match msg {
+        PeerMsg::Channel { frame, pos } => channel_frame(frame, pos),
+        PeerMsg::Ack { received } => ack(received),
+        PeerMsg::Resume {
+            incarnation,
+            received,
+        } => resume(incarnation, received),
+        PeerMsg::Refusal { kind, reason } => final_refusal(kind, reason),
+        // The node never sends one; should it, the peer is told rather than sent nothing.
+        PeerMsg::Unexpected(kind) => refusal(format!("internal error: tried to send {kind}")),
+    }
+}
+
+impl From<crate::core::node::RecordStatus> for pb::SnapshotStatus {
+    fn from(status: crate::core::node::RecordStatus) -> Self {
+        use crate::core::node::RecordStatus;
+        match status {
+            RecordStatus::Complete => Self::Complete,
+            RecordStatus::Recording => Self::Recording,
+            RecordStatus::Unknown => Self::UnknownSnapshot,
+            RecordStatus::CutShort => Self::CutShort,
+            RecordStatus::Discarded => Self::Discarded,
+            RecordStatus::AlreadyRetrieved => Self::AlreadyRetrieved,
+        }
+    }
+}
+
+impl pb::return_snapshot::ChannelAudit {
+    /// What the answering branch had sent the peer at the cut.
+    pub fn sent(&self) -> crate::core::ChannelCount {
+        crate::core::ChannelCount {
+            count: self.sent_count,
+            amount: self.sent_amount,
+            digest: self.sent_digest,
+        }
+    }
+
+    /// What the answering branch had received from the peer at the cut.
+    pub fn received(&self) -> crate::core::ChannelCount {
+        crate::core::ChannelCount {
+            count: self.received_count,
+            amount: self.received_amount,
+            digest: self.received_digest,
+        }
+    }
+}
+
+/// The `LocalSnapshot` for the node's `answer`: its record (if any) with its status, stamped
+/// with the branch's name, channels named by `peers`.
+pub fn local_answer(
+    answer: &crate::core::node::Answer,
+    branch_name: &str,
+    peers: &[String],
+) -> pb::return_snapshot::LocalSnapshot {
+    let status = pb::SnapshotStatus::from(answer.status);
+    match &answer.record {
+        Some(record) => local_snapshot(record, status, branch_name, peers),
+        None => no_record(answer.id, status, branch_name),
+    }
+}
+
 impl From<RefusalKind> for pb::RefusalKind {
     fn from(kind: RefusalKind) -> Self {
         match kind {
@@ -490,6 +553,24 @@ pub fn no_record(
 mod tests {
     use super::*;
     use prost::Message;
+
+    #[test]
+    fn record_statuses_are_named_as_the_schema_names_them() {
+        use crate::core::node::RecordStatus;
+        for status in [
+            RecordStatus::Complete,
+            RecordStatus::Recording,
+            RecordStatus::Unknown,
+            RecordStatus::CutShort,
+            RecordStatus::Discarded,
+            RecordStatus::AlreadyRetrieved,
+        ] {
+            assert_eq!(
+                status.name(),
+                pb::SnapshotStatus::from(status).as_str_name()
+            );
+        }
+    }
 
     #[test]
     fn peer_messages_are_decoded_once_into_domain_values() {

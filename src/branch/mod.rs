@@ -1,14 +1,12 @@
-//! A live branch: the actors that carry [`crate::core::BranchCore`]'s decisions over TCP.
+//! A live branch: the actors that carry [`crate::core::node::BranchNode`]'s decisions over TCP.
 //!
-//! - [`actor`]: `BranchActor`, owner of the core; classifies connections, dials peers, generates
-//!   transfers, routes effects.
+//! - [`actor`]: `BranchActor`, owner of the node; classifies connections, dials peers, draws the
+//!   generator's random numbers, runs timers and commits, carries out the node's `Ready`.
 //! - [`connection`]: `PeerConnection`, one per TCP stream, forwarding decoded frames in order.
-//! - [`recorder`]: `SnapshotRecorder`, one per snapshot id, keeping that snapshot's record until
-//!   the controller retrieves it.
+//! - [`recorder`]: `SnapshotRecorder`, one per snapshot record the node keeps, running that
+//!   record's timers (its age limit, the retrieves held for it) so they end with it.
 //! - [`listener`]: the accept loop and the first-frame deadline.
-//! - [`responses`]: finished records already answered, kept a while for a controller that asks
-//!   again after a reconnect.
-//! - [`traffic`]: the random transfer generator's decisions (pacing, amounts, parking).
+//! - [`traffic`]: the random transfer generator's pacing, draws and parking.
 //!
 //! Who dials whom: of each pair, the branch whose name sorts lower dials the other and sends
 //! `Hello` (naming itself) as its first frame, so every pair has exactly one connection, used in
@@ -19,7 +17,6 @@ pub mod actor;
 pub mod connection;
 pub mod listener;
 pub mod recorder;
-pub mod responses;
 pub mod traffic;
 
 use std::net::SocketAddr;

@@ -1,5 +1,6 @@
-//! The random transfer generator's decisions: when to send next, how much, and why it is
-//! paused. The [`super::BranchActor`] asks it and carries out the sends.
+//! The random transfer generator's pace and draws: when to send next, the random numbers each
+//! turn gives the node (where to start looking for a peer, how much), and whether it is parked.
+//! The node decides what a draw sends ([`crate::core::node::generator`]).
 //!
 //! With a positive interval the generator sends one transfer per interval (drawn uniformly from
 //! `[min, max]`) and simply skips a turn it cannot afford. Flat out (`max` = 0) it sends bursts,
@@ -17,16 +18,7 @@ use rand::{RngExt, SeedableRng};
 /// writes and markers interleave with its sends.
 pub const BURST: usize = 64;
 
-/// What stopped the generator, and so what resumes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pause {
-    /// The balance is below the drawn amount: the next deposit resumes it.
-    Funds,
-    /// Every connected peer's outbox is above the high-water mark: a drain resumes it.
-    Room,
-    /// No peer is connected yet: a connection resumes it.
-    Peer,
-}
+pub use crate::core::node::Pause;
 
 /// The generator's settings and state.
 #[derive(Debug)]

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::core::ChannelCount;
 use crate::core::audit::{Audit, ChannelCounters, ChannelEvidence, CutEvidence};
 use crate::wire::pb::return_snapshot::{ChannelAudit, LocalSnapshot};
 
@@ -309,16 +308,8 @@ fn cut_evidence(branches: &[BranchState], expected_total: u64) -> Option<CutEvid
                     let sent = &sender_audits[slot(from, to)];
                     let received = &receiver_audits[incoming];
                     Some(ChannelCounters {
-                        sent: ChannelCount {
-                            count: sent.sent_count,
-                            amount: sent.sent_amount,
-                            digest: sent.sent_digest,
-                        },
-                        received: ChannelCount {
-                            count: received.received_count,
-                            amount: received.received_amount,
-                            digest: received.received_digest,
-                        },
+                        sent: sent.sent(),
+                        received: received.received(),
                         in_transit: received
                             .in_transit_seq
                             .iter()
@@ -388,7 +379,7 @@ mod tests {
     fn audited() -> Vec<Result<LocalSnapshot, String>> {
         let digest = |(count, amount): (u64, u64)| match count {
             0 => 0,
-            _ => ChannelCount::default().after(amount).digest,
+            _ => crate::core::ChannelCount::default().after(amount).digest,
         };
         let audit = |peer: &str, sent: (u64, u64), received: (u64, u64), transit: &[(u64, u32)]| {
             ChannelAudit {

@@ -13,11 +13,14 @@
 //! - [`id_set`]: a compact set of snapshot ids, so remembering every finished snapshot costs
 //!   memory proportional to the gaps between ids, not to their number.
 //!
-//! Actors in [`crate::branch`] feed these structs and move their effects onto sockets. The
-//! snapshot rules and the exactly-once rules of one channel are here, unit-tested directly; the
-//! rules for a channel across connections (which connection carries it, `Resume` and
-//! incarnations, refusals, the grace period), the record cap and the durability epochs are
-//! still decided in the actors (`branch::actor::{channels, recording, durability}`).
+//! - [`node`]: [`node::BranchNode`], the whole branch protocol in one deterministic state
+//!   machine: it owns a `BranchCore`, every peer channel, the records and answers and the
+//!   durability epochs, takes typed inputs and hands back a `Ready` to carry out. The live
+//!   branch ([`crate::branch`]), the simulator ([`crate::sim`]) and the tests all drive it.
+//! - [`persist`]: what a durable branch makes durable, as typed changes and restored state.
+//!
+//! Nothing here does I/O, reads a clock or draws a random number: time and randomness are
+//! inputs. No generated `pb` type appears here; [`crate::wire`] converts at the edge.
 
 pub mod audit;
 pub mod branch;

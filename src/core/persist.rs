@@ -3,7 +3,9 @@
 //! [`crate::core::node`] produces [`Changes`] in its `Ready`, and [`crate::store`] persists them
 //! (and the bank's description, which the runtime adds) in whatever format it likes.
 
-use super::{Channel, ChannelCount, CoreState, Frame, InTransit, Position, SnapshotId, SnapshotRecord};
+use super::{
+    Channel, ChannelCount, CoreState, Frame, InTransit, Position, SnapshotId, SnapshotRecord,
+};
 
 /// The positions of one peer's two channels, beside the core's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -133,4 +135,3 @@ impl RestoredRecord {
         record
     }
 }
-

@@ -503,10 +503,13 @@ fn a_memory_store_handle_from_before_a_crash_commits_nothing() {
     commit_with_bank(&store, init());
     let (reopened, _) = store.reopen().unwrap();
     let err = store
-        .commit(None, &Changes {
-            core: Some(core(1, [0, 0])),
-            ..Default::default()
-        })
+        .commit(
+            None,
+            &Changes {
+                core: Some(core(1, [0, 0])),
+                ..Default::default()
+            },
+        )
         .unwrap_err();
     assert!(matches!(err, StoreError::Write(_)), "{err}");
     assert_eq!(reopened.read().unwrap().unwrap().core, core(90, [0, 0]));

@@ -24,11 +24,11 @@ use log::{error, info, warn};
 use tokio::net::tcp::OwnedWriteHalf;
 
 use super::lease::{Claim, Displaced};
-use super::{Accepted, BranchActor, ControllerLink, ParkedPeer, Source, peer_mut};
+use super::{Accepted, BranchActor, ControllerLink, ParkedPeer, Source};
 use crate::auth::Secret;
 use crate::branch::connection::{FrameReader, LinkSettings, PeerConnection};
 use crate::config::MAX_NAME_BYTES;
-use crate::core::Channel;
+use crate::core::node::Dial;
 use crate::dial::{Dialer, Failed, Never, Step, Warning};
 use crate::handshake::{self, Authenticated, ControllerClaim, HandshakeError};
 use crate::outbox::Outbox;
@@ -274,7 +274,6 @@ impl BranchActor {
             conn,
             ControllerLink {
                 outbox: outbox.clone(),
-                held: 0,
                 done_asking: false,
             },
         );
@@ -325,7 +324,7 @@ impl BranchActor {
                 // Counted now: the earlier holder's commands are no longer applied, so every id
                 // it started here is below this one.
                 let next_snapshot_id = self
-                    .highest_snapshot
+                    .highest_snapshot()
                     .map_or(1, |highest| highest.saturating_add(1));
                 info!(
                     "{}: controller at {remote} holds the controller lease; its snapshot ids start at {next_snapshot_id}",
@@ -418,7 +417,7 @@ impl BranchActor {
         let me = self.name.clone();
         let handshake_timeout = self.settings.handshake_timeout;
         let next_id = self
-            .highest_snapshot
+            .highest_snapshot()
             .map_or(1, |highest| highest.saturating_add(1));
         let handshake = async move {
             handshake::accept_controller(
@@ -485,6 +484,7 @@ impl BranchActor {
             );
             return;
         };
+        let we_dial = bank.node.we_dial(channel);
         let peer = &mut bank.peers[channel];
         let expected = peer.addr.ip().to_canonical();
         let from = remote.ip().to_canonical();
@@ -495,7 +495,7 @@ impl BranchActor {
             );
             return;
         }
-        if peer.we_dial {
+        if we_dial {
             warn!(
                 "{}: {name} connected from {remote}, but this branch is the one that dials {name}; closing",
                 self.name
@@ -531,7 +531,7 @@ impl BranchActor {
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(handshake).map(move |result, branch, ctx| {
                 branch.peer_handshakes -= 1;
-                let Some(peer) = peer_mut(&mut branch.bank, channel) else {
+                let Some(peer) = branch.bank.as_ref().and_then(|b| b.peers.get(channel)) else {
                     return;
                 };
                 match result {
@@ -555,21 +555,22 @@ impl BranchActor {
     /// port while the peer restarts (another bank's branch, a squatter) could have sent it. Only
     /// a peer that has proved the cluster secret can stop this branch dialling it (see
     /// `on_refusal`).
-    pub(super) fn dial(&mut self, channel: Channel, ctx: &mut Context<Self>) {
+    pub(super) fn dial(&mut self, dial: Dial, ctx: &mut Context<Self>) {
+        let Dial {
+            peer: channel,
+            after_pause,
+            known_incarnation,
+        } = dial;
         let secret = self.secret.clone();
-        let (Some(peer), Some(secret)) = (peer_mut(&mut self.bank, channel), secret) else {
+        let peer = self.bank.as_mut().and_then(|b| b.peers.get_mut(channel));
+        let (Some(peer), Some(secret)) = (peer, secret) else {
             return;
         };
-        if peer.stopped_dialling.is_some() || std::mem::replace(&mut peer.dialling, true) {
-            return;
-        }
         let (name, addr, me) = (peer.name.clone(), peer.addr, self.name.clone());
-        let known_incarnation = peer.incarnation.unwrap_or(0);
         let max_frame = self.settings.max_frame;
         // A connection that failed before resuming the channel is not redialled at once, so a
         // peer (or an impostor) that refuses every connection is retried at the backoff's pace.
-        let first_pause =
-            std::mem::take(&mut peer.redial_pending_pause).then(|| peer.redial.next_pause());
+        let first_pause = after_pause.then(|| peer.redial.next_pause());
         let dialer =
             Dialer::new(addr, PEER_CONNECT_TIMEOUT, peer.redial.clone()).first_pause(first_pause);
         let dialling = async move {
@@ -630,6 +631,9 @@ impl BranchActor {
             "{}: shutting down: no new transfers, flushing connections",
             self.name
         );
+        if let Some(bank) = self.bank.as_mut() {
+            bank.node.shut_down();
+        }
         for link in self
             .bank
             .iter()

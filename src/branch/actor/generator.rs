@@ -1,12 +1,13 @@
-//! The random transfer generator of [`BranchActor`]: bursts when flat out, one transfer per
-//! interval otherwise, parked (not polling) while it lacks money, room or a peer.
+//! The random transfer generator of [`BranchActor`]: its pace and its draws. Bursts when flat
+//! out, one transfer per interval otherwise, parked (not polling) while it lacks money, room or
+//! a peer. What a draw sends, and to whom, is the node's decision
+//! ([`crate::core::node::generator`]); the runtime adds only what the node cannot see, whether
+//! a connection's outbox has room.
 
 use actix::prelude::*;
-use log::error;
 
-use super::{BranchActor, SendTransfer};
-use crate::branch::traffic::Pause;
-use crate::core::Frame;
+use super::{BranchActor, SendTransfer, Wake};
+use crate::core::node::{Draw, Pause};
 
 /// A peer whose connection holds more than this many unwritten bytes is not sent new transfers
 /// until it drains: the sender slows to the pace the connection takes, and a marker never waits
@@ -22,13 +23,29 @@ impl BranchActor {
             return;
         }
         let mut outcome = Ok(());
-        for _ in 0..self.traffic.burst() {
-            outcome = self.send_random_transfer();
-            if outcome.is_err() {
-                break;
+        if let Some(bank) = self.bank.as_mut() {
+            let count = bank.peers.len();
+            let peers = &bank.peers;
+            for _ in 0..self.traffic.burst() {
+                let draw = Draw {
+                    start: self.traffic.start_index(count),
+                    amount: self.traffic.amount(),
+                };
+                outcome = bank.node.send_random_transfer(draw, |channel| {
+                    peers[channel].outbox_open()
+                        && peers[channel]
+                            .link
+                            .as_ref()
+                            .is_some_and(|link| link.outbox.backlog() < TRANSFER_HIGH_WATER)
+                });
+                if outcome.is_err() {
+                    break;
+                }
             }
+        } else {
+            outcome = Err(Pause::Peer);
         }
-        self.commit_if_needed(ctx);
+        self.carry_out(ctx);
         if !self.traffic.flat_out() {
             let delay = self.traffic.next_delay();
             ctx.notify_later(SendTransfer, delay);
@@ -39,7 +56,7 @@ impl BranchActor {
             Err(pause) => {
                 self.traffic.park(pause);
                 if pause == Pause::Room {
-                    self.resume_on_drain(ctx);
+                    self.wake_on_drain(ctx);
                 }
             }
         }
@@ -57,68 +74,27 @@ impl BranchActor {
     }
 
     /// Resumes a generator parked for `pause`.
-    pub(super) fn resume(&mut self, pause: Pause, ctx: &mut Context<Self>) {
+    pub(super) fn wake(&mut self, pause: Pause, ctx: &mut Context<Self>) {
         if self.traffic.unpark(pause) {
             self.schedule_burst(ctx);
         }
     }
 
     /// Asks every connected peer's outbox to report when it drains.
-    fn resume_on_drain(&self, ctx: &mut Context<Self>) {
+    fn wake_on_drain(&self, ctx: &mut Context<Self>) {
         let Some(bank) = self.bank.as_ref() else {
             return;
         };
-        for link in bank
-            .peers
-            .iter()
-            .filter(|peer| peer.is_live())
-            .filter_map(|peer| peer.link.as_ref())
-        {
+        for (channel, peer) in bank.peers.iter().enumerate() {
+            let Some(link) = peer.link.as_ref().filter(|_| bank.node.is_live(channel)) else {
+                continue;
+            };
+            if !link.outbox.is_open() {
+                continue;
+            }
             let branch = ctx.address();
             link.outbox
-                .on_drained(Box::new(move || branch.do_send(super::Resume(Pause::Room))));
+                .on_drained(Box::new(move || branch.do_send(Wake(Pause::Room))));
         }
-    }
-
-    /// Sends one random transfer to a random connected peer with room in its outbox, or says
-    /// what is missing.
-    fn send_random_transfer(&mut self) -> Result<(), Pause> {
-        let Some(bank) = self.bank.as_mut() else {
-            return Err(Pause::Peer);
-        };
-        let count = bank.peers.len();
-        let start = self.traffic.start_index(count);
-        let mut connected = false;
-        let channel = (0..count).map(|i| (start + i) % count).find(|&c| {
-            let peer = &bank.peers[c];
-            let live = peer.is_live();
-            connected |= live;
-            live && peer.window.has_room()
-                && peer
-                    .link
-                    .as_ref()
-                    .is_some_and(|link| link.outbox.backlog() < TRANSFER_HIGH_WATER)
-        });
-        let Some(channel) = channel else {
-            return Err(if connected { Pause::Room } else { Pause::Peer });
-        };
-        let amount = self.traffic.amount();
-        let Ok(seq) = bank.core.send_transfer(channel, amount) else {
-            return Err(Pause::Funds); // no money, no transfer
-        };
-        let peer = &mut bank.peers[channel];
-        if !peer.is_live() {
-            error!(
-                "{}: transfer #{seq} of {amount} to {} found the channel down",
-                self.name, peer.name
-            );
-        }
-        Self::send_on_channel(
-            peer,
-            channel,
-            Frame::Transfer { seq, amount },
-            &mut self.durable,
-        );
-        Ok(())
     }
 }

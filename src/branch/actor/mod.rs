@@ -1,37 +1,37 @@
-//! [`BranchActor`]: owns a branch's [`BranchCore`] and carries its decisions to the network.
+//! [`BranchActor`]: the runtime of one branch. It owns the branch's [`BranchNode`] (every rule
+//! of the protocol) and everything the node must not do itself: sockets, timers, the store's
+//! commit thread, random numbers, logs of I/O.
 //!
 //! Every frame from every connection arrives here in an [`InboundBatch`] through the actor's
-//! one mailbox, so per-connection FIFO order reaches the core intact. The core decides the
-//! snapshot rules and [`crate::core::channel`] the exactly-once rules of each peer channel; the
-//! actor carries frames and effects, and (for now) still decides the rules around them: what a
-//! connection may do to a channel (`channels`), the record cap (`recording`), and what waits
-//! for which commit (`durability`).
+//! one mailbox, so per-connection FIFO order reaches the node intact. Each input is fed to the
+//! node, and the node's [`crate::core::node::Ready`] is carried out (`ready`): messages onto the
+//! connections' outboxes, answers onto the controllers', commits to the store, timers into the
+//! actor's context or the snapshot's recorder, closes, dials.
 //!
-//! `impl BranchActor` is split by what it handles:
+//! `impl BranchActor` is split by what it carries:
 //! - `admission`: what a new connection's first frame makes it, the handshakes, parking before
 //!   `InitBranch`, dialling (and redialling), shutting down.
-//! - `channels`: the peer channels: splicing a (re)connection onto a channel, resending what the
-//!   peer lacks, positions and acknowledgements, losing a peer only after its grace period.
-//! - `commands`: the controller's commands: `InitBranch`, `InitSnapshot`, `RetrieveSnapshot`.
+//! - `channels`: peer connections: a proven connection becomes the link of its peer's channels,
+//!   and its frames and its end go to the node.
+//! - `commands`: the controller's commands: `InitBranch` (which creates the node),
+//!   `InitSnapshot`, `RetrieveSnapshot`, and the answers' way back.
 //! - `lease`: the controller lease: which one controller connection a bank with a secret obeys.
-//! - `recording`: the core's effects: recorders, markers, money found in transit.
-//! - `durability`: with a store, group commit and the rule that nothing leaves the branch before
-//!   what it depends on is durable; restoring the bank from the store after a crash.
-//! - `generator`: the random transfer generator.
+//! - `ready`: carrying out the node's `Ready`.
+//! - `durability`: with a store, the commit thread, and rebuilding the node from the store.
+//! - `generator`: the random transfer generator: its draws and its pace.
 
 mod admission;
 mod channels;
 mod commands;
-
-pub use commands::MAX_RETRIEVE_WAIT;
 mod durability;
 mod generator;
 mod lease;
-mod recording;
+mod ready;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
@@ -39,20 +39,17 @@ use log::info;
 use tokio::net::tcp::OwnedWriteHalf;
 
 use super::connection::FrameReader;
-use super::recorder::{Reply, SnapshotRecorder};
-use super::responses::AnsweredRecords;
-use super::traffic::{Pause, Traffic};
+use super::recorder::SnapshotRecorder;
+use super::traffic::Traffic;
 use super::{BranchConfig, listener};
 use crate::auth::Secret;
-use crate::core::{
-    BranchCore, Channel, Effect, IdSet, InTransit, ReceiveCursor, SendWindow, SnapshotId,
-};
+use crate::core::node::{BranchNode, Input, Pause, Timer};
+use crate::core::{Channel, SnapshotId};
 use crate::outbox::Outbox;
+use crate::store::{BankMeta, BranchStore};
 use crate::wire::Body;
 
-/// Identifies one accepted or dialled TCP stream, so that frames or a close from a connection
-/// that has since been replaced are recognised as stale.
-pub type ConnId = u64;
+pub use crate::core::node::{ConnId, MAX_RETRIEVE_WAIT};
 
 /// Which connection a frame came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,16 +86,10 @@ pub struct ControllerDoneAsking {
     pub conn: ConnId,
 }
 
-/// A recorder handed over its finished record and stopped.
+/// A timer of the node fired (in a recorder, or in the actor's context).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct RecorderRetired {
-    pub id: SnapshotId,
-    /// It retired unretrieved (kept too long).
-    pub discarded: bool,
-    /// The finished record's answer, as handed to the controller.
-    pub answer: Option<crate::wire::pb::return_snapshot::LocalSnapshot>,
-}
+pub struct TimerFired(pub Timer);
 
 /// Decoded frames from one connection, in arrival order: whatever one read produced, so a busy
 /// connection costs one actor message per read rather than per frame. From a controller it
@@ -118,7 +109,7 @@ struct SendTransfer;
 /// What a parked transfer generator was waiting for has arrived.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Resume(Pause);
+struct Wake(Pause);
 
 /// Ctrl-C or SIGTERM: stop sending, flush, close. Answers how many bytes are still queued, so
 /// the caller can wait for the flush.
@@ -158,127 +149,55 @@ struct ParkedPeer {
     remote: SocketAddr,
 }
 
-/// The connection currently carrying a peer channel.
+/// The connection currently carrying a peer's channels.
 struct PeerLink {
     /// Which stream it is; frames and closes from older streams are stale.
     conn: ConnId,
     /// Frames for this stream, in order.
     outbox: Outbox,
-    /// The peer's `Resume` has arrived and what it lacked was resent: new frames go out live.
-    /// Before that they only enter the window (and go out with the resend).
-    resumed: bool,
 }
 
-/// One other branch of the bank, and the two directed channels with it.
-struct Peer {
+/// What the runtime keeps of one other branch: where it is and the connection to it. Its
+/// channels, and every decision about them, are the node's.
+struct PeerIo {
     /// Its name, for logs.
     name: String,
     /// Where to dial it.
     addr: SocketAddr,
-    /// Every frame sent to it and not acknowledged, with its position: resent after a
-    /// reconnect. Exists before any connection, so early markers wait here.
-    window: SendWindow,
-    /// How far this branch has delivered the peer's frames.
-    cursor: ReceiveCursor,
-    /// The connection carrying the channel, if one is up.
+    /// The connection carrying its channels, if one is up.
     link: Option<PeerLink>,
-    /// Whether this branch opens the connection (its name sorts lower), so that each pair has
-    /// exactly one connection.
-    we_dial: bool,
-    /// A dial loop is running for this peer.
-    dialling: bool,
-    /// The peer's incarnation, from its first `Resume`: a later connection from another
-    /// incarnation is a restarted branch that lost its state, and is not spliced on.
-    incarnation: Option<u64>,
-    /// When the connection went down (`None` while it is up or was never up).
-    down_since: Option<Instant>,
-    /// The grace timer that declares the channel lost if the peer does not come back.
-    grace: Option<SpawnHandle>,
-    /// Why this branch stopped dialling the peer: only a peer that proved the cluster secret
-    /// can stop it, by telling it that retrying cannot help (it is itself a new incarnation).
-    /// `None` for a peer this branch does not dial.
-    stopped_dialling: Option<String>,
     /// The pauses between dial attempts while connections keep failing; starts over once a
     /// connection resumes the channel.
     redial: crate::backoff::Backoff,
-    /// The last connection did not resume the channel (refused, a protocol error, closed early):
-    /// the next dial waits for `redial`'s next pause instead of starting at once.
-    redial_pending_pause: bool,
 }
 
-impl Peer {
-    /// A peer with no connection yet: channel state `window` and `cursor` (fresh, or restored
-    /// from the store) and the incarnation it last resumed with, if known.
-    fn new(
-        me: &str,
-        entry: crate::config::BranchEntry,
-        window: SendWindow,
-        cursor: ReceiveCursor,
-        incarnation: Option<u64>,
-    ) -> Self {
-        Self {
-            we_dial: me < entry.name.as_str(),
-            name: entry.name,
-            addr: entry.addr,
-            window,
-            cursor,
-            link: None,
-            dialling: false,
-            incarnation,
-            down_since: None,
-            grace: None,
-            stopped_dialling: None,
-            redial: admission::redial_backoff(),
-            redial_pending_pause: false,
-        }
-    }
-
-    /// Whether frames can go out to the peer now.
-    fn is_live(&self) -> bool {
-        self.link
-            .as_ref()
-            .is_some_and(|link| link.resumed && link.outbox.is_open())
+impl PeerIo {
+    /// Whether the peer's connection can take more frames now.
+    fn outbox_open(&self) -> bool {
+        self.link.as_ref().is_some_and(|link| link.outbox.is_open())
     }
 }
 
 /// A controller connection.
 struct ControllerLink {
     outbox: Outbox,
-    /// Requests held on this connection, waiting for their answer.
-    held: usize,
     /// The controller closed its half: close ours once no answer is owed.
     done_asking: bool,
 }
 
-/// A `RetrieveSnapshot` for a snapshot this branch has not begun yet.
-struct EarlyWaiter {
-    deadline: Instant,
-    reply: Reply,
-    /// The timer that answers "unknown" at the deadline; cancelled when the snapshot begins
-    /// here, so timers do not pile up in the actor's context (every one of them is polled
-    /// whenever the actor wakes).
-    timer: SpawnHandle,
-}
-
-/// Everything that exists once `InitBranch` has arrived.
+/// Everything that exists once `InitBranch` has arrived (or the store was read).
 struct Bank {
-    core: BranchCore,
+    /// The branch's protocol state.
+    node: BranchNode,
     /// Peers in `all_branches` order without this branch: index = [`Channel`].
-    peers: Vec<Peer>,
-    /// Peer names by channel, shared with every recorder to name channels in its answers.
+    peers: Vec<PeerIo>,
+    /// Peer names by channel, naming the channels in answers.
     peer_names: Rc<[String]>,
     by_name: HashMap<String, Channel>,
-    /// The recorder of every snapshot begun here and not yet retrieved.
+    /// The recorder of every snapshot record the node keeps.
     recorders: HashMap<SnapshotId, Addr<SnapshotRecorder>>,
-    /// Whether the bank has a cluster secret (authenticated peers): only a bank without one
-    /// accepts unnumbered frames (an original-schema sender).
+    /// Whether the bank has a cluster secret (authenticated peers).
     authenticated: bool,
-}
-
-/// Peer `channel` of `bank`, once the bank exists. A function of the field rather than a
-/// method, so that other fields of the actor stay usable while the peer is borrowed.
-fn peer_mut(bank: &mut Option<Bank>, channel: Channel) -> Option<&mut Peer> {
-    bank.as_mut().and_then(|bank| bank.peers.get_mut(channel))
 }
 
 /// The actor that owns one branch.
@@ -287,8 +206,9 @@ pub struct BranchActor {
     settings: BranchConfig,
     /// The port this branch actually listens on, checked against its entry in `InitBranch`.
     port: u16,
-    /// This process's identity towards its peers (random, never 0): a branch restarted without
-    /// its state is a new incarnation, and its peers refuse to splice it onto the old channels.
+    /// This process's identity towards its peers (random, never 0; kept in the store): a branch
+    /// restarted without its state is a new incarnation, and its peers refuse to splice it onto
+    /// the old channels.
     incarnation: u64,
     /// The random transfer generator.
     traffic: Traffic,
@@ -297,36 +217,25 @@ pub struct BranchActor {
     /// Peers that connected before `InitBranch`, admitted in arrival order once it comes.
     parked: Vec<ParkedPeer>,
     controllers: HashMap<ConnId, ControllerLink>,
-    early_waiters: HashMap<SnapshotId, Vec<EarlyWaiter>>,
-    /// Finished records already handed to a controller, kept (bounded) so that a controller
-    /// whose connection dropped before the answer arrived can ask again.
-    answered: AnsweredRecords,
-    /// Snapshots whose record was discarded unretrieved (record cap or age), so a late request
-    /// is told so rather than "never seen".
-    discarded: IdSet,
     next_conn: ConnId,
-    /// Reused buffer for the core's effects, so handling a message allocates nothing.
-    effects: Vec<Effect>,
-    /// Transfers found in transit and not yet handed to their recorder: sent as one message per
-    /// snapshot at the end of each inbound batch (and before anything else for that recorder).
-    observed: HashMap<SnapshotId, Vec<InTransit>>,
     /// The cluster secret: from `--secret-file`, else from `InitBranch`. `None` until known.
     secret: Option<Secret>,
     /// Controller handshakes in progress (capped: each holds a connection).
     controller_handshakes: usize,
     /// Peer handshakes in progress (capped likewise).
     peer_handshakes: usize,
-    /// The highest snapshot id this branch has recorded, so an attaching controller can pick
-    /// fresh ids.
-    highest_snapshot: Option<SnapshotId>,
-    /// An acknowledgement flush is scheduled.
-    ack_scheduled: bool,
+    /// The node's timers that run in the actor's context, so the node can cancel them.
+    timers: HashMap<Timer, SpawnHandle>,
     /// The branch's store (`--data-dir`), if it has one.
     store: Option<crate::store::Store>,
+    /// The store as the commit thread uses it.
+    store_handle: Option<Arc<dyn BranchStore>>,
+    /// The bank's description, written with the first commit.
+    unwritten_bank: Option<BankMeta>,
     /// The state read from the store at start, restored when the actor starts.
     restored: Option<crate::store::Restored>,
-    /// With a store: what is staged for the next commit and what waits for one.
-    durable: Option<durability::Durable>,
+    /// The store's figures, logged now and then.
+    commits: durability::CommitStats,
     /// Ctrl-C or SIGTERM: no new transfers; what is queued is flushed and the connections closed.
     shutting_down: bool,
     /// Set (with the reason) when the branch cannot go on with its state: the `branch` command
@@ -359,20 +268,16 @@ impl BranchActor {
             bank: None,
             parked: Vec::new(),
             controllers: HashMap::new(),
-            early_waiters: HashMap::new(),
-            answered: AnsweredRecords::default(),
-            discarded: IdSet::new(),
             next_conn: 0,
-            effects: Vec::new(),
-            observed: HashMap::new(),
             secret: settings_secret,
             controller_handshakes: 0,
             peer_handshakes: 0,
-            highest_snapshot: None,
-            ack_scheduled: false,
+            timers: HashMap::new(),
+            store_handle: store.as_ref().map(crate::store::Store::handle),
             store,
+            unwritten_bank: None,
             restored,
-            durable: None,
+            commits: durability::CommitStats::default(),
             shutting_down: false,
             halted: tokio::sync::watch::Sender::new(None),
         }
@@ -390,11 +295,21 @@ impl BranchActor {
         self.next_conn
     }
 
-    fn on_frame(&mut self, source: Source, body: Body, ctx: &mut Context<Self>) {
-        match source {
-            Source::Controller(conn) => self.on_controller_frame(conn, body.into(), ctx),
-            Source::Peer { channel, conn } => self.on_peer_frame(channel, conn, body.into(), ctx),
-        }
+    /// Feeds `input` to the node and carries out what follows.
+    fn step(&mut self, input: Input, ctx: &mut Context<Self>) {
+        let Some(bank) = self.bank.as_mut() else {
+            return;
+        };
+        bank.node.step(input);
+        self.carry_out(ctx);
+    }
+
+    /// The highest snapshot id this branch has recorded, so an attaching controller can pick
+    /// fresh ids.
+    fn highest_snapshot(&self) -> Option<SnapshotId> {
+        self.bank
+            .as_ref()
+            .and_then(|bank| bank.node.highest_snapshot())
     }
 }
 
@@ -405,9 +320,6 @@ impl Actor for BranchActor {
         let Some(restored) = self.restored.take() else {
             return;
         };
-        if let Some(store) = &self.store {
-            self.durable = Some(durability::Durable::new(store.handle(), 0));
-        }
         if let Err(reason) = self.restore(restored, ctx) {
             let reason = format!(
                 "the store's state cannot be restored: {reason}; refusing to start with a guessed state"
@@ -467,29 +379,11 @@ impl Handler<ControllerDoneAsking> for BranchActor {
     }
 }
 
-impl Handler<RecorderRetired> for BranchActor {
+impl Handler<TimerFired> for BranchActor {
     type Result = ();
 
-    fn handle(&mut self, msg: RecorderRetired, ctx: &mut Context<Self>) {
-        if msg.discarded {
-            self.discarded.insert(msg.id);
-        }
-        if let Some(answer) = &msg.answer {
-            self.answered.keep(answer);
-        }
-        if let Some(durable) = self.durable.as_mut() {
-            if msg.discarded {
-                durable.remove_record(msg.id);
-            } else {
-                durable.retire_record(msg.id);
-            }
-        }
-        if let Some(bank) = self.bank.as_mut() {
-            bank.recorders.remove(&msg.id);
-            // A record discarded unfinished must not go on collecting transfers.
-            bank.core.abandon(msg.id);
-        }
-        self.commit_if_needed(ctx);
+    fn handle(&mut self, msg: TimerFired, ctx: &mut Context<Self>) {
+        self.step(Input::Timer(msg.0), ctx);
     }
 }
 
@@ -501,11 +395,11 @@ impl Handler<SendTransfer> for BranchActor {
     }
 }
 
-impl Handler<Resume> for BranchActor {
+impl Handler<Wake> for BranchActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Resume, ctx: &mut Context<Self>) {
-        self.resume(msg.0, ctx);
+    fn handle(&mut self, msg: Wake, ctx: &mut Context<Self>) {
+        self.wake(msg.0, ctx);
     }
 }
 
@@ -513,18 +407,27 @@ impl Handler<InboundBatch> for BranchActor {
     type Result = ();
 
     fn handle(&mut self, msg: InboundBatch, ctx: &mut Context<Self>) {
-        if let Source::Controller(conn) = msg.source {
-            self.lease.heard(conn, Instant::now());
+        match msg.source {
+            Source::Controller(conn) => {
+                self.lease.heard(conn, Instant::now());
+                for body in msg.bodies {
+                    self.on_controller_frame(conn, body.into(), ctx);
+                }
+            }
+            Source::Peer { channel, conn } => {
+                let Some(bank) = self.bank.as_mut() else {
+                    return;
+                };
+                for body in msg.bodies {
+                    bank.node.step(Input::Peer {
+                        peer: channel,
+                        conn,
+                        msg: body.into(),
+                    });
+                }
+            }
         }
-        for body in msg.bodies {
-            self.on_frame(msg.source, body, ctx);
-        }
-        self.flush_observed();
-        if let Source::Peer { channel, .. } = msg.source {
-            self.acknowledge(channel, ctx);
-            self.resume(Pause::Funds, ctx);
-        }
-        self.commit_if_needed(ctx);
+        self.carry_out(ctx);
     }
 }
 
@@ -541,13 +444,13 @@ impl Handler<GetStatus> for BranchActor {
     type Result = Option<BranchStatus>;
 
     fn handle(&mut self, _msg: GetStatus, _ctx: &mut Context<Self>) -> Option<BranchStatus> {
-        let bank = self.bank.as_ref()?;
+        let node = &self.bank.as_ref()?.node;
         Some(BranchStatus {
-            balance: bank.core.ledger().balance(),
-            connected_peers: bank.peers.iter().filter(|peer| peer.is_live()).count(),
-            snapshots_in_progress: bank.core.snapshots_in_progress(),
-            records_kept: bank.recorders.len(),
-            unacked_frames: bank.peers.iter().map(|peer| peer.window.unacked()).sum(),
+            balance: node.balance(),
+            connected_peers: node.live_peers(),
+            snapshots_in_progress: node.snapshots_in_progress(),
+            records_kept: node.records_kept(),
+            unacked_frames: node.unacked_frames(),
         })
     }
 }

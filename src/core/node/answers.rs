@@ -45,6 +45,18 @@ impl RecordStatus {
         }
     }
 
+    /// The status's name in `proto/bank.proto` (`SnapshotStatus`), for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordStatus::Complete => "COMPLETE",
+            RecordStatus::Recording => "RECORDING",
+            RecordStatus::Unknown => "UNKNOWN_SNAPSHOT",
+            RecordStatus::CutShort => "CUT_SHORT",
+            RecordStatus::Discarded => "DISCARDED",
+            RecordStatus::AlreadyRetrieved => "ALREADY_RETRIEVED",
+        }
+    }
+
     /// Whether a record with this status is final (a controller may report it).
     pub fn is_final(self) -> bool {
         matches!(self, RecordStatus::Complete | RecordStatus::CutShort)

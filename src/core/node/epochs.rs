@@ -322,8 +322,8 @@ impl Epochs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{ChannelCount, CoreState};
     use crate::core::persist::ChannelMarks;
+    use crate::core::{ChannelCount, CoreState};
     use crate::store::{BankMeta, BranchStore, MemoryStore};
 
     fn bank() -> BankMeta {

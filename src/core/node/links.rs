@@ -150,7 +150,7 @@ impl BranchNode {
                         if let Some(epochs) = self.epochs.as_mut() {
                             epochs.stage_ack(channel, received);
                         }
-                        self.ready.0.notes.push(Note::Wake(Pause::Room));
+                        self.wake(Pause::Room);
                     }
                     Err(err) => self.protocol_error(channel, err.to_string()),
                 }
@@ -219,7 +219,7 @@ impl BranchNode {
             Ok(()) => {
                 self.touch();
                 if matches!(frame, Frame::Transfer { .. }) {
-                    self.ready.0.notes.push(Note::Wake(Pause::Funds));
+                    self.wake(Pause::Funds);
                 }
                 self.apply_effects();
                 self.acknowledge(channel);
@@ -244,9 +244,15 @@ impl BranchNode {
                     err,
                     CoreError::MarkerAfterFinish { .. } | CoreError::DuplicateMarker { .. }
                 ) {
-                    debug!("{}: from peer {peer_name}: {err}; ignored", self.config.name);
+                    debug!(
+                        "{}: from peer {peer_name}: {err}; ignored",
+                        self.config.name
+                    );
                 } else {
-                    warn!("{}: from peer {peer_name}: {err}; ignored", self.config.name);
+                    warn!(
+                        "{}: from peer {peer_name}: {err}; ignored",
+                        self.config.name
+                    );
                 }
             }
         }
@@ -330,7 +336,7 @@ impl BranchNode {
             let _ = self.core.restore_channel(incoming);
         }
         self.ready.0.notes.push(Note::ChannelResumed(channel));
-        self.ready.0.notes.push(Note::Wake(Pause::Peer));
+        self.wake(Pause::Peer);
     }
 
     /// The peer's `Resume` states a position this side's window cannot resume from.
@@ -590,7 +596,10 @@ impl BranchNode {
             }
         }
         if frames || acks {
-            self.ready.0.notes.push(Note::CommitReleased { frames, acks });
+            self.ready
+                .0
+                .notes
+                .push(Note::CommitReleased { frames, acks });
         }
         for channel in 0..self.peers.len() {
             self.acknowledge(channel);

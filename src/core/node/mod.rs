@@ -107,7 +107,8 @@ impl ChannelMap {
         let mut incoming = 0;
         for peer in 0..peers {
             let directions = directions.get(peer).copied().unwrap_or(both);
-            map.out_of.push(directions.to.then_some(map.peer_of_out.len()));
+            map.out_of
+                .push(directions.to.then_some(map.peer_of_out.len()));
             if directions.to {
                 map.peer_of_out.push(peer);
             }
@@ -579,6 +580,14 @@ impl BranchNode {
         self.shutting_down = true;
     }
 
+    /// Tells a generator parked for `pause` to go on (once per `Ready`).
+    fn wake(&mut self, pause: Pause) {
+        let note = Note::Wake(pause);
+        if !self.ready.0.notes.contains(&note) {
+            self.ready.0.notes.push(note);
+        }
+    }
+
     /// The branch cannot go on with its state.
     fn halt(&mut self, detail: String) {
         if std::mem::replace(&mut self.halted, true) {
@@ -657,7 +666,9 @@ impl BranchNode {
 
     /// How far this branch has delivered peer `peer`'s frames.
     pub fn delivered_from(&self, peer: Channel) -> Position {
-        self.peers.get(peer).map_or(0, |peer| peer.cursor.delivered())
+        self.peers
+            .get(peer)
+            .map_or(0, |peer| peer.cursor.delivered())
     }
 
     /// Snapshots still recording.
@@ -692,7 +703,9 @@ impl BranchNode {
 
     /// Whether a commit is being written.
     pub fn is_committing(&self) -> bool {
-        self.epochs.as_ref().is_some_and(epochs::Epochs::is_committing)
+        self.epochs
+            .as_ref()
+            .is_some_and(epochs::Epochs::is_committing)
     }
 
     /// Whether the branch halted.

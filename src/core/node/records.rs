@@ -140,10 +140,10 @@ impl BranchNode {
         }
         let answer = Answer::of(record);
         for waiter in self.take_waiters(id) {
-            self.ready
-                .0
-                .timers
-                .push(TimerOp::Cancel(Timer::Retrieve { id, token: waiter.token }));
+            self.ready.0.timers.push(TimerOp::Cancel(Timer::Retrieve {
+                id,
+                token: waiter.token,
+            }));
             self.answer(waiter.conn, answer.clone(), waiter.cannot_tell);
         }
         self.retire(id);
@@ -172,7 +172,7 @@ impl BranchNode {
         let Some(record) = self.records.remove(&id) else {
             return;
         };
-        self.ready.0.notes.push(Note::RecordRetired(id));
+        self.forget_record_io(id);
         self.answered.keep(&Answer::of(&record), self.name_bytes);
         if let Some(epochs) = self.epochs.as_mut() {
             epochs.retire_record(&record);
@@ -186,7 +186,7 @@ impl BranchNode {
         if self.records.remove(&id).is_none() {
             return;
         }
-        self.ready.0.notes.push(Note::RecordRetired(id));
+        self.forget_record_io(id);
         self.discarded.insert(id);
         self.core.abandon(id);
         if let Some(epochs) = self.epochs.as_mut() {
@@ -196,6 +196,26 @@ impl BranchNode {
             let answer = self.no_record(id);
             self.answer(waiter.conn, answer, waiter.cannot_tell);
         }
+    }
+
+    /// Record `id` is gone: its recorder stops. If the runtime has not yet been told it began
+    /// (both in one `Ready`), it is told neither, and the record's timers not yet handed over
+    /// are dropped, so no timer outlives its record.
+    fn forget_record_io(&mut self, id: SnapshotId) {
+        let ready = &mut self.ready.0;
+        match ready
+            .notes
+            .iter()
+            .position(|note| *note == Note::RecordBegun(id))
+        {
+            Some(at) => {
+                ready.notes.remove(at);
+            }
+            None => ready.notes.push(Note::RecordRetired(id)),
+        }
+        ready.timers.retain(|op| {
+            !matches!(op, TimerOp::Set { timer: Timer::RecordExpiry(of) | Timer::Retrieve { id: of, .. }, .. } if *of == id)
+        });
     }
 
     /// A controller's command on connection `conn`.
@@ -352,10 +372,10 @@ impl BranchNode {
     fn answer(&mut self, conn: ConnId, answer: Answer, cannot_tell: bool) {
         if cannot_tell && answer.status != RecordStatus::Complete {
             warn!(
-                "{}: snapshot {}: answering a RetrieveSnapshot without wait_ms (an original-schema controller) with a record that is not final ({:?}) after waiting at most {} s; that controller cannot tell and will print it as if it were",
+                "{}: snapshot {}: answering a RetrieveSnapshot without wait_ms (an original-schema controller) with a record that is not final ({}) after waiting at most {} s; that controller cannot tell and will print it as if it were",
                 self.config.name,
                 answer.id,
-                answer.status,
+                answer.status.name(),
                 ORIGINAL_SCHEMA_WAIT.as_secs()
             );
         }

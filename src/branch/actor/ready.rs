@@ -1,0 +1,174 @@
+//! Carrying out the node's [`Ready`]: what the node decided, put onto sockets, timers, the
+//! store and the recorders. Nothing here decides anything about money, positions, records or
+//! epochs; a message for a connection that has since gone is dropped (the node resends what
+//! matters when the channel resumes).
+
+use actix::prelude::*;
+use log::error;
+
+use super::BranchActor;
+use crate::branch::recorder::{self, SnapshotRecorder};
+use crate::core::node::{Note, Ready, Timer, TimerOp};
+use crate::wire::{self, Body, pb};
+
+impl BranchActor {
+    /// Carries out everything the node has asked for since the last time: notes first (a
+    /// commit's failpoints fire before what it released leaves), then the commit, messages,
+    /// answers, timers, closes and dials.
+    pub(super) fn carry_out(&mut self, ctx: &mut Context<Self>) {
+        // Carrying out a Ready can feed the node again (a halt shuts it down): loop until the
+        // node has nothing more to say.
+        loop {
+            let Some(bank) = self.bank.as_mut() else {
+                return;
+            };
+            let ready = bank.node.take_ready();
+            if ready.is_empty() {
+                return;
+            }
+            self.carry(ready, ctx);
+        }
+    }
+
+    fn carry(&mut self, ready: Ready, ctx: &mut Context<Self>) {
+        let Ready {
+            messages,
+            answers,
+            persist,
+            timers,
+            closes,
+            dials,
+            notes,
+        } = ready;
+        for note in notes {
+            self.carry_note(note, ctx);
+        }
+        if let Some(persist) = persist {
+            self.commit(persist, ctx);
+        }
+        let Some(bank) = self.bank.as_mut() else {
+            return;
+        };
+        for out in messages {
+            let link = bank
+                .peers
+                .get(out.peer)
+                .and_then(|peer| peer.link.as_ref())
+                .filter(|link| link.conn == out.conn);
+            if let Some(link) = link {
+                link.outbox.push(wire::peer_body(out.msg));
+            }
+        }
+        for (conn, answer) in answers {
+            let Some(bank) = self.bank.as_ref() else {
+                return;
+            };
+            let local = wire::local_answer(&answer, &self.name, &bank.peer_names);
+            if let Some(link) = self.controllers.get(&conn) {
+                link.outbox.push(Body::ReturnSnapshot(pb::ReturnSnapshot {
+                    local_snapshot: Some(local),
+                }));
+            }
+            self.close_if_nothing_owed(conn);
+        }
+        for op in timers {
+            self.carry_timer(op, ctx);
+        }
+        if let Some(bank) = self.bank.as_mut() {
+            for close in closes {
+                let Some(peer) = bank.peers.get_mut(close.peer) else {
+                    continue;
+                };
+                let Some(link) = peer.link.take_if(|link| link.conn == close.conn) else {
+                    continue;
+                };
+                if let Some(refusal) = close.refusal {
+                    link.outbox.push(wire::peer_body(refusal));
+                }
+                link.outbox.close();
+            }
+        }
+        for dial in dials {
+            self.dial(dial, ctx);
+        }
+    }
+
+    fn carry_note(&mut self, note: Note, ctx: &mut Context<Self>) {
+        match note {
+            Note::RecordBegun(id) => {
+                let recorder = SnapshotRecorder::new(id, ctx.address()).start();
+                if let Some(bank) = self.bank.as_mut() {
+                    bank.recorders.insert(id, recorder);
+                }
+            }
+            Note::RecordRetired(id) => {
+                if let Some(recorder) = self.bank.as_mut().and_then(|b| b.recorders.remove(&id)) {
+                    recorder.do_send(recorder::Retire);
+                }
+            }
+            Note::Wake(pause) => self.wake(pause, ctx),
+            Note::ChannelResumed(channel) => {
+                if let Some(peer) = self.bank.as_mut().and_then(|b| b.peers.get_mut(channel)) {
+                    peer.redial = super::admission::redial_backoff();
+                }
+            }
+            Note::CommitReleased { frames, acks } => {
+                if frames {
+                    crate::failpoint::hit("before-send");
+                }
+                if acks {
+                    crate::failpoint::hit("before-ack");
+                }
+            }
+            Note::Halt(detail) => self.halt_regressed(detail),
+        }
+    }
+
+    /// Sets or cancels a timer of the node. A snapshot's timers run in its recorder and end
+    /// with it; the others run in the actor's context.
+    fn carry_timer(&mut self, op: TimerOp, ctx: &mut Context<Self>) {
+        match op {
+            TimerOp::Set { timer, after } => {
+                let recorder = match timer {
+                    Timer::Retrieve { id, .. } | Timer::RecordExpiry(id) => {
+                        self.bank.as_ref().and_then(|b| b.recorders.get(&id))
+                    }
+                    Timer::Grace(_) | Timer::AckFlush => None,
+                };
+                if let Some(recorder) = recorder {
+                    recorder.do_send(recorder::SetTimer { timer, after });
+                    return;
+                }
+                let handle = ctx.run_later(after, move |branch, ctx| {
+                    branch.timers.remove(&timer);
+                    branch.step(crate::core::node::Input::Timer(timer), ctx);
+                });
+                if let Some(old) = self.timers.insert(timer, handle) {
+                    ctx.cancel_future(old);
+                }
+            }
+            TimerOp::Cancel(timer) => {
+                if let Some(handle) = self.timers.remove(&timer) {
+                    ctx.cancel_future(handle);
+                }
+            }
+        }
+    }
+
+    /// This branch's store lost a commit (`detail` says how that showed): it cannot go on
+    /// with the state it has, so it stops trading and closes every connection, and the
+    /// `branch` command exits with the reason.
+    fn halt_regressed(&mut self, detail: String) {
+        let dir = self
+            .settings
+            .data_dir
+            .as_deref()
+            .map_or_else(|| "?".to_string(), |dir| dir.display().to_string());
+        let reason = format!(
+            "state regressed: a commit was lost, the disk may be corrupt: the store in {dir} is older than what its peers know ({detail}); this branch stops trading"
+        );
+        error!("{}: {reason}", self.name);
+        self.shut_down();
+        self.halted.send_replace(Some(reason));
+    }
+}
