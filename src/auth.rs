@@ -75,7 +75,7 @@ impl Role {
 }
 
 /// The bank's cluster secret. Its `Debug` form never shows the bytes.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Secret(Vec<u8>);
 
 impl fmt::Debug for Secret {

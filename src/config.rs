@@ -53,7 +53,7 @@ pub fn check_address(ip: IpAddr) -> Result<(), String> {
 }
 
 /// One branch as the controller knows it: where to reach it and what to call it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BranchEntry {
     /// The branch's unique name; also how peers identify each other on the wire.
     pub name: String,

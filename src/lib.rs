@@ -45,6 +45,7 @@
 pub mod auth;
 pub mod backoff;
 pub mod branch;
+pub mod check;
 pub mod config;
 pub mod controller;
 pub mod core;

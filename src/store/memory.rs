@@ -15,9 +15,10 @@ use super::{
 };
 use crate::core::{Channel, Frame, InTransit, Position, SnapshotId};
 
-/// What the store holds, table by table as the redb store keeps it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Tables {
+/// What the store holds, table by table as the redb store keeps it: a value, so a model
+/// checker can keep one per branch in its states and compare them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct StoreImage {
     bank: Option<BankMeta>,
     core: Option<StoredCore>,
     frames: BTreeMap<(Channel, Position), Vec<Frame>>,
@@ -25,9 +26,10 @@ struct Tables {
     transit: BTreeMap<(SnapshotId, u64), Vec<InTransit>>,
 }
 
-impl Tables {
-    /// The tables after `changes`, in the order [`Changes`] documents.
-    fn apply(&self, bank: Option<&BankMeta>, changes: &Changes) -> Self {
+impl StoreImage {
+    /// The image after a commit of `changes` (with `bank`, the bank's description, at the
+    /// first), in the order [`Changes`] documents.
+    pub fn apply(&self, bank: Option<&BankMeta>, changes: &Changes) -> Self {
         let mut next = self.clone();
         if let Some(bank) = bank {
             next.bank = Some(bank.clone());
@@ -65,10 +67,47 @@ impl Tables {
     }
 }
 
+impl StoreImage {
+    /// The state a branch restarted from this image gets; `None` before a commit held a bank.
+    pub fn restored(self) -> Result<Option<Restored>, StoreError> {
+        let tables = self;
+        let Some(bank) = tables.bank else {
+            return Ok(None);
+        };
+        let corrupt = |reason: String| StoreError::Corrupt {
+            path: "(memory store)".into(),
+            reason,
+        };
+        let core = tables
+            .core
+            .ok_or_else(|| corrupt("no core state beside the bank's description".into()))?;
+        let frame_batches =
+            tables
+                .frames
+                .into_iter()
+                .map(|((channel, first), frames)| FrameBatch {
+                    channel,
+                    first,
+                    frames,
+                });
+        let transit = &tables.transit;
+        let records = tables.records.into_values().map(|header| {
+            let batches = transit
+                .range((header.id, 0)..=(header.id, u64::MAX))
+                .map(|(_, transfers)| transfers.clone())
+                .collect();
+            (header, batches)
+        });
+        super::assemble(bank, core, frame_batches, records)
+            .map(Some)
+            .map_err(corrupt)
+    }
+}
+
 /// The committed state and which handle may commit to it.
 #[derive(Debug, Default)]
 struct Shared {
-    committed: Tables,
+    committed: StoreImage,
     /// The generation of the live handle: bumped by every reopen.
     generation: u64,
 }
@@ -133,36 +172,6 @@ impl BranchStore for MemoryStore {
     }
 
     fn read(&self) -> Result<Option<Restored>, StoreError> {
-        let tables = self.lock().committed.clone();
-        let Some(bank) = tables.bank else {
-            return Ok(None);
-        };
-        let corrupt = |reason: String| StoreError::Corrupt {
-            path: "(memory store)".into(),
-            reason,
-        };
-        let core = tables
-            .core
-            .ok_or_else(|| corrupt("no core state beside the bank's description".into()))?;
-        let frame_batches =
-            tables
-                .frames
-                .into_iter()
-                .map(|((channel, first), frames)| FrameBatch {
-                    channel,
-                    first,
-                    frames,
-                });
-        let transit = &tables.transit;
-        let records = tables.records.into_values().map(|header| {
-            let batches = transit
-                .range((header.id, 0)..=(header.id, u64::MAX))
-                .map(|(_, transfers)| transfers.clone())
-                .collect();
-            (header, batches)
-        });
-        super::assemble(bank, core, frame_batches, records)
-            .map(Some)
-            .map_err(corrupt)
+        self.lock().committed.clone().restored()
     }
 }

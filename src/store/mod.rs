@@ -43,7 +43,7 @@ pub use crate::core::persist::{
 };
 
 pub use self::codec::pb;
-pub use self::memory::MemoryStore;
+pub use self::memory::{MemoryStore, StoreImage};
 pub use self::redb::{FILE_NAME, LOCK_FILE_NAME, Store};
 
 /// The store format this build reads and writes.
@@ -64,7 +64,7 @@ pub trait BranchStore: Send + Sync {
 }
 
 /// The bank a branch belongs to, as it was given at `InitBranch`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BankMeta {
     /// This branch's name: a store is one branch's, and refuses to open as another's.
     pub name: String,

@@ -28,7 +28,7 @@ pub const KEPT_RETRIEVED: usize = 128;
 
 /// One group commit for the runtime to make durable, then report with
 /// [`super::Input::CommitDone`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Persist {
     /// The commit's number.
     pub epoch: u64,

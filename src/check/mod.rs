@@ -1,0 +1,713 @@
+//! The model checker: every interleaving of a small bank of production [`BranchNode`]s, with
+//! cuts, crashes and restarts, explored breadth-first by `stateright`.
+//!
+//! The model is a custom [`stateright::Model`] rather than stateright's actor model, because the
+//! network must be TCP's: one connection per pair of branches, FIFO in each direction, and a cut
+//! loses everything in flight on it in both directions at once (stateright's actor network is
+//! unordered and duplicating, and its lossy mode drops single messages from the middle of a
+//! flow). A state is every node, every branch's committed store ([`StoreImage`]), every
+//! connection's two queues, the armed timers and the controller; an action is one of:
+//! - `Deliver`: the head of one direction of one connection reaches its node;
+//! - `Connect`: a dial the node asked for succeeds: both ends get the new connection;
+//! - `Cut`: a connection fails; what was in flight on it is lost and both ends see it go;
+//! - `Crash` / `Restart`: a durable branch loses everything it had not committed (a commit
+//!   being written is lost too), then comes back from its store;
+//! - `Fire`: an armed grace or acknowledgement timer fires (time is not modelled: any armed
+//!   timer may fire at any point);
+//! - `Commit`: a branch's commit being written becomes durable;
+//! - `Transfer`: a branch sends 1 to a peer (the node's generator, with the draw fixed);
+//! - `Snapshot` and `Retrieve`: the controller starts a snapshot at an initiator, and asks a
+//!   branch for its record, waiting until it is finished (the retrieve's own deadline is not
+//!   modelled: the controller waits as long as it takes).
+//!
+//! The bounds (branches, balance, transfers per branch, snapshots, cuts, crashes) make the
+//! state space finite. The properties are in [`properties`]; [`Bank`] is the model.
+//!
+//! Fairness assumed by the *eventually* property: once the fault bounds are spent, every
+//! enabled delivery, connection, commit and timer eventually happens. BFS explores every finite
+//! path, and every path ends because the bounds are finite and a quiet bank arms no timer.
+
+pub mod properties;
+
+use std::collections::{BTreeSet, VecDeque};
+use std::time::Duration;
+
+use stateright::{Model, Property};
+
+use crate::auth::Secret;
+use crate::config::BranchEntry;
+use crate::core::node::{
+    Answer, BranchNode, Command, ConnId, Draw, Input, NodeConfig, Note, Persist, RecordStatus,
+    Timer, TimerOp,
+};
+use crate::core::{Channel, PeerMsg, SnapshotId};
+use crate::store::{BankMeta, StoreImage};
+
+/// The bounds of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Branches in the bank (2 or 3 keep the state space small).
+    pub branches: usize,
+    /// Each branch's initial balance.
+    pub balance: u64,
+    /// Transfers each branch may send (each of 1).
+    pub transfers: u8,
+    /// Snapshots the controller may start.
+    pub snapshots: u8,
+    /// Connection cuts.
+    pub cuts: u8,
+    /// Crashes (each followed, when the checker chooses, by a restart).
+    pub crashes: u8,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Self {
+            branches: 2,
+            balance: 2,
+            transfers: 1,
+            snapshots: 1,
+            cuts: 1,
+            crashes: 0,
+        }
+    }
+}
+
+/// One step of the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// The head of the queue from `from` to `to` is delivered.
+    Deliver { from: usize, to: usize },
+    /// `dialler`'s dial of `peer` succeeds.
+    Connect { dialler: usize, peer: usize },
+    /// The connection between `a` and `b` fails.
+    Cut { a: usize, b: usize },
+    /// Branch `branch` crashes.
+    Crash(usize),
+    /// Branch `branch` restarts from its store.
+    Restart(usize),
+    /// Timer `timer` of branch `branch` fires.
+    Fire { branch: usize, timer: Timer },
+    /// Branch `branch`'s commit becomes durable.
+    Commit(usize),
+    /// `from` sends 1 to `to`.
+    Transfer { from: usize, to: usize },
+    /// The controller starts the next snapshot at `initiator`.
+    Snapshot { initiator: usize },
+    /// The controller asks `branch` for snapshot `id`.
+    Retrieve { branch: usize, id: SnapshotId },
+}
+
+/// The connection of one pair of branches: the two directions' queues.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Connection {
+    /// Its id (the same at both ends).
+    pub id: ConnId,
+    /// Messages from the lower-numbered branch to the other, oldest first.
+    pub up: VecDeque<PeerMsg>,
+    /// Messages the other way.
+    pub down: VecDeque<PeerMsg>,
+}
+
+/// One snapshot as the controller sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SnapshotState {
+    /// Its id.
+    pub id: SnapshotId,
+    /// Each branch's answer, once it came.
+    pub answers: Vec<Option<Answer>>,
+    /// Whether each branch has a retrieve for it outstanding (lost if the branch crashes).
+    pub asked: Vec<bool>,
+    /// A cut or crash happened after it started.
+    pub across_fault: bool,
+    /// It started after a crashed branch restarted.
+    pub after_restart: bool,
+}
+
+/// What the budgets have left, and what has happened.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Budget {
+    pub transfers: Vec<u8>,
+    pub snapshots: u8,
+    pub cuts: u8,
+    pub crashes: u8,
+}
+
+/// One state of the bank.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BankState {
+    /// Each branch's node, `None` while it is crashed.
+    pub nodes: Vec<Option<BranchNode>>,
+    /// Each branch's committed store.
+    pub stores: Vec<StoreImage>,
+    /// Each branch's commit being written.
+    pub commits: Vec<Option<Persist>>,
+    /// Per pair `(a, b)` with `a < b`, in [`Bank::pairs`] order: its connection, if up.
+    pub connections: Vec<Option<Connection>>,
+    /// The next connection id.
+    pub next_conn: ConnId,
+    /// Each branch's armed timers.
+    pub timers: Vec<BTreeSet<Timer>>,
+    /// Each branch's held retrieves' deadlines: they pass only when nothing else can happen.
+    pub deadlines: Vec<BTreeSet<Timer>>,
+    /// Each branch's pending dials (peer branch indices).
+    pub dials: Vec<BTreeSet<usize>>,
+    /// The controller's snapshots.
+    pub snapshots: Vec<SnapshotState>,
+    /// What the bounds have left.
+    pub budget: Budget,
+    /// A crash was followed by a restart.
+    pub restarted: bool,
+    /// Everything a node reported that no correct run produces (a protocol error, a halt).
+    pub errors: Vec<String>,
+}
+
+/// The model: a bank of [`Bounds::branches`] branches named `b0`, `b1`...
+#[derive(Debug, Clone)]
+pub struct Bank {
+    /// The bounds.
+    pub bounds: Bounds,
+    /// Branch names.
+    pub names: Vec<String>,
+    /// Every pair `(a, b)`, `a < b`.
+    pub pairs: Vec<(usize, usize)>,
+}
+
+/// The controller's connection id at branch `branch` (apart from every peer connection's).
+fn controller_conn(branch: usize) -> ConnId {
+    u64::MAX - branch as u64
+}
+
+impl Bank {
+    /// The model of a bank within `bounds`.
+    pub fn new(bounds: Bounds) -> Self {
+        let names = (0..bounds.branches).map(|b| format!("b{b}")).collect();
+        let pairs = (0..bounds.branches)
+            .flat_map(|a| (a + 1..bounds.branches).map(move |b| (a, b)))
+            .collect();
+        Self {
+            bounds,
+            names,
+            pairs,
+        }
+    }
+
+    /// The total money of the bank.
+    pub fn total(&self) -> u64 {
+        self.bounds.balance * self.bounds.branches as u64
+    }
+
+    /// Whether branches have stores (they do when crashes are checked).
+    fn durable(&self) -> bool {
+        self.bounds.crashes > 0
+    }
+
+    /// Branch `branch`'s node settings.
+    pub fn config(&self, branch: usize) -> NodeConfig {
+        NodeConfig {
+            name: self.names[branch].clone(),
+            peers: self.peers_of(branch).map(|b| self.names[b].clone()).collect(),
+            send_window: 16,
+            authenticated: true,
+            durable: self.durable(),
+            incarnation: branch as u64 + 1,
+            peer_grace: Duration::from_secs(1),
+            directions: Vec::new(),
+        }
+    }
+
+    /// The branch indices of `branch`'s peers, in channel order.
+    pub fn peers_of(&self, branch: usize) -> impl Iterator<Item = usize> + '_ {
+        (0..self.bounds.branches).filter(move |&b| b != branch)
+    }
+
+    /// Peer `peer`'s channel at branch `branch`.
+    pub fn channel(&self, branch: usize, peer: usize) -> Channel {
+        if peer < branch { peer } else { peer - 1 }
+    }
+
+    /// The branch that is channel `channel` of branch `branch`.
+    pub fn peer(&self, branch: usize, channel: Channel) -> usize {
+        if channel < branch { channel } else { channel + 1 }
+    }
+
+    fn pair(&self, a: usize, b: usize) -> usize {
+        let key = (a.min(b), a.max(b));
+        self.pairs.iter().position(|&p| p == key).unwrap_or(0)
+    }
+
+    /// The bank's description as branch `branch`'s store keeps it.
+    fn meta(&self, branch: usize) -> BankMeta {
+        BankMeta {
+            name: self.names[branch].clone(),
+            members: self
+                .names
+                .iter()
+                .enumerate()
+                .map(|(b, name)| BranchEntry {
+                    name: name.clone(),
+                    addr: std::net::SocketAddr::from(([127, 0, 0, 1], 4000 + b as u16)),
+                })
+                .collect(),
+            secret: Secret::none(),
+            incarnation: branch as u64 + 1,
+        }
+    }
+
+    /// Feeds `input` to `branch` and carries out everything that follows, at every node.
+    fn feed(&self, state: &mut BankState, branch: usize, input: Input) {
+        self.carry(state, branch, Some(input));
+    }
+
+    /// Feeds `input` (if any) to `branch`, then carries out its `Ready` and everything that
+    /// follows from it, at every node.
+    fn carry(&self, state: &mut BankState, branch: usize, input: Option<Input>) {
+        let mut work = VecDeque::from([(branch, input)]);
+        while let Some((branch, input)) = work.pop_front() {
+            let Some(node) = state.nodes[branch].as_mut() else {
+                continue;
+            };
+            if let Some(input) = input {
+                node.step(input);
+            }
+            let ready = node.take_ready();
+            for note in ready.notes {
+                if let Note::Halt(reason) = note {
+                    state.errors.push(format!("{} halted: {reason}", self.names[branch]));
+                }
+            }
+            if let Some(persist) = ready.persist {
+                state.commits[branch] = Some(persist);
+            }
+            for out in ready.messages {
+                let peer = self.peer(branch, out.peer);
+                let pair = self.pair(branch, peer);
+                if let Some(conn) = state.connections[pair].as_mut().filter(|c| c.id == out.conn)
+                {
+                    let queue = if branch < peer { &mut conn.up } else { &mut conn.down };
+                    queue.push_back(out.msg);
+                }
+            }
+            for (conn, answer) in ready.answers {
+                if conn != controller_conn(branch) {
+                    continue;
+                }
+                if let Some(snapshot) = state.snapshots.iter_mut().find(|s| s.id == answer.id) {
+                    snapshot.asked[branch] = false;
+                    snapshot.answers[branch] = Some(answer);
+                }
+            }
+            for op in ready.timers {
+                match op {
+                    // A record's age limit is not modelled (no controller leaves one behind).
+                    TimerOp::Set {
+                        timer: Timer::RecordExpiry(_),
+                        ..
+                    } => {}
+                    TimerOp::Set {
+                        timer: timer @ Timer::Retrieve { .. },
+                        ..
+                    } => {
+                        state.deadlines[branch].insert(timer);
+                    }
+                    TimerOp::Set { timer, .. } => {
+                        state.timers[branch].insert(timer);
+                    }
+                    TimerOp::Cancel(timer) => {
+                        state.timers[branch].remove(&timer);
+                        state.deadlines[branch].remove(&timer);
+                    }
+                }
+            }
+            for close in ready.closes {
+                if let Some(PeerMsg::Refusal { reason, .. }) = &close.refusal {
+                    state
+                        .errors
+                        .push(format!("{} closed a connection: {reason}", self.names[branch]));
+                }
+                let peer = self.peer(branch, close.peer);
+                let pair = self.pair(branch, peer);
+                if state.connections[pair]
+                    .as_ref()
+                    .is_some_and(|c| c.id == close.conn)
+                {
+                    state.connections[pair] = None;
+                    work.push_back((
+                        peer,
+                        Some(Input::LinkDown {
+                            peer: self.channel(peer, branch),
+                            conn: close.conn,
+                        }),
+                    ));
+                }
+            }
+            for dial in ready.dials {
+                state.dials[branch].insert(self.peer(branch, dial.peer));
+            }
+        }
+    }
+
+    /// Drops the connection of `pair`: both ends see it go.
+    fn cut(&self, state: &mut BankState, pair: usize) {
+        let Some(conn) = state.connections[pair].take() else {
+            return;
+        };
+        let (a, b) = self.pairs[pair];
+        for (end, other) in [(a, b), (b, a)] {
+            let channel = self.channel(end, other);
+            self.feed(
+                state,
+                end,
+                Input::LinkDown {
+                    peer: channel,
+                    conn: conn.id,
+                },
+            );
+        }
+        for snapshot in &mut state.snapshots {
+            snapshot.across_fault = true;
+        }
+    }
+
+    /// A node, or (for a crashed branch) the node its store would restart.
+    pub fn node_or_restored(&self, state: &BankState, branch: usize) -> Option<BranchNode> {
+        if let Some(node) = &state.nodes[branch] {
+            return Some(node.clone());
+        }
+        self.restore(state, branch).ok()
+    }
+
+    fn restore(&self, state: &BankState, branch: usize) -> Result<BranchNode, String> {
+        let restored = state.stores[branch]
+            .clone()
+            .restored()
+            .map_err(|err| err.to_string())?
+            .ok_or("the store holds no bank")?;
+        BranchNode::restore(
+            self.config(branch),
+            restored.core,
+            restored.channels,
+            restored.records,
+        )
+    }
+}
+
+impl Model for Bank {
+    type State = BankState;
+    type Action = Action;
+
+    fn init_states(&self) -> Vec<BankState> {
+        let n = self.bounds.branches;
+        let mut state = BankState {
+            nodes: (0..n)
+                .map(|b| Some(BranchNode::new(self.config(b), self.bounds.balance)))
+                .collect(),
+            stores: vec![StoreImage::default(); n],
+            commits: vec![None; n],
+            connections: vec![None; self.pairs.len()],
+            next_conn: 1,
+            timers: vec![BTreeSet::new(); n],
+            deadlines: vec![BTreeSet::new(); n],
+            dials: vec![BTreeSet::new(); n],
+            snapshots: Vec::new(),
+            budget: Budget {
+                transfers: vec![self.bounds.transfers; n],
+                snapshots: self.bounds.snapshots,
+                cuts: self.bounds.cuts,
+                crashes: self.bounds.crashes,
+            },
+            restarted: false,
+            errors: Vec::new(),
+        };
+        // Each node's first Ready: its dials and its first commit.
+        for branch in 0..n {
+            self.carry(&mut state, branch, None);
+        }
+        vec![state]
+    }
+
+    fn actions(&self, state: &BankState, actions: &mut Vec<Action>) {
+        let n = self.bounds.branches;
+        for (pair, &(a, b)) in self.pairs.iter().enumerate() {
+            if let Some(conn) = &state.connections[pair] {
+                if !conn.up.is_empty() {
+                    actions.push(Action::Deliver { from: a, to: b });
+                }
+                if !conn.down.is_empty() {
+                    actions.push(Action::Deliver { from: b, to: a });
+                }
+                if state.budget.cuts > 0 {
+                    actions.push(Action::Cut { a, b });
+                }
+            }
+        }
+        for dialler in 0..n {
+            for &peer in &state.dials[dialler] {
+                let up = state.nodes[dialler].is_some() && state.nodes[peer].is_some();
+                if up && state.connections[self.pair(dialler, peer)].is_none() {
+                    actions.push(Action::Connect { dialler, peer });
+                }
+            }
+        }
+        for branch in 0..n {
+            match &state.nodes[branch] {
+                Some(node) => {
+                    // A branch whose bank is not durable yet would restart without one.
+                    let stored = state.stores[branch] != StoreImage::default();
+                    if state.budget.crashes > 0 && self.durable() && stored {
+                        actions.push(Action::Crash(branch));
+                    }
+                    if state.commits[branch].is_some() {
+                        actions.push(Action::Commit(branch));
+                    }
+                    for &timer in &state.timers[branch] {
+                        actions.push(Action::Fire { branch, timer });
+                    }
+                    if state.budget.transfers[branch] > 0 && node.balance() > 0 {
+                        for to in self.peers_of(branch) {
+                            if node.is_live(self.channel(branch, to)) {
+                                actions.push(Action::Transfer { from: branch, to });
+                            }
+                        }
+                    }
+                    if state.budget.snapshots > 0 {
+                        actions.push(Action::Snapshot { initiator: branch });
+                    }
+                    for snapshot in &state.snapshots {
+                        if snapshot.answers[branch].is_none() && !snapshot.asked[branch] {
+                            actions.push(Action::Retrieve {
+                                branch,
+                                id: snapshot.id,
+                            });
+                        }
+                    }
+                }
+                None => actions.push(Action::Restart(branch)),
+            }
+        }
+        // A held retrieve's deadline passes only when nothing else can happen: the controller
+        // waits as long as progress is possible.
+        if actions.is_empty() {
+            for (branch, deadlines) in state.deadlines.iter().enumerate() {
+                for &timer in deadlines {
+                    actions.push(Action::Fire { branch, timer });
+                }
+            }
+        }
+    }
+
+    fn next_state(&self, last: &BankState, action: Action) -> Option<BankState> {
+        let mut state = last.clone();
+        match action {
+            Action::Deliver { from, to } => {
+                let pair = self.pair(from, to);
+                let conn = state.connections[pair].as_mut()?;
+                let queue = if from < to { &mut conn.up } else { &mut conn.down };
+                let msg = queue.pop_front()?;
+                let id = conn.id;
+                self.feed(
+                    &mut state,
+                    to,
+                    Input::Peer {
+                        peer: self.channel(to, from),
+                        conn: id,
+                        msg,
+                    },
+                );
+            }
+            Action::Connect { dialler, peer } => {
+                state.dials[dialler].remove(&peer);
+                let id = state.next_conn;
+                state.next_conn += 1;
+                state.connections[self.pair(dialler, peer)] = Some(Connection {
+                    id,
+                    up: VecDeque::new(),
+                    down: VecDeque::new(),
+                });
+                for (end, other) in [(dialler, peer), (peer, dialler)] {
+                    let channel = self.channel(end, other);
+                    self.feed(&mut state, end, Input::LinkUp { peer: channel, conn: id });
+                }
+            }
+            Action::Cut { a, b } => {
+                state.budget.cuts = state.budget.cuts.checked_sub(1)?;
+                self.cut(&mut state, self.pair(a, b));
+            }
+            Action::Crash(branch) => {
+                state.budget.crashes = state.budget.crashes.checked_sub(1)?;
+                state.nodes[branch] = None;
+                state.commits[branch] = None;
+                state.timers[branch].clear();
+                state.deadlines[branch].clear();
+                state.dials[branch].clear();
+                for peer in self.peers_of(branch).collect::<Vec<_>>() {
+                    self.cut(&mut state, self.pair(branch, peer));
+                }
+                for snapshot in &mut state.snapshots {
+                    snapshot.asked[branch] = false;
+                }
+            }
+            Action::Restart(branch) => {
+                match self.restore(&state, branch) {
+                    Ok(node) => state.nodes[branch] = Some(node),
+                    Err(err) => {
+                        state
+                            .errors
+                            .push(format!("{} cannot restart: {err}", self.names[branch]));
+                        return Some(state);
+                    }
+                }
+                state.restarted = true;
+                // Its first Ready: dials, the records it kept. The peers it does not dial dial
+                // it: they asked for that when its connections went down.
+                self.carry(&mut state, branch, None);
+            }
+            Action::Fire { branch, timer } => {
+                state.timers[branch].remove(&timer);
+                state.deadlines[branch].remove(&timer);
+                self.feed(&mut state, branch, Input::Timer(timer));
+            }
+            Action::Commit(branch) => {
+                let persist = state.commits[branch].take()?;
+                let bank = (state.stores[branch] == StoreImage::default()).then(|| self.meta(branch));
+                state.stores[branch] = state.stores[branch].apply(bank.as_ref(), &persist.changes);
+                self.feed(
+                    &mut state,
+                    branch,
+                    Input::CommitDone {
+                        epoch: persist.epoch,
+                    },
+                );
+            }
+            Action::Transfer { from, to } => {
+                state.budget.transfers[from] = state.budget.transfers[from].checked_sub(1)?;
+                let channel = self.channel(from, to);
+                let node = state.nodes[from].as_mut()?;
+                node.send_random_transfer(
+                    Draw {
+                        start: channel,
+                        amount: 1,
+                    },
+                    |c| c == channel,
+                )
+                .ok()?;
+                self.carry(&mut state, from, None);
+            }
+            Action::Snapshot { initiator } => {
+                state.budget.snapshots = state.budget.snapshots.checked_sub(1)?;
+                let id = state.snapshots.len() as SnapshotId + 1;
+                let n = self.bounds.branches;
+                state.snapshots.push(SnapshotState {
+                    id,
+                    answers: vec![None; n],
+                    asked: vec![false; n],
+                    across_fault: false,
+                    after_restart: state.restarted,
+                });
+                self.feed(
+                    &mut state,
+                    initiator,
+                    Input::Command {
+                        conn: controller_conn(initiator),
+                        cmd: Command::StartSnapshot { id },
+                    },
+                );
+            }
+            Action::Retrieve { branch, id } => {
+                let snapshot = state.snapshots.iter_mut().find(|s| s.id == id)?;
+                snapshot.asked[branch] = true;
+                self.feed(
+                    &mut state,
+                    branch,
+                    Input::Command {
+                        conn: controller_conn(branch),
+                        cmd: Command::Retrieve { id, wait_ms: 60_000 },
+                    },
+                );
+            }
+        }
+        Some(state)
+    }
+
+    fn properties(&self) -> Vec<Property<Self>> {
+        properties::all()
+    }
+}
+
+/// Whether every branch has answered for `snapshot` (with a final record or not).
+pub fn concluded(snapshot: &SnapshotState) -> bool {
+    snapshot.answers.iter().all(Option::is_some)
+}
+
+/// Whether every answer of `snapshot` is a complete record (the snapshot can be judged ok).
+pub fn complete(snapshot: &SnapshotState) -> bool {
+    snapshot
+        .answers
+        .iter()
+        .all(|a| a.as_ref().is_some_and(|a| a.status == RecordStatus::Complete))
+}
+
+/// What a finished check found, as the command prints it.
+pub struct Outcome {
+    /// The report.
+    pub text: String,
+    /// A property failed: a counterexample of an *always* or *eventually* property, or no
+    /// example of a *sometimes* property the bounds allow.
+    pub failed: bool,
+}
+
+/// Whether the bounds make *sometimes* property `name` reachable at all.
+fn applies(bounds: &Bounds, name: &str) -> bool {
+    match name {
+        "a snapshot completes across a cut" => bounds.cuts > 0 || bounds.crashes > 0,
+        "a snapshot completes after a crash and restart" => {
+            bounds.crashes > 0 && bounds.snapshots > 0
+        }
+        "a snapshot finds money in transit" => bounds.transfers > 0 && bounds.snapshots > 0,
+        _ => true,
+    }
+}
+
+/// The report of a finished `checker` run that took `took`.
+pub fn report(checker: &impl stateright::Checker<Bank>, took: Duration) -> Outcome {
+    use std::fmt::Write as _;
+    let bank = checker.model();
+    let bounds = bank.bounds;
+    let mut text = format!(
+        "bank: {} branches of {} each, {} transfer(s) per branch, {} snapshot(s), {} cut(s), {} crash(es)\n",
+        bounds.branches, bounds.balance, bounds.transfers, bounds.snapshots, bounds.cuts, bounds.crashes
+    );
+    let _ = writeln!(
+        text,
+        "explored {} unique states ({} visits), depth {}, in {:.1} s{}",
+        checker.unique_state_count(),
+        checker.state_count(),
+        checker.max_depth(),
+        took.as_secs_f64(),
+        if checker.is_done() { "" } else { " (stopped before the end)" }
+    );
+    let mut failed = !checker.is_done();
+    for property in bank.properties() {
+        let found = checker.discovery(property.name);
+        let (verdict, bad) = match (&property.expectation, &found) {
+            (stateright::Expectation::Sometimes, Some(_)) => ("ok (example found)", false),
+            (stateright::Expectation::Sometimes, None) if !applies(&bounds, property.name) => {
+                ("not applicable at these bounds", false)
+            }
+            (stateright::Expectation::Sometimes, None) => ("FAILED (never happens)", true),
+            (_, None) => ("ok", false),
+            (_, Some(_)) => ("FAILED", true),
+        };
+        let kind = format!("{:?}", property.expectation).to_lowercase();
+        let _ = writeln!(text, "{kind:>10} {}: {verdict}", property.name);
+        if bad && let Some(path) = found {
+            failed = true;
+            let _ = writeln!(text, "  counterexample, {} step(s):", path.clone().into_actions().len());
+            for action in path.into_actions() {
+                let _ = writeln!(text, "    {action:?}");
+            }
+        }
+        failed |= bad;
+    }
+    Outcome { text, failed }
+}
