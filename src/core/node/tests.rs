@@ -1750,3 +1750,286 @@ fn nodes_fed_different_inputs_differ() {
     assert_ne!(hash_of(&one.nodes[0]), hash_of(&two.nodes[0]));
     assert_ne!(one.nodes[1], two.nodes[1], "the receiver differs too");
 }
+
+/// `records::MAX_HELD_WITHOUT_WAIT`, private to its module: most retrieves without `wait_ms`
+/// held on one controller connection of a bank without a secret.
+const MAX_HELD_WITHOUT_WAIT: usize = 256;
+
+/// `records::MAX_EARLY_WAITERS`, private to its module: most retrieves held for snapshots not
+/// begun yet.
+const MAX_EARLY_WAITERS: usize = 4096;
+
+#[test]
+fn the_close_the_node_asked_for_reported_back_changes_nothing() {
+    let mut a = fresh(config("a", &["b"]));
+    go_live(&mut a, 0, 1, 5);
+    a.step(Input::Peer {
+        peer: 0,
+        conn: 1,
+        msg: transfer(2, 1),
+    });
+    let ready = a.take_ready();
+    assert_eq!(ready.closes.len(), 1, "a gap");
+    assert_eq!(ready.dials.len(), 1);
+    let before = a.clone();
+    a.step(Input::LinkDown { peer: 0, conn: 1 });
+    assert_eq!(a, before);
+    assert!(a.take_ready().is_empty(), "no second grace period or dial");
+}
+
+#[test]
+fn a_bank_wide_snapshot_with_money_in_transit_sums_to_the_total() {
+    let mut mesh = Mesh::new(3);
+    mesh.connect(0, 1);
+    mesh.connect(0, 2);
+    mesh.connect(1, 2);
+    mesh.hold(0, 1);
+    mesh.step(
+        0,
+        Input::Generate(Draw {
+            start: 0,
+            amount: 7,
+        }),
+    );
+    mesh.step(
+        0,
+        Input::Generate(Draw {
+            start: 0,
+            amount: 9,
+        }),
+    );
+    mesh.step(
+        2,
+        Input::Generate(Draw {
+            start: 0,
+            amount: 5,
+        }),
+    );
+    start_snapshot(&mut mesh.nodes[1], 1);
+    mesh.run();
+    // a's marker to b waits behind the two transfers, which b finds in transit.
+    assert!(
+        !mesh.nodes[1]
+            .record(1)
+            .is_some_and(SnapshotRecord::is_finished)
+    );
+    mesh.unhold(0, 1);
+    let mut total = 0;
+    for node in &mesh.nodes {
+        let record = node.record(1).expect("every branch recorded");
+        assert!(record.is_finished(), "{}", node.name());
+        total += record.balance() + record.channel_state().iter().sum::<u64>();
+    }
+    assert_eq!(total, 300);
+    let in_transit: Vec<u64> = mesh.nodes[1]
+        .record(1)
+        .map(|r| r.in_transit().iter().map(|t| t.amount).collect())
+        .unwrap_or_default();
+    assert_eq!(in_transit, vec![7, 9], "money was in flight at the cut");
+}
+
+#[test]
+fn a_restored_node_keeps_its_records_and_the_answers_it_gave() {
+    let store = MemoryStore::new();
+    let config = durable("a", &["b"]);
+    let mut bank = Some(bank_meta(config.incarnation));
+    let mut a = BranchNode::new(config, 100);
+    commit_to(&mut a, &store, &mut bank);
+    a.step(Input::LinkUp { peer: 0, conn: 1 });
+    a.step(Input::Peer {
+        peer: 0,
+        conn: 1,
+        msg: resume(5, 0),
+    });
+    commit_to(&mut a, &store, &mut bank);
+    // Snapshot 1 finished and retrieved; snapshot 2 recording, with 4 found in transit.
+    start_snapshot(&mut a, 1);
+    a.step(Input::Peer {
+        peer: 0,
+        conn: 1,
+        msg: PeerMsg::Channel {
+            frame: Frame::Marker { id: 1 },
+            pos: 1,
+        },
+    });
+    retrieve(&mut a, CONTROLLER, 1, 0);
+    start_snapshot(&mut a, 2);
+    a.step(Input::Peer {
+        peer: 0,
+        conn: 1,
+        msg: PeerMsg::Channel {
+            frame: Frame::Transfer { seq: 1, amount: 4 },
+            pos: 2,
+        },
+    });
+    let answered = commit_to(&mut a, &store, &mut bank);
+    assert_eq!(statuses(&answered.answers), vec![RecordStatus::Complete]);
+    let mut a = restored(&store);
+    let begun = settle(&mut a);
+    assert!(begun.notes.contains(&Note::RecordBegun(2)));
+    assert!(!begun.notes.contains(&Note::RecordBegun(1)));
+    assert_eq!(a.highest_snapshot(), Some(2));
+    retrieve(&mut a, CONTROLLER, 1, 0);
+    assert_eq!(
+        settle(&mut a).answers,
+        answered.answers,
+        "the same answer again"
+    );
+    go_live(&mut a, 0, 2, 5);
+    // b resends what a had not stated as received: its marker of snapshot 2 follows.
+    a.step(Input::Peer {
+        peer: 0,
+        conn: 2,
+        msg: PeerMsg::Channel {
+            frame: Frame::Marker { id: 2 },
+            pos: 3,
+        },
+    });
+    retrieve(&mut a, CONTROLLER, 2, 0);
+    let ready = settle(&mut a);
+    assert_eq!(statuses(&ready.answers), vec![RecordStatus::Complete]);
+    let record = ready.answers[0].1.record.as_ref().expect("a record");
+    assert_eq!(record.channel_state(), &[4]);
+}
+
+#[test]
+fn beyond_the_requests_held_without_wait_a_connection_is_answered_at_once() {
+    let mut a = fresh(config_with("a", &["b"], |c| c.authenticated = false));
+    start_snapshot(&mut a, 1);
+    for _ in 0..MAX_HELD_WITHOUT_WAIT {
+        retrieve(&mut a, CONTROLLER, 1, 0);
+    }
+    assert!(settle(&mut a).answers.is_empty());
+    retrieve(&mut a, CONTROLLER, 1, 0);
+    assert_eq!(
+        statuses(&settle(&mut a).answers),
+        vec![RecordStatus::Recording]
+    );
+}
+
+#[test]
+fn beyond_the_early_waiters_a_retrieve_for_a_snapshot_not_begun_is_answered_at_once() {
+    let mut a = fresh(config("a", &["b"]));
+    for _ in 0..MAX_EARLY_WAITERS {
+        retrieve(&mut a, CONTROLLER, 1, 60_000);
+    }
+    assert!(settle(&mut a).answers.is_empty());
+    retrieve(&mut a, CONTROLLER, 1, 60_000);
+    assert_eq!(
+        settle(&mut a).answers,
+        vec![(CONTROLLER, Answer::status_only(1, RecordStatus::Unknown))]
+    );
+}
+
+#[test]
+fn an_early_retrieve_is_answered_when_the_snapshot_begins_and_finishes_here() {
+    let mut a = fresh(config("a", &["b"]));
+    go_live(&mut a, 0, 1, 5);
+    retrieve(&mut a, CONTROLLER, 3, 1000);
+    let held = retrieve_timers(&settle(&mut a).timers);
+    assert_eq!(held.len(), 1);
+    // b's marker begins snapshot 3 here and, b being the only peer, finishes it.
+    a.step(Input::Peer {
+        peer: 0,
+        conn: 1,
+        msg: PeerMsg::Channel {
+            frame: Frame::Marker { id: 3 },
+            pos: 1,
+        },
+    });
+    let ready = settle(&mut a);
+    assert_eq!(statuses(&ready.answers), vec![RecordStatus::Complete]);
+    assert!(ready.timers.contains(&TimerOp::Cancel(held[0].0)));
+    assert_eq!(
+        frames_in(&ready.messages),
+        vec![(1, Frame::Marker { id: 3 })]
+    );
+}
+
+#[test]
+fn one_way_channels_carry_frames_only_where_they_exist() {
+    let one_way = |to, from| vec![Directions { to, from }];
+    let mut a = fresh(config_with("a", &["b"], |c| {
+        c.directions = one_way(true, false)
+    }));
+    let mut b = fresh(config_with("b", &["a"], |c| {
+        c.directions = one_way(false, true)
+    }));
+    go_live(&mut a, 0, 1, 5);
+    go_live(&mut b, 0, 1, 7);
+    let draw = Draw {
+        start: 0,
+        amount: 1,
+    };
+    assert_eq!(b.send_random_transfer(draw, |_| true), Err(Pause::Peer));
+    start_snapshot(&mut b, 1);
+    assert!(
+        frames_in(&settle(&mut b).messages).is_empty(),
+        "b sends no markers"
+    );
+    assert_eq!(a.send_random_transfer(draw, |_| true), Ok(()));
+    start_snapshot(&mut a, 1);
+    let sent = frames_in(&settle(&mut a).messages);
+    assert!(
+        a.record(1).is_some_and(SnapshotRecord::is_finished),
+        "a waits for no one"
+    );
+    for (pos, frame) in sent {
+        b.step(Input::Peer {
+            peer: 0,
+            conn: 1,
+            msg: PeerMsg::Channel { frame, pos },
+        });
+    }
+    assert_eq!(b.balance(), 101);
+    assert!(b.record(1).is_some_and(SnapshotRecord::is_finished));
+    a.step(Input::Peer {
+        peer: 0,
+        conn: 1,
+        msg: transfer(1, 1),
+    });
+    let ready = a.take_ready();
+    assert_eq!(ready.closes.len(), 1, "no channel from b to a");
+    assert_eq!(a.balance(), 99);
+}
+
+#[test]
+fn retiring_a_record_cancels_its_expiry_timer() {
+    // The actor's recorder took its expiry timer with it when it retired.
+    let mut a = finished_record();
+    retrieve(&mut a, CONTROLLER, 1, 0);
+    let ready = settle(&mut a);
+    assert!(ready.notes.contains(&Note::RecordRetired(1)));
+    assert!(
+        ready
+            .timers
+            .contains(&TimerOp::Cancel(Timer::RecordExpiry(1))),
+        "timers: {:?}",
+        ready.timers
+    );
+}
+
+#[test]
+fn discarding_a_record_cancels_its_expiry_timer_and_the_timers_of_the_retrieves_it_held() {
+    // The actor's recorder took both with it when it was discarded.
+    let mut a = fresh(config("a", &["b"]));
+    start_snapshot(&mut a, 1);
+    retrieve(&mut a, CONTROLLER, 1, 1000);
+    let held = retrieve_timers(&settle(&mut a).timers);
+    assert_eq!(held.len(), 1);
+    for id in 2..=MAX_KEPT_RECORDS as SnapshotId + 1 {
+        start_snapshot(&mut a, id);
+    }
+    let ready = settle(&mut a);
+    assert_eq!(statuses(&ready.answers), vec![RecordStatus::Discarded]);
+    assert!(
+        ready.timers.contains(&TimerOp::Cancel(held[0].0)),
+        "the held retrieve's timer"
+    );
+    assert!(
+        ready
+            .timers
+            .contains(&TimerOp::Cancel(Timer::RecordExpiry(1))),
+        "the record's expiry timer"
+    );
+}
