@@ -206,7 +206,10 @@ impl Bank {
     pub fn config(&self, branch: usize) -> NodeConfig {
         NodeConfig {
             name: self.names[branch].clone(),
-            peers: self.peers_of(branch).map(|b| self.names[b].clone()).collect(),
+            peers: self
+                .peers_of(branch)
+                .map(|b| self.names[b].clone())
+                .collect(),
             send_window: 16,
             authenticated: true,
             durable: self.durable(),
@@ -228,7 +231,11 @@ impl Bank {
 
     /// The branch that is channel `channel` of branch `branch`.
     pub fn peer(&self, branch: usize, channel: Channel) -> usize {
-        if channel < branch { channel } else { channel + 1 }
+        if channel < branch {
+            channel
+        } else {
+            channel + 1
+        }
     }
 
     fn pair(&self, a: usize, b: usize) -> usize {
@@ -273,7 +280,9 @@ impl Bank {
             let ready = node.take_ready();
             for note in ready.notes {
                 if let Note::Halt(reason) = note {
-                    state.errors.push(format!("{} halted: {reason}", self.names[branch]));
+                    state
+                        .errors
+                        .push(format!("{} halted: {reason}", self.names[branch]));
                 }
             }
             if let Some(persist) = ready.persist {
@@ -282,9 +291,15 @@ impl Bank {
             for out in ready.messages {
                 let peer = self.peer(branch, out.peer);
                 let pair = self.pair(branch, peer);
-                if let Some(conn) = state.connections[pair].as_mut().filter(|c| c.id == out.conn)
+                if let Some(conn) = state.connections[pair]
+                    .as_mut()
+                    .filter(|c| c.id == out.conn)
                 {
-                    let queue = if branch < peer { &mut conn.up } else { &mut conn.down };
+                    let queue = if branch < peer {
+                        &mut conn.up
+                    } else {
+                        &mut conn.down
+                    };
                     queue.push_back(out.msg);
                 }
             }
@@ -321,9 +336,10 @@ impl Bank {
             }
             for close in ready.closes {
                 if let Some(PeerMsg::Refusal { reason, .. }) = &close.refusal {
-                    state
-                        .errors
-                        .push(format!("{} closed a connection: {reason}", self.names[branch]));
+                    state.errors.push(format!(
+                        "{} closed a connection: {reason}",
+                        self.names[branch]
+                    ));
                 }
                 let peer = self.peer(branch, close.peer);
                 let pair = self.pair(branch, peer);
@@ -502,7 +518,11 @@ impl Model for Bank {
             Action::Deliver { from, to } => {
                 let pair = self.pair(from, to);
                 let conn = state.connections[pair].as_mut()?;
-                let queue = if from < to { &mut conn.up } else { &mut conn.down };
+                let queue = if from < to {
+                    &mut conn.up
+                } else {
+                    &mut conn.down
+                };
                 let msg = queue.pop_front()?;
                 let id = conn.id;
                 self.feed(
@@ -526,7 +546,14 @@ impl Model for Bank {
                 });
                 for (end, other) in [(dialler, peer), (peer, dialler)] {
                     let channel = self.channel(end, other);
-                    self.feed(&mut state, end, Input::LinkUp { peer: channel, conn: id });
+                    self.feed(
+                        &mut state,
+                        end,
+                        Input::LinkUp {
+                            peer: channel,
+                            conn: id,
+                        },
+                    );
                 }
             }
             Action::Cut { a, b } => {
@@ -569,7 +596,8 @@ impl Model for Bank {
             }
             Action::Commit(branch) => {
                 let persist = state.commits[branch].take()?;
-                let bank = (state.stores[branch] == StoreImage::default()).then(|| self.meta(branch));
+                let bank =
+                    (state.stores[branch] == StoreImage::default()).then(|| self.meta(branch));
                 state.stores[branch] = state.stores[branch].apply(bank.as_ref(), &persist.changes);
                 self.feed(
                     &mut state,
@@ -621,7 +649,10 @@ impl Model for Bank {
                     branch,
                     Input::Command {
                         conn: controller_conn(branch),
-                        cmd: Command::Retrieve { id, wait_ms: 60_000 },
+                        cmd: Command::Retrieve {
+                            id,
+                            wait_ms: 60_000,
+                        },
                     },
                 );
             }
@@ -641,10 +672,10 @@ pub fn concluded(snapshot: &SnapshotState) -> bool {
 
 /// Whether every answer of `snapshot` is a complete record (the snapshot can be judged ok).
 pub fn complete(snapshot: &SnapshotState) -> bool {
-    snapshot
-        .answers
-        .iter()
-        .all(|a| a.as_ref().is_some_and(|a| a.status == RecordStatus::Complete))
+    snapshot.answers.iter().all(|a| {
+        a.as_ref()
+            .is_some_and(|a| a.status == RecordStatus::Complete)
+    })
 }
 
 /// What a finished check found, as the command prints it.
@@ -675,7 +706,12 @@ pub fn report(checker: &impl stateright::Checker<Bank>, took: Duration) -> Outco
     let bounds = bank.bounds;
     let mut text = format!(
         "bank: {} branches of {} each, {} transfer(s) per branch, {} snapshot(s), {} cut(s), {} crash(es)\n",
-        bounds.branches, bounds.balance, bounds.transfers, bounds.snapshots, bounds.cuts, bounds.crashes
+        bounds.branches,
+        bounds.balance,
+        bounds.transfers,
+        bounds.snapshots,
+        bounds.cuts,
+        bounds.crashes
     );
     let _ = writeln!(
         text,
@@ -684,7 +720,11 @@ pub fn report(checker: &impl stateright::Checker<Bank>, took: Duration) -> Outco
         checker.state_count(),
         checker.max_depth(),
         took.as_secs_f64(),
-        if checker.is_done() { "" } else { " (stopped before the end)" }
+        if checker.is_done() {
+            ""
+        } else {
+            " (stopped before the end)"
+        }
     );
     let mut failed = !checker.is_done();
     for property in bank.properties() {
@@ -702,7 +742,11 @@ pub fn report(checker: &impl stateright::Checker<Bank>, took: Duration) -> Outco
         let _ = writeln!(text, "{kind:>10} {}: {verdict}", property.name);
         if bad && let Some(path) = found {
             failed = true;
-            let _ = writeln!(text, "  counterexample, {} step(s):", path.clone().into_actions().len());
+            let _ = writeln!(
+                text,
+                "  counterexample, {} step(s):",
+                path.clone().into_actions().len()
+            );
             for action in path.into_actions() {
                 let _ = writeln!(text, "    {action:?}");
             }

@@ -20,9 +20,9 @@ use stateright::Property;
 
 use super::{Bank, BankState, SnapshotState, complete, concluded};
 use crate::core::ChannelCount;
+use crate::core::Frame;
 use crate::core::audit::{Audit, ChannelCounters, ChannelEvidence, CutEvidence};
 use crate::core::node::BranchNode;
-use crate::core::Frame;
 
 /// Every property, in the order the checker prints them.
 pub fn all() -> Vec<Property<Bank>> {

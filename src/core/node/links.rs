@@ -83,16 +83,23 @@ impl BranchNode {
             return;
         };
         peer.dialling = false;
-        if peer.link.is_some() {
+        let new = Link {
+            conn,
+            resumed: false,
+        };
+        if let Some(old) = peer.link.replace(new)
+            && old.conn != conn
+        {
             info!(
                 "{}: {} connected again; the new connection replaces the old one",
                 self.config.name, peer.name
             );
+            self.ready.0.closes.push(Close {
+                peer: channel,
+                conn: old.conn,
+                refusal: None,
+            });
         }
-        peer.link = Some(Link {
-            conn,
-            resumed: false,
-        });
         if peer.we_dial {
             self.push_resume(channel);
         }

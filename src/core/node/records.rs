@@ -193,6 +193,10 @@ impl BranchNode {
             epochs.remove_record(id);
         }
         for waiter in self.take_waiters(id) {
+            self.ready.0.timers.push(TimerOp::Cancel(Timer::Retrieve {
+                id,
+                token: waiter.token,
+            }));
             let answer = self.no_record(id);
             self.answer(waiter.conn, answer, waiter.cannot_tell);
         }
@@ -216,6 +220,7 @@ impl BranchNode {
         ready.timers.retain(|op| {
             !matches!(op, TimerOp::Set { timer: Timer::RecordExpiry(of) | Timer::Retrieve { id: of, .. }, .. } if *of == id)
         });
+        ready.timers.push(TimerOp::Cancel(Timer::RecordExpiry(id)));
     }
 
     /// A controller's command on connection `conn`.
