@@ -43,3 +43,28 @@ fn the_lower_name_dials_and_its_resume_goes_first() {
     let mut b = BranchNode::new(config("b", &["a"]), 10);
     assert!(b.take_ready().dials.is_empty());
 }
+
+#[test]
+fn one_way_peers_number_the_core_channels_in_peer_order() {
+    let mut config = config("b", &["a", "c", "d"]);
+    config.directions = vec![
+        Directions {
+            to: true,
+            from: false,
+        },
+        Directions {
+            to: false,
+            from: true,
+        },
+        Directions {
+            to: true,
+            from: true,
+        },
+    ];
+    let b = BranchNode::new(config, 10);
+    let out: Vec<_> = (0..3).map(|p| b.outgoing_channel(p)).collect();
+    let inc: Vec<_> = (0..3).map(|p| b.incoming_channel(p)).collect();
+    assert_eq!(out, [Some(0), None, Some(1)]);
+    assert_eq!(inc, [None, Some(0), Some(1)]);
+    assert_eq!((b.core().outgoing(), b.core().incoming()), (2, 2));
+}
