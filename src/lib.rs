@@ -18,8 +18,10 @@
 //!   it owns a [`core::BranchCore`], which applies transfers and markers to a ledger;
 //!   [`core::SnapshotRecord`] is one branch's part of a snapshot; [`core::Audit`] proves (or
 //!   refutes) that a snapshot is a consistent cut.
-//! - [`sim`]: a deterministic simulator running `BranchCore`s on a simulated network of FIFO
-//!   links, behind `snapbank-sim` and the randomized search in the tests.
+//! - [`sim`]: a deterministic simulator driving one [`core::node::BranchNode`] per branch on a
+//!   simulated network of FIFO connections that it can cut, with durable branches on in-memory
+//!   stores that it can crash, restart and pause; behind `snapbank-sim` and the randomized
+//!   searches in the tests.
 //! - [`outbox`]: the write half of every connection: frames appended to a buffer that a writer
 //!   task drains in batches, so a burst of messages costs one system call.
 //! - [`branch`]: a live branch, the runtime of a `BranchNode`: `BranchActor` owns the node and

@@ -414,3 +414,128 @@ fn cut_links_draw_lost_and_resent_messages_faithfully() {
         .count();
     assert_eq!(drawn_lost, lost, "one lost arrow per message a cut lost");
 }
+
+/// The marks of one kind (`crash`, `restart`) as `(branch, tick, x, y)`, x and y where the mark is
+/// centred.
+fn marks(doc: &roxmltree::Document, class: &str) -> Vec<(String, u64, f64, f64)> {
+    doc.descendants()
+        .filter(|n| has_class(n, class))
+        .map(|mark| {
+            let lines: Vec<_> = mark.children().filter(|n| n.has_tag_name("line")).collect();
+            let centre = |a: &str, b: &str| {
+                lines
+                    .iter()
+                    .map(|l| attr_f64(*l, a) + attr_f64(*l, b))
+                    .sum::<f64>()
+                    / (2 * lines.len()) as f64
+            };
+            (
+                mark.attribute("data-branch").unwrap().to_string(),
+                mark.attribute("data-tick").unwrap().parse().unwrap(),
+                centre("x1", "x2"),
+                centre("y1", "y2"),
+            )
+        })
+        .collect()
+}
+
+/// A crash is drawn on the crashed branch's line: a cross where it crashed, the line broken
+/// (dashed) while it is down, a bar where it restarted; the rest of the diagram stays faithful.
+#[test]
+fn crashes_and_restarts_are_drawn_on_the_crashed_branch_lines() {
+    let dir = scenarios_dir();
+    let scratch = Scratch::new("crash");
+    let args = vec![
+        dir.join("crash_restart.topo").display().to_string(),
+        dir.join("crash_restart.events").display().to_string(),
+        "--seed".to_string(),
+        "7".to_string(),
+    ];
+    let svg = scratch.0.join("crash.svg");
+    let (stdout, drawing) = run_sim(&args, &svg);
+    check_diagram("crash_restart", &drawing, &parse_output(&stdout), 3);
+    let doc = roxmltree::Document::parse(&drawing).unwrap();
+    let row = |branch: &str| {
+        doc.descendants()
+            .find(|n| has_class(n, "branch-line") && n.attribute("data-branch") == Some(branch))
+            .map(|n| attr_f64(n, "y1"))
+            .unwrap()
+    };
+    let crashes = marks(&doc, "crash");
+    let restarts = marks(&doc, "restart");
+    let ticks = |marks: &[(String, u64, f64, f64)]| -> Vec<(String, u64)> {
+        marks.iter().map(|(b, t, _, _)| (b.clone(), *t)).collect()
+    };
+    // The scenario crashes b at tick 2 (back at 4) and c at tick 18 (back at 21).
+    assert_eq!(
+        ticks(&crashes),
+        [("b".to_string(), 2), ("c".to_string(), 18)]
+    );
+    assert_eq!(
+        ticks(&restarts),
+        [("b".to_string(), 4), ("c".to_string(), 21)]
+    );
+    assert!(stdout.contains("tick 2: crash b: ") && stdout.contains("tick 21: restart c"));
+    let downs: Vec<_> = doc.descendants().filter(|n| has_class(n, "down")).collect();
+    assert_eq!(downs.len(), 2);
+    for ((crash, restart), down) in crashes.iter().zip(&restarts).zip(&downs) {
+        let (branch, _, crash_x, crash_y) = crash;
+        assert_eq!(*crash_y, row(branch), "the cross is on {branch}'s line");
+        assert_eq!(restart.3, row(branch), "the bar is on {branch}'s line");
+        assert!(crash_x < &restart.2, "{branch} restarts after it crashed");
+        assert_eq!(down.attribute("data-branch"), Some(branch.as_str()));
+        for line in down.children().filter(|n| n.has_tag_name("line")) {
+            assert_eq!(attr_f64(line, "x1"), *crash_x);
+            assert_eq!(attr_f64(line, "x2"), restart.2);
+            assert_eq!(attr_f64(line, "y1"), row(branch));
+        }
+    }
+}
+
+/// A crash can take back a transfer the branch had found in transit (its commit had not
+/// completed): the diagram highlights it only where the branch records it again, after the
+/// restart, so what is highlighted is still exactly what the report lists.
+#[test]
+fn what_a_crash_took_back_is_highlighted_only_where_it_was_recorded_again() {
+    let scratch = Scratch::new("undone");
+    let topology = "3\na 100\nb 100\nc 100\na b\nb a\nb c\nc b\na c\nc a\n";
+    let events = "durable all\nsend a b 5\nsend c b 4\ntick\nsnapshot a\nsend a b 3\nsend c b 2\ntick\nsend a b 6\nsend c b 1\ntick\nsend a b 2\nsend c b 3\ntick\ncrash b\ntick\nrestart b\ntick 2\n";
+    let seed = 3;
+    let topo = snapbank::sim::Topology::parse("t", topology).unwrap();
+    let script = snapbank::sim::Script::parse("e", events, &topo).unwrap();
+    let mut sim = snapbank::sim::Simulator::with_settings(
+        topo,
+        snapbank::sim::Delays::seeded(seed),
+        script.settings.clone(),
+    )
+    .unwrap();
+    sim.enable_timeline();
+    sim.run_script("e", &script).unwrap();
+    sim.finish().unwrap();
+    assert!(
+        sim.timeline()
+            .iter()
+            .any(|e| matches!(e, snapbank::sim::TimelineEvent::InTransitUndone { .. })),
+        "with seed {seed} the crash takes back a transfer found in transit"
+    );
+    let topo_file = scratch.0.join("undone.topo");
+    let events_file = scratch.0.join("undone.events");
+    std::fs::write(&topo_file, topology).unwrap();
+    std::fs::write(&events_file, events).unwrap();
+    let args = vec![
+        topo_file.display().to_string(),
+        events_file.display().to_string(),
+        "--seed".to_string(),
+        seed.to_string(),
+    ];
+    let (stdout, drawing) = run_sim(&args, &scratch.0.join("undone.svg"));
+    check_diagram("undone", &drawing, &parse_output(&stdout), 3);
+    assert_eq!(
+        roxmltree::Document::parse(&drawing)
+            .unwrap()
+            .descendants()
+            .filter(|n| has_class(n, "crash"))
+            .count(),
+        1
+    );
+}

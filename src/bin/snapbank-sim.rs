@@ -1,5 +1,6 @@
-//! `snapbank-sim <topology> <events>`: replays a scenario on the deterministic simulator and
-//! prints the resulting snapshots. See `snapbank::sim` for the file formats and delivery rule.
+//! `snapbank-sim <topology> <events>`: replays a scenario on the deterministic simulator (one
+//! `BranchNode` per branch) and prints the resulting snapshots. See `snapbank::sim` for the
+//! delivery rule, crashes and pauses, and `snapbank::sim::topology` for the file formats.
 //!
 //! Exit codes: 0 on success, 1 when a snapshot can never complete, 2 for bad input.
 
@@ -16,16 +17,22 @@ use snapbank::sim::{Delays, RunOptions, SimError, run_scenario};
 struct Args {
     /// Topology file: N, then N `<name> <balance>` lines, then `<src> <dst>` link lines.
     topology: PathBuf,
-    /// Event script: `send <src> <dst> <amount>`, `snapshot <name>`, `tick [n]` lines.
+    /// Event script: first optional settings, `durable <name>` or `durable all` (the branch has
+    /// a store, commits take a tick, it can crash) and `grace <ticks>` (how long snapshots wait
+    /// for a peer that is down, default 20); then events: `send <src> <dst> <amount>`,
+    /// `snapshot <name>`, `tick [n]`, `cut <a> <b>` (their connection fails and comes back at
+    /// once), `crash <name>` (a durable branch dies, losing what it had not committed),
+    /// `restart <name>` (it starts again from its store), `pause <name> <ticks>` (it takes no
+    /// input for that long: a slow branch).
     events: PathBuf,
     /// Draw each message's delay uniformly from 1..=5 with this seed.
     #[arg(long, default_value_t = 0, conflicts_with = "delays")]
     seed: u64,
-    /// Read delays from this file instead: one integer per line, used in the order messages are
-    /// sent (markers included).
+    /// Read delays from this file instead: one integer per line, used in the order transfers and
+    /// markers are put on the wire (resends included).
     #[arg(long)]
     delays: Option<PathBuf>,
-    /// Print every send and delivery with its tick.
+    /// Print every send and delivery with its tick, and every cut, crash, restart and pause.
     #[arg(long)]
     trace: bool,
     /// After each snapshot, print the consistent-cut checker's verdict.
@@ -36,6 +43,9 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     svg: Option<PathBuf>,
 }
+
+// The help of `events` states the default grace period.
+const _: () = assert!(snapbank::sim::DEFAULT_GRACE_TICKS == 20);
 
 fn read(path: &Path) -> Result<String, SimError> {
     std::fs::read_to_string(path).map_err(|err| SimError::InFile {

@@ -14,11 +14,19 @@
 //! so long quiet stretches do not stretch the picture; the SVG has a `viewBox` and scales.
 //!
 //! A message a cut lost ends where it was lost (`lost`); its resend is drawn as a message of its
-//! own (`resent`, with `data-first-sent` where the transfer was first sent).
+//! own (`resent`, with `data-first-sent` where the transfer was first sent). A durable branch's
+//! transfer leaves only once the commit holding it is durable: a dotted stretch of the sender's
+//! line joins its debit to its departure (`held`), and `data-first-sent` is the debit.
+//!
+//! A crash is a red cross on the branch's line (`crash`), and the branch's line is broken by a
+//! dashed gap while it is down (`down`), up to a green bar where it restarts (`restart`), or to
+//! the right edge if it never does. What the crash took back is not drawn: a record the branch
+//! had not committed loses its point (the point it records after the restart is drawn), and a
+//! transfer it had found in transit is drawn in transit only where it is recorded again.
 //!
 //! Elements carry classes and `data-` attributes (`message transfer`, `message marker`,
-//! `in-transit`, `record`, `cut`, `branch-line`) so tests and tools can check the drawing's
-//! structure.
+//! `in-transit`, `record`, `cut`, `branch-line`, `crash`, `down`, `restart`) so tests and tools
+//! can check the drawing's structure.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -58,7 +66,8 @@ pub fn draw_scenario(
 ) -> Result<String, SimError> {
     let topology = Topology::parse(topology_file, topology_text)?;
     let script = Script::parse(events_file, events_text, &topology)?;
-    let mut sim = Simulator::new(topology, delays);
+    let mut sim = Simulator::with_settings(topology, delays, script.settings.clone())
+        .map_err(SimError::Run)?;
     sim.enable_timeline();
     sim.run_script(events_file, &script)?;
     sim.finish().map_err(SimError::Run)?;
@@ -87,6 +96,20 @@ struct Arrow {
     first_x: f64,
     /// Snapshots that recorded it in transit.
     in_transit: Vec<SnapshotId>,
+    /// A resend after a cut or crash.
+    resent: bool,
+    /// Where it was debited, when it then waited for a commit before leaving.
+    debited_x: Option<f64>,
+}
+
+/// A crash and the time its branch was down.
+struct Down {
+    branch: usize,
+    /// The crash's tick and position.
+    tick: u64,
+    x: f64,
+    /// The restart's tick and position, if it came.
+    restart: Option<(u64, f64)>,
 }
 
 /// Draws `timeline` (from a [`Simulator`] with the timeline enabled) of a bank of `names` with
@@ -116,8 +139,11 @@ pub fn draw(names: &[String], timeline: &[TimelineEvent], snapshots: usize, titl
     let mut arrows: Vec<Arrow> = Vec::new();
     let mut queues: HashMap<(usize, usize), VecDeque<usize>> = HashMap::new();
     let mut by_seq: HashMap<(usize, usize, u64), usize> = HashMap::new();
+    // Where each transfer held for a commit was debited.
+    let mut debits: HashMap<(usize, usize, u64), f64> = HashMap::new();
     let mut records: BTreeMap<SnapshotId, Vec<(usize, f64)>> = BTreeMap::new();
     let mut initiators: BTreeMap<SnapshotId, (usize, u64)> = BTreeMap::new();
+    let mut downs: Vec<Down> = Vec::new();
     for (index, event) in timeline.iter().enumerate() {
         let x = positions.x[index];
         match *event {
@@ -126,11 +152,15 @@ pub fn draw(names: &[String], timeline: &[TimelineEvent], snapshots: usize, titl
                     .entry((src, dst))
                     .or_default()
                     .push_back(arrows.len());
-                let mut first_x = x;
-                if let MessageKind::Transfer { seq, .. } = kind
-                    && let Some(earlier) = by_seq.insert((src, dst, seq), arrows.len())
-                {
-                    first_x = arrows[earlier].first_x;
+                let (mut first_x, mut resent, mut debited_x) = (x, false, None);
+                if let MessageKind::Transfer { seq, .. } = kind {
+                    if let Some(earlier) = by_seq.insert((src, dst, seq), arrows.len()) {
+                        first_x = arrows[earlier].first_x;
+                        resent = true;
+                    } else if let Some(debit) = debits.remove(&(src, dst, seq)) {
+                        first_x = debit;
+                        debited_x = Some(debit);
+                    }
                 }
                 arrows.push(Arrow {
                     first_x,
@@ -141,7 +171,13 @@ pub fn draw(names: &[String], timeline: &[TimelineEvent], snapshots: usize, titl
                     to_x: None,
                     lost_x: None,
                     in_transit: Vec::new(),
+                    resent,
+                    debited_x,
                 });
+            }
+            TimelineEvent::Debit { src, dst, seq, .. } => {
+                // A later debit of the same number replaces one a crash took back.
+                debits.insert((src, dst, seq), x);
             }
             TimelineEvent::Deliver { src, dst, .. } => {
                 if let Some(arrow) = queues.get_mut(&(src, dst)).and_then(VecDeque::pop_front) {
@@ -174,6 +210,36 @@ pub fn draw(names: &[String], timeline: &[TimelineEvent], snapshots: usize, titl
                     arrows[arrow].in_transit.push(snapshot);
                 }
             }
+            TimelineEvent::InTransitUndone {
+                snapshot,
+                src,
+                dst,
+                seq,
+            } => {
+                if let Some(&arrow) = by_seq.get(&(src, dst, seq)) {
+                    arrows[arrow].in_transit.retain(|&s| s != snapshot);
+                }
+            }
+            TimelineEvent::Unrecord { snapshot, branch } => {
+                if let Some(points) = records.get_mut(&snapshot) {
+                    points.retain(|&(b, _)| b != branch);
+                }
+            }
+            TimelineEvent::Crash { tick, branch } => downs.push(Down {
+                branch,
+                tick,
+                x,
+                restart: None,
+            }),
+            TimelineEvent::Restart { tick, branch } => {
+                if let Some(down) = downs
+                    .iter_mut()
+                    .rev()
+                    .find(|down| down.branch == branch && down.restart.is_none())
+                {
+                    down.restart = Some((tick, x));
+                }
+            }
         }
     }
 
@@ -202,7 +268,7 @@ pub fn draw(names: &[String], timeline: &[TimelineEvent], snapshots: usize, titl
         r#"<text x="12" y="22" font-size="15" font-weight="bold">Space-time diagram: {}</text>"#,
         escape(title)
     );
-    legend(&mut svg, names, snapshots, &initiators);
+    legend(&mut svg, names, snapshots, &initiators, !downs.is_empty());
 
     // Tick columns and the axis.
     let axis_y = height - BOTTOM + 18.0;
@@ -243,6 +309,26 @@ pub fn draw(names: &[String], timeline: &[TimelineEvent], snapshots: usize, titl
             LEFT - 10.0,
             y + 4.0,
             escape(name)
+        );
+    }
+
+    // Gaps in the lines of branches that were down.
+    for &Down {
+        branch,
+        tick: from_tick,
+        x: from_x,
+        restart,
+    } in &downs
+    {
+        let y = y(branch);
+        let (to_x, until) = match restart {
+            Some((tick, x)) => (x, format!("until it restarts at tick {tick}")),
+            None => (plot_right, "to the end".to_string()),
+        };
+        let _ = writeln!(
+            svg,
+            r##"<g class="down" data-branch="{name}" data-from-tick="{from_tick}"><title>{name} is down from tick {from_tick} {until}</title><line x1="{from_x:.1}" y1="{y:.1}" x2="{to_x:.1}" y2="{y:.1}" stroke="#fff" stroke-width="4"/><line x1="{from_x:.1}" y1="{y:.1}" x2="{to_x:.1}" y2="{y:.1}" stroke="#c92a2a" stroke-opacity="0.6" stroke-width="1.5" stroke-dasharray="2 5"/></g>"##,
+            name = escape(&names[branch]),
         );
     }
 
@@ -326,11 +412,16 @@ pub fn draw(names: &[String], timeline: &[TimelineEvent], snapshots: usize, titl
         // The label sits a third of the way along, so labels of arrows sent at different
         // moments do not land on each other.
         let lx = arrow.from_x + (x2 - arrow.from_x) / 3.0;
-        let resent = if arrow.first_x < arrow.from_x {
-            " resent"
-        } else {
-            ""
-        };
+        let resent = if arrow.resent { " resent" } else { "" };
+        if let Some(debit) = arrow.debited_x {
+            let _ = writeln!(
+                svg,
+                r##"<line class="held" data-src="{}" data-dst="{}" data-seq="{seq}" x1="{debit:.1}" y1="{y1:.1}" x2="{:.1}" y2="{y1:.1}" stroke="{stroke}" stroke-width="2" stroke-dasharray="1 3"><title>transfer #{seq} debited here, sent once its commit is durable</title></line>"##,
+                escape(&names[arrow.src]),
+                escape(&names[arrow.dst]),
+                arrow.from_x,
+            );
+        }
         let ly = y1 + (y2 - y1) / 3.0;
         let label = if arrow.in_transit.is_empty() {
             amount.to_string()
@@ -367,6 +458,36 @@ pub fn draw(names: &[String], timeline: &[TimelineEvent], snapshots: usize, titl
             );
         }
     }
+    // Crashes and restarts on top.
+    for &Down {
+        branch,
+        tick,
+        x,
+        restart,
+    } in &downs
+    {
+        let (y, name) = (y(branch), escape(&names[branch]));
+        let _ = writeln!(
+            svg,
+            r##"<g class="crash" data-branch="{name}" data-tick="{tick}"><title>{name} crashes at tick {tick}: what it had not committed is lost</title><line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#c92a2a" stroke-width="3"/><line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#c92a2a" stroke-width="3"/></g>"##,
+            x - 7.0,
+            y - 7.0,
+            x + 7.0,
+            y + 7.0,
+            x - 7.0,
+            y + 7.0,
+            x + 7.0,
+            y - 7.0,
+        );
+        if let Some((tick, x)) = restart {
+            let _ = writeln!(
+                svg,
+                r##"<g class="restart" data-branch="{name}" data-tick="{tick}"><title>{name} restarts from its store at tick {tick}</title><line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="#1f8a4c" stroke-width="3"/></g>"##,
+                y - 9.0,
+                y + 9.0,
+            );
+        }
+    }
     svg.push_str("</svg>\n");
     svg
 }
@@ -391,6 +512,7 @@ fn legend(
     names: &[String],
     snapshots: usize,
     initiators: &BTreeMap<SnapshotId, (usize, u64)>,
+    crashes: bool,
 ) {
     let y = 44.0;
     let _ = writeln!(
@@ -420,6 +542,23 @@ fn legend(
             y + 22.0
         );
         x += 36.0 + 7.5 * text.len() as f64;
+    }
+    if crashes {
+        let (cx, cy) = (x + 5.0, y + 18.0);
+        let _ = writeln!(
+            svg,
+            r##"<g class="legend"><line x1="{:.0}" y1="{:.0}" x2="{:.0}" y2="{:.0}" stroke="#c92a2a" stroke-width="2.5"/><line x1="{:.0}" y1="{:.0}" x2="{:.0}" y2="{:.0}" stroke="#c92a2a" stroke-width="2.5"/><text x="{:.0}" y="{:.0}" font-size="11">crash; dashed: down until the green bar (restart)</text></g>"##,
+            cx - 5.0,
+            cy - 5.0,
+            cx + 5.0,
+            cy + 5.0,
+            cx - 5.0,
+            cy + 5.0,
+            cx + 5.0,
+            cy - 5.0,
+            cx + 12.0,
+            y + 22.0
+        );
     }
 }
 
@@ -462,20 +601,31 @@ fn place(timeline: &[TimelineEvent]) -> Positions {
                     && index > 0
                     && matches!(timeline[index - 1], TimelineEvent::Deliver { dst, .. } if dst == branch)
             }
-            TimelineEvent::InTransit { .. } => true,
+            TimelineEvent::InTransit { .. }
+            | TimelineEvent::InTransitUndone { .. }
+            | TimelineEvent::Unrecord { .. } => true,
             TimelineEvent::Send { .. }
+            | TimelineEvent::Debit { .. }
             | TimelineEvent::Deliver { .. }
-            | TimelineEvent::Cut { .. } => false,
+            | TimelineEvent::Cut { .. }
+            | TimelineEvent::Crash { .. }
+            | TimelineEvent::Restart { .. } => false,
         };
         if !joins || slots[t] == 0 {
             slots[t] += 1;
         }
         slot_of[index] = slots[t] - 1;
         current = match *event {
-            TimelineEvent::Send { src, .. } | TimelineEvent::Cut { src, .. } => Some((tick, src)),
+            TimelineEvent::Send { src, .. }
+            | TimelineEvent::Debit { src, .. }
+            | TimelineEvent::Cut { src, .. } => Some((tick, src)),
             TimelineEvent::Deliver { dst, .. } => Some((tick, dst)),
-            TimelineEvent::Record { branch, .. } => Some((tick, branch)),
-            TimelineEvent::InTransit { .. } => current,
+            TimelineEvent::Record { branch, .. }
+            | TimelineEvent::Crash { branch, .. }
+            | TimelineEvent::Restart { branch, .. } => Some((tick, branch)),
+            TimelineEvent::InTransit { .. }
+            | TimelineEvent::InTransitUndone { .. }
+            | TimelineEvent::Unrecord { .. } => current,
         };
     }
     let mut columns = Vec::with_capacity(ticks);
@@ -512,10 +662,15 @@ fn place(timeline: &[TimelineEvent]) -> Positions {
 fn tick_of(event: &TimelineEvent) -> Option<u64> {
     match *event {
         TimelineEvent::Send { tick, .. }
+        | TimelineEvent::Debit { tick, .. }
         | TimelineEvent::Deliver { tick, .. }
         | TimelineEvent::Cut { tick, .. }
-        | TimelineEvent::Record { tick, .. } => Some(tick),
-        TimelineEvent::InTransit { .. } => None,
+        | TimelineEvent::Record { tick, .. }
+        | TimelineEvent::Crash { tick, .. }
+        | TimelineEvent::Restart { tick, .. } => Some(tick),
+        TimelineEvent::InTransit { .. }
+        | TimelineEvent::InTransitUndone { .. }
+        | TimelineEvent::Unrecord { .. } => None,
     }
 }
 

@@ -35,6 +35,7 @@ use std::time::Duration;
 pub use answers::{Answer, AnsweredRecords, RecordStatus};
 pub use epochs::{KEPT_RETRIEVED, Persist};
 pub use generator::{Draw, Pause};
+pub use links::{ACK_BATCH, ACK_DELAY};
 pub use records::{MAX_KEPT_RECORDS, MAX_RETRIEVE_WAIT, ORIGINAL_SCHEMA_WAIT, RECORD_TTL};
 
 use crate::core::persist::{ChannelMarks, RestoredChannel, RestoredRecord, StoredCore};
@@ -726,6 +727,20 @@ impl BranchNode {
     /// The name of peer `peer`.
     pub fn peer_name(&self, peer: Channel) -> &str {
         self.peers.get(peer).map_or("?", |peer| peer.name.as_str())
+    }
+
+    /// The core's outgoing channel to peer `peer`, if this branch sends to it: where that
+    /// channel's counters are in [`SnapshotRecord::sent`] and the core's state, so a runtime
+    /// that is not a full mesh (the simulator) can pair the two ends of a channel.
+    pub fn outgoing_channel(&self, peer: Channel) -> Option<Channel> {
+        self.channels.out_of.get(peer).copied().flatten()
+    }
+
+    /// The core's incoming channel from peer `peer`, if it sends to this branch: where that
+    /// channel is in [`SnapshotRecord::received`], a record's channel states and
+    /// [`crate::core::InTransit::from`].
+    pub fn incoming_channel(&self, peer: Channel) -> Option<Channel> {
+        self.channels.in_of.get(peer).copied().flatten()
     }
 }
 

@@ -2369,3 +2369,28 @@ proptest::proptest! {
         check_bank(Mesh::durable(3), &ops)?;
     }
 }
+
+#[test]
+fn one_way_peers_number_the_core_channels_in_peer_order() {
+    let mut config = config("b", &["a", "c", "d"]);
+    config.directions = vec![
+        Directions {
+            to: true,
+            from: false,
+        },
+        Directions {
+            to: false,
+            from: true,
+        },
+        Directions {
+            to: true,
+            from: true,
+        },
+    ];
+    let b = BranchNode::new(config, 10);
+    let out: Vec<_> = (0..3).map(|p| b.outgoing_channel(p)).collect();
+    let inc: Vec<_> = (0..3).map(|p| b.incoming_channel(p)).collect();
+    assert_eq!(out, [Some(0), None, Some(1)]);
+    assert_eq!(inc, [None, Some(0), Some(1)]);
+    assert_eq!((b.core().outgoing(), b.core().incoming()), (2, 2));
+}
