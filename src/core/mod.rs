@@ -3,9 +3,9 @@
 //! - [`ledger`]: one branch's balance, which never goes negative and never overflows.
 //! - [`branch`]: [`BranchCore`], the Chandy-Lamport marker rules for any number of concurrent
 //!   snapshots. It decides; it returns [`Effect`]s for the caller to carry out.
-//! - [`record`]: [`SnapshotRecord`], what one branch recorded for one snapshot, and
-//!   [`RecordBook`], the records of many snapshots driven straight from effects (used by tests and
-//!   simulations; the real branch keeps each record in its own recorder actor instead).
+//! - [`record`]: [`SnapshotRecord`], what one branch recorded for one snapshot (the node keeps
+//!   one per snapshot in progress or not yet retrieved), and [`RecordBook`], records driven
+//!   straight from a core's effects, for the core's own tests and benchmarks.
 //! - [`channel`]: exactly-once, in-order delivery on a directed peer channel across reconnects:
 //!   positions, cumulative acknowledgements, the bounded window of frames kept for a resend.
 //! - [`audit`]: the consistent-cut checker: from every branch's record of one snapshot, proves

@@ -1,4 +1,4 @@
-//! What one branch recorded for one snapshot, built up from [`Effect`]s.
+//! What one branch recorded for one snapshot, built up from the core's effects.
 
 use std::collections::HashMap;
 
@@ -118,8 +118,8 @@ impl SnapshotRecord {
     }
 }
 
-/// The records of many snapshots, driven directly by a [`super::BranchCore`]'s effects. This is
-/// how tests and simulations keep records; a live branch gives each record its own actor.
+/// The records of many snapshots, driven directly by a [`super::BranchCore`]'s effects: how the
+/// core's own tests and benchmarks keep records (everything else gets them from the node).
 #[derive(Debug, Clone, Default)]
 pub struct RecordBook {
     /// Every record begun so far, by snapshot id.

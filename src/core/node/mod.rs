@@ -477,6 +477,15 @@ impl BranchNode {
         if durable {
             node.epochs = Some(epochs);
         }
+        // No peer is connected yet: each one's grace period runs from the restart, so a record
+        // restored waiting for a peer that never comes back is cut short, not kept forever.
+        for channel in 0..node.peers.len() {
+            node.peers[channel].down = true;
+            node.ready.0.timers.push(TimerOp::Set {
+                timer: Timer::Grace(channel),
+                after: node.config.peer_grace,
+            });
+        }
         node.dial_all();
         Ok(node)
     }

@@ -2394,3 +2394,56 @@ fn one_way_peers_number_the_core_channels_in_peer_order() {
     assert_eq!(inc, [None, Some(0), Some(1)]);
     assert_eq!((b.core().outgoing(), b.core().incoming()), (2, 2));
 }
+
+/// Makes every commit `node` asks for durable in `store` (the first with `bank`); returns the
+/// rest of what it asked for.
+fn settle_into(node: &mut BranchNode, store: &MemoryStore, mut bank: Option<BankMeta>) -> Ready {
+    let mut all = Ready::default();
+    loop {
+        let mut ready = node.take_ready();
+        let persist = ready.persist.take();
+        append(&mut all, ready);
+        let Some(persist) = persist else {
+            return all;
+        };
+        store
+            .commit(bank.take().as_ref(), &persist.changes)
+            .expect("the memory store commits");
+        node.step(Input::CommitDone {
+            epoch: persist.epoch,
+        });
+    }
+}
+
+#[test]
+fn a_restored_branch_gives_each_peer_a_grace_period_from_its_restart() {
+    let config = config_with("a", &["b"], |c| c.durable = true);
+    let store = MemoryStore::new();
+    let mut a = BranchNode::new(config.clone(), 100);
+    settle_into(&mut a, &store, Some(member_meta(2, 0, config.incarnation)));
+    start_snapshot(&mut a, 1);
+    settle_into(&mut a, &store, None);
+    // a crashes; b never comes back.
+    let (store, restored) = store.reopen().expect("the store reopens");
+    let restored = restored.expect("a committed bank");
+    let mut a = BranchNode::restore(
+        config.clone(),
+        restored.core,
+        restored.channels,
+        restored.records,
+    )
+    .expect("the stored state restores");
+    let ready = a.take_ready();
+    assert!(
+        ready.timers.contains(&TimerOp::Set {
+            timer: Timer::Grace(0),
+            after: config.peer_grace
+        }),
+        "{:?}",
+        ready.timers
+    );
+    a.step(Input::Timer(Timer::Grace(0)));
+    retrieve(&mut a, CONTROLLER, 1, 0);
+    let ready = settle_into(&mut a, &store, None);
+    assert_eq!(statuses(&ready.answers), vec![RecordStatus::CutShort]);
+}
