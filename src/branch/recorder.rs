@@ -32,19 +32,34 @@ pub struct Retire;
 pub struct SnapshotRecorder {
     /// The snapshot, for logs.
     id: SnapshotId,
+    /// The timers to start with (its age limit, a retrieve already held for it).
+    first: Vec<(Timer, Duration)>,
     /// Told when a timer fires.
     branch: Addr<BranchActor>,
 }
 
 impl SnapshotRecorder {
-    /// The recorder of snapshot `id`, owned by `branch`.
-    pub fn new(id: SnapshotId, branch: Addr<BranchActor>) -> Self {
-        Self { id, branch }
+    /// The recorder of snapshot `id`, owned by `branch`, running the timers `first` from the
+    /// start.
+    pub fn new(id: SnapshotId, first: Vec<(Timer, Duration)>, branch: Addr<BranchActor>) -> Self {
+        Self { id, first, branch }
+    }
+
+    fn run(&self, timer: Timer, after: Duration, ctx: &mut Context<Self>) {
+        ctx.run_later(after, move |recorder, _ctx| {
+            recorder.branch.do_send(TimerFired(timer));
+        });
     }
 }
 
 impl Actor for SnapshotRecorder {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        for (timer, after) in std::mem::take(&mut self.first) {
+            self.run(timer, after, ctx);
+        }
+    }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         log::trace!("recorder of snapshot {} stopped", self.id);
@@ -55,10 +70,7 @@ impl Handler<SetTimer> for SnapshotRecorder {
     type Result = ();
 
     fn handle(&mut self, msg: SetTimer, ctx: &mut Context<Self>) {
-        let timer = msg.timer;
-        ctx.run_later(msg.after, move |recorder, _ctx| {
-            recorder.branch.do_send(TimerFired(timer));
-        });
+        self.run(msg.timer, msg.after, ctx);
     }
 }
 

@@ -226,6 +226,8 @@ pub struct BranchActor {
     peer_handshakes: usize,
     /// The node's timers that run in the actor's context, so the node can cancel them.
     timers: HashMap<Timer, SpawnHandle>,
+    /// The buffers of the node's `Ready`, handed back and forth so carrying allocates nothing.
+    spare_ready: crate::core::node::Ready,
     /// The branch's store (`--data-dir`), if it has one.
     store: Option<crate::store::Store>,
     /// The store as the commit thread uses it.
@@ -273,6 +275,7 @@ impl BranchActor {
             controller_handshakes: 0,
             peer_handshakes: 0,
             timers: HashMap::new(),
+            spare_ready: crate::core::node::Ready::default(),
             store_handle: store.as_ref().map(crate::store::Store::handle),
             store,
             unwritten_bank: None,

@@ -22,34 +22,51 @@ impl BranchActor {
             let Some(bank) = self.bank.as_mut() else {
                 return;
             };
-            let ready = bank.node.take_ready();
+            // The same buffers go back and forth, so carrying allocates nothing.
+            let mut ready = std::mem::take(&mut self.spare_ready);
+            bank.node.swap_ready(&mut ready);
             if ready.is_empty() {
+                self.spare_ready = ready;
                 return;
             }
-            self.carry(ready, ctx);
+            self.carry(&mut ready, ctx);
+            self.spare_ready = ready;
         }
     }
 
-    fn carry(&mut self, ready: Ready, ctx: &mut Context<Self>) {
-        let Ready {
-            messages,
-            answers,
-            persist,
-            timers,
-            closes,
-            dials,
-            notes,
-        } = ready;
-        for note in notes {
+    /// Carries out `ready`, leaving it empty.
+    fn carry(&mut self, ready: &mut Ready, ctx: &mut Context<Self>) {
+        for note in ready.notes.drain(..) {
+            if let Note::RecordBegun(id) = note {
+                // The record's recorder starts with the timers the node set for it, rather
+                // than being sent them one message at a time.
+                let mut first = Vec::new();
+                ready.timers.retain(|op| match *op {
+                    TimerOp::Set {
+                        timer: timer @ (Timer::RecordExpiry(of) | Timer::Retrieve { id: of, .. }),
+                        after,
+                    } if of == id => {
+                        first.push((timer, after));
+                        false
+                    }
+                    _ => true,
+                });
+                let recorder = SnapshotRecorder::new(id, first, ctx.address()).start();
+                if let Some(bank) = self.bank.as_mut() {
+                    bank.recorders.insert(id, recorder);
+                }
+                continue;
+            }
             self.carry_note(note, ctx);
         }
-        if let Some(persist) = persist {
+        if let Some(persist) = ready.persist.take() {
             self.commit(persist, ctx);
         }
         let Some(bank) = self.bank.as_mut() else {
+            ready.clear();
             return;
         };
-        for out in messages {
+        for out in ready.messages.drain(..) {
             let link = bank
                 .peers
                 .get(out.peer)
@@ -59,9 +76,9 @@ impl BranchActor {
                 link.outbox.push(wire::peer_body(out.msg));
             }
         }
-        for (conn, answer) in answers {
+        for (conn, answer) in ready.answers.drain(..) {
             let Some(bank) = self.bank.as_ref() else {
-                return;
+                continue;
             };
             let local = wire::local_answer(&answer, &self.name, &bank.peer_names);
             if let Some(link) = self.controllers.get(&conn) {
@@ -71,11 +88,11 @@ impl BranchActor {
             }
             self.close_if_nothing_owed(conn);
         }
-        for op in timers {
+        for op in std::mem::take(&mut ready.timers) {
             self.carry_timer(op, ctx);
         }
         if let Some(bank) = self.bank.as_mut() {
-            for close in closes {
+            for close in ready.closes.drain(..) {
                 let Some(peer) = bank.peers.get_mut(close.peer) else {
                     continue;
                 };
@@ -88,19 +105,15 @@ impl BranchActor {
                 link.outbox.close();
             }
         }
-        for dial in dials {
+        for dial in std::mem::take(&mut ready.dials) {
             self.dial(dial, ctx);
         }
+        ready.clear();
     }
 
     fn carry_note(&mut self, note: Note, ctx: &mut Context<Self>) {
         match note {
-            Note::RecordBegun(id) => {
-                let recorder = SnapshotRecorder::new(id, ctx.address()).start();
-                if let Some(bank) = self.bank.as_mut() {
-                    bank.recorders.insert(id, recorder);
-                }
-            }
+            Note::RecordBegun(_) => {} // started in `carry`, with its timers
             Note::RecordRetired(id) => {
                 if let Some(recorder) = self.bank.as_mut().and_then(|b| b.recorders.remove(&id)) {
                     recorder.do_send(recorder::Retire);

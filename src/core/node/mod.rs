@@ -256,6 +256,17 @@ pub struct Ready {
 }
 
 impl Ready {
+    /// Empties every field, keeping the buffers.
+    pub fn clear(&mut self) {
+        self.messages.clear();
+        self.answers.clear();
+        self.persist = None;
+        self.timers.clear();
+        self.closes.clear();
+        self.dials.clear();
+        self.notes.clear();
+    }
+
     /// Whether there is nothing to carry out.
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty()
@@ -544,6 +555,14 @@ impl BranchNode {
     pub fn take_ready(&mut self) -> Ready {
         self.start_commit_if_needed();
         std::mem::take(&mut self.ready.0)
+    }
+
+    /// Swaps what [`Self::ready`] holds with `spare`, which must be empty: a runtime that drains
+    /// and hands back the same buffers each time allocates nothing on its hot path.
+    pub fn swap_ready(&mut self, spare: &mut Ready) {
+        debug_assert!(spare.is_empty(), "a Ready handed back must be drained");
+        self.start_commit_if_needed();
+        std::mem::swap(&mut self.ready.0, spare);
     }
 
     /// Starts a commit of what is staged, if anything is and none is being written.
