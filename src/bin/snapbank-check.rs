@@ -34,6 +34,9 @@ struct Args {
     /// Checker threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Stop after this many states (the result then says the check stopped before the end).
+    #[arg(long)]
+    max_states: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -48,11 +51,11 @@ fn main() -> ExitCode {
         crashes: args.crashes,
     };
     let started = Instant::now();
-    let checker = Bank::new(bounds)
-        .checker()
-        .threads(args.threads.max(1))
-        .spawn_bfs()
-        .join();
+    let mut builder = Bank::new(bounds).checker().threads(args.threads.max(1));
+    if let Some(max) = args.max_states {
+        builder = builder.target_state_count(max);
+    }
+    let checker = builder.spawn_bfs().join();
     let outcome = report(&checker, started.elapsed());
     print!("{}", outcome.text);
     if outcome.failed {

@@ -11,7 +11,10 @@
 //! - `Connect`: a dial the node asked for succeeds: both ends get the new connection;
 //! - `Cut`: a connection fails; what was in flight on it is lost and both ends see it go;
 //! - `Crash` / `Restart`: a durable branch loses everything it had not committed (a commit
-//!   being written is lost too), then comes back from its store;
+//!   being written is lost too), then comes back from its store. Which branch may crash is
+//!   chosen in the initial state (one initial state per branch); only that branch's commits
+//!   land at a moment of the checker's choosing (`Commit`), the others' land at once, since
+//!   only a crash can tell a commit that landed from one being written;
 //! - `Fire`: an armed grace or acknowledgement timer fires (time is not modelled: any armed
 //!   timer may fire at any point);
 //! - `Commit`: a branch's commit being written becomes durable;
@@ -156,6 +159,9 @@ pub struct BankState {
     pub snapshots: Vec<SnapshotState>,
     /// What the bounds have left.
     pub budget: Budget,
+    /// The branch that may crash (one per initial state): only its commits land at a moment
+    /// of the checker's choosing; every other branch's land at once.
+    pub may_crash: Option<usize>,
     /// A crash was followed by a restart.
     pub restarted: bool,
     /// Everything a node reported that no correct run produces (a protocol error, a halt).
@@ -286,7 +292,15 @@ impl Bank {
                 }
             }
             if let Some(persist) = ready.persist {
-                state.commits[branch] = Some(persist);
+                if state.budget.crashes == 0 || state.may_crash != Some(branch) {
+                    // Only a crash can tell a commit that landed from one still being written:
+                    // a branch that cannot crash (any more) has its commits land at once.
+                    let epoch = persist.epoch;
+                    self.land(state, branch, &persist);
+                    work.push_back((branch, Some(Input::CommitDone { epoch })));
+                } else {
+                    state.commits[branch] = Some(persist);
+                }
             }
             for out in ready.messages {
                 let peer = self.peer(branch, out.peer);
@@ -363,6 +377,31 @@ impl Bank {
         }
     }
 
+    /// Commit `persist` of `branch` lands in its store.
+    fn land(&self, state: &mut BankState, branch: usize, persist: &Persist) {
+        let bank = (state.stores[branch] == StoreImage::default()).then(|| self.meta(branch));
+        state.stores[branch] = state.stores[branch].apply(bank.as_ref(), &persist.changes);
+    }
+
+    /// The controller asks `branch` for snapshot `id`'s record, waiting for it to finish.
+    fn retrieve(&self, state: &mut BankState, branch: usize, id: SnapshotId) {
+        let Some(snapshot) = state.snapshots.iter_mut().find(|s| s.id == id) else {
+            return;
+        };
+        snapshot.asked[branch] = true;
+        self.feed(
+            state,
+            branch,
+            Input::Command {
+                conn: controller_conn(branch),
+                cmd: Command::Retrieve {
+                    id,
+                    wait_ms: 60_000,
+                },
+            },
+        );
+    }
+
     /// Drops the connection of `pair`: both ends see it go.
     fn cut(&self, state: &mut BankState, pair: usize) {
         let Some(conn) = state.connections[pair].take() else {
@@ -386,11 +425,17 @@ impl Bank {
     }
 
     /// A node, or (for a crashed branch) the node its store would restart.
-    pub fn node_or_restored(&self, state: &BankState, branch: usize) -> Option<BranchNode> {
+    pub fn node_or_restored<'s>(
+        &self,
+        state: &'s BankState,
+        branch: usize,
+    ) -> Option<std::borrow::Cow<'s, BranchNode>> {
         if let Some(node) = &state.nodes[branch] {
-            return Some(node.clone());
+            return Some(std::borrow::Cow::Borrowed(node));
         }
-        self.restore(state, branch).ok()
+        self.restore(state, branch)
+            .ok()
+            .map(std::borrow::Cow::Owned)
     }
 
     fn restore(&self, state: &BankState, branch: usize) -> Result<BranchNode, String> {
@@ -432,6 +477,7 @@ impl Model for Bank {
                 cuts: self.bounds.cuts,
                 crashes: self.bounds.crashes,
             },
+            may_crash: None,
             restarted: false,
             errors: Vec::new(),
         };
@@ -439,7 +485,17 @@ impl Model for Bank {
         for branch in 0..n {
             self.carry(&mut state, branch, None);
         }
-        vec![state]
+        if !self.durable() {
+            return vec![state];
+        }
+        // One initial state per branch that may crash.
+        (0..n)
+            .map(|branch| {
+                let mut state = state.clone();
+                state.may_crash = Some(branch);
+                state
+            })
+            .collect()
     }
 
     fn actions(&self, state: &BankState, actions: &mut Vec<Action>) {
@@ -470,7 +526,7 @@ impl Model for Bank {
                 Some(node) => {
                     // A branch whose bank is not durable yet would restart without one.
                     let stored = state.stores[branch] != StoreImage::default();
-                    if state.budget.crashes > 0 && self.durable() && stored {
+                    if state.budget.crashes > 0 && state.may_crash == Some(branch) && stored {
                         actions.push(Action::Crash(branch));
                     }
                     if state.commits[branch].is_some() {
@@ -596,9 +652,7 @@ impl Model for Bank {
             }
             Action::Commit(branch) => {
                 let persist = state.commits[branch].take()?;
-                let bank =
-                    (state.stores[branch] == StoreImage::default()).then(|| self.meta(branch));
-                state.stores[branch] = state.stores[branch].apply(bank.as_ref(), &persist.changes);
+                self.land(&mut state, branch, &persist);
                 self.feed(
                     &mut state,
                     branch,
@@ -640,22 +694,15 @@ impl Model for Bank {
                         cmd: Command::StartSnapshot { id },
                     },
                 );
+                // As the controller does: it asks every branch for the record at once, to be
+                // answered when it is finished.
+                for branch in 0..n {
+                    if state.nodes[branch].is_some() {
+                        self.retrieve(&mut state, branch, id);
+                    }
+                }
             }
-            Action::Retrieve { branch, id } => {
-                let snapshot = state.snapshots.iter_mut().find(|s| s.id == id)?;
-                snapshot.asked[branch] = true;
-                self.feed(
-                    &mut state,
-                    branch,
-                    Input::Command {
-                        conn: controller_conn(branch),
-                        cmd: Command::Retrieve {
-                            id,
-                            wait_ms: 60_000,
-                        },
-                    },
-                );
-            }
+            Action::Retrieve { branch, id } => self.retrieve(&mut state, branch, id),
         }
         Some(state)
     }

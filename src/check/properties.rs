@@ -21,7 +21,7 @@ use stateright::Property;
 use super::{Bank, BankState, SnapshotState, complete, concluded};
 use crate::core::ChannelCount;
 use crate::core::Frame;
-use crate::core::audit::{Audit, ChannelCounters, ChannelEvidence, CutEvidence};
+use crate::core::audit::{Audit, ChannelEvidence, CutEvidence};
 use crate::core::node::BranchNode;
 
 /// Every property, in the order the checker prints them.
@@ -42,7 +42,7 @@ pub fn all() -> Vec<Property<Bank>> {
 }
 
 /// Every branch's node, a crashed one as its store would restart it.
-fn nodes(bank: &Bank, state: &BankState) -> Option<Vec<BranchNode>> {
+fn nodes<'s>(bank: &Bank, state: &'s BankState) -> Option<Vec<std::borrow::Cow<'s, BranchNode>>> {
     (0..bank.bounds.branches)
         .map(|b| bank.node_or_restored(state, b))
         .collect()
@@ -52,7 +52,7 @@ fn money_is_conserved(bank: &Bank, state: &BankState) -> bool {
     let Some(nodes) = nodes(bank, state) else {
         return false;
     };
-    let mut total: u64 = nodes.iter().map(BranchNode::balance).sum();
+    let mut total: u64 = nodes.iter().map(|node| node.balance()).sum();
     for (a, sender) in nodes.iter().enumerate() {
         for b in bank.peers_of(a) {
             let delivered = nodes[b].delivered_from(bank.channel(b, a));
@@ -108,22 +108,10 @@ pub fn evidence(bank: &Bank, snapshot: &SnapshotState) -> Option<CutEvidence> {
     let mut channels = Vec::new();
     for (to, receiver) in records.iter().enumerate() {
         for from in bank.peers_of(to) {
-            let incoming = bank.channel(to, from);
-            channels.push(ChannelEvidence {
-                from,
-                to,
-                recorded_sum: receiver.channel_state()[incoming],
-                counters: Some(ChannelCounters {
-                    sent: records[from].sent()[bank.channel(from, to)],
-                    received: receiver.received()[incoming],
-                    in_transit: receiver
-                        .in_transit()
-                        .iter()
-                        .filter(|t| t.from == incoming)
-                        .map(|t| (t.seq, t.amount))
-                        .collect(),
-                }),
-            });
+            channels.push(ChannelEvidence::between(
+                (from, records[from], bank.channel(from, to)),
+                (to, receiver, bank.channel(to, from)),
+            ));
         }
     }
     Some(CutEvidence {

@@ -36,6 +36,32 @@ pub struct ChannelEvidence {
     pub counters: Option<ChannelCounters>,
 }
 
+impl ChannelEvidence {
+    /// The evidence of the channel from branch `from` to branch `to`, out of their records of
+    /// one snapshot: the channel is outgoing channel `out` of the sender and incoming channel
+    /// `incoming` of the receiver, as their nodes number them.
+    pub fn between(
+        (from, sender, out): (usize, &crate::core::SnapshotRecord, usize),
+        (to, receiver, incoming): (usize, &crate::core::SnapshotRecord, usize),
+    ) -> Self {
+        Self {
+            from,
+            to,
+            recorded_sum: receiver.channel_state()[incoming],
+            counters: Some(ChannelCounters {
+                sent: sender.sent()[out],
+                received: receiver.received()[incoming],
+                in_transit: receiver
+                    .in_transit()
+                    .iter()
+                    .filter(|t| t.from == incoming)
+                    .map(|t| (t.seq, t.amount))
+                    .collect(),
+            }),
+        }
+    }
+}
+
 /// The consistent-cut evidence of one channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelCounters {

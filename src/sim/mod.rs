@@ -92,7 +92,7 @@ pub use topology::{Event, Script, Settings, Topology};
 
 use crate::auth::Secret;
 use crate::config::BranchEntry;
-use crate::core::audit::{ChannelCounters, ChannelEvidence, CutEvidence};
+use crate::core::audit::{ChannelEvidence, CutEvidence};
 use crate::core::node::{
     ACK_DELAY, BranchNode, Command, ConnId, Directions, Draw, Input, NodeConfig, Note, Pause,
     Timer, TimerOp,
@@ -1500,22 +1500,10 @@ impl Simulator {
             .iter()
             .map(|&(src, dst)| {
                 let (out, incoming) = self.channel_ends(src, dst)?;
-                let receiver = records[dst];
-                Some(ChannelEvidence {
-                    from: src,
-                    to: dst,
-                    recorded_sum: receiver.channel_state()[incoming],
-                    counters: Some(ChannelCounters {
-                        sent: records[src].sent()[out],
-                        received: receiver.received()[incoming],
-                        in_transit: receiver
-                            .in_transit()
-                            .iter()
-                            .filter(|t| t.from == incoming)
-                            .map(|t| (t.seq, t.amount))
-                            .collect(),
-                    }),
-                })
+                Some(ChannelEvidence::between(
+                    (src, records[src], out),
+                    (dst, records[dst], incoming),
+                ))
             })
             .collect::<Option<_>>()?;
         Some(CutEvidence {
