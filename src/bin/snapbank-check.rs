@@ -31,6 +31,13 @@ struct Args {
     /// Crashes of durable branches (each may be followed by a restart).
     #[arg(long, default_value_t = 0)]
     crashes: u8,
+    /// Restarts without state (a new incarnation holding nothing).
+    #[arg(long, default_value_t = 0)]
+    wipes: u8,
+    /// Instead of checking, serve stateright's explorer on this address (loopback only, e.g.
+    /// 127.0.0.1:3000), to step through the states in a browser.
+    #[arg(long, value_name = "ADDR")]
+    explore: Option<std::net::SocketAddr>,
     /// Checker threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -49,7 +56,19 @@ fn main() -> ExitCode {
         snapshots: args.snapshots,
         cuts: args.cuts,
         crashes: args.crashes,
+        wipes: args.wipes,
     };
+    if let Some(addr) = args.explore {
+        if !addr.ip().is_loopback() {
+            eprintln!("error: --explore {addr}: the explorer serves loopback addresses only");
+            return ExitCode::from(2);
+        }
+        println!("explorer: http://{addr}/ (Ctrl-C to stop)");
+        let _explorer = Bank::new(bounds).checker().serve(addr);
+        loop {
+            std::thread::park();
+        }
+    }
     let started = Instant::now();
     let mut builder = Bank::new(bounds).checker().threads(args.threads.max(1));
     if let Some(max) = args.max_states {

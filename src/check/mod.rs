@@ -10,6 +10,13 @@
 //! - `Deliver`: the head of one direction of one connection reaches its node;
 //! - `Connect`: a dial the node asked for succeeds: both ends get the new connection;
 //! - `Cut`: a connection fails; what was in flight on it is lost and both ends see it go;
+//! - `Wipe`: a branch restarts without its state (a new incarnation holding nothing), as one
+//!   restarted without its `--data-dir` and initialised again: its money is gone by
+//!   definition, so in states after a wipe only the property that its peers refuse it is
+//!   checked. Only `b0`, which dials every peer, is wiped: its `Resume` goes first and is
+//!   refused as a new incarnation. (A wiped branch that others dial is refused by the
+//!   dialler's `Resume` as a protocol error, and the dialler redials it for ever: an unbounded
+//!   run the checker cannot finish, left out of the model;
 //! - `Crash` / `Restart`: a durable branch loses everything it had not committed (a commit
 //!   being written is lost too), then comes back from its store. Which branch may crash is
 //!   chosen in the initial state (one initial state per branch); only that branch's commits
@@ -61,6 +68,9 @@ pub struct Bounds {
     pub cuts: u8,
     /// Crashes (each followed, when the checker chooses, by a restart).
     pub crashes: u8,
+    /// Restarts without state: a branch comes back empty, as a new incarnation, as one
+    /// restarted without its `--data-dir` would.
+    pub wipes: u8,
 }
 
 impl Default for Bounds {
@@ -72,6 +82,7 @@ impl Default for Bounds {
             snapshots: 1,
             cuts: 1,
             crashes: 0,
+            wipes: 0,
         }
     }
 }
@@ -89,6 +100,8 @@ pub enum Action {
     Crash(usize),
     /// Branch `branch` restarts from its store.
     Restart(usize),
+    /// Branch `branch` restarts without its state.
+    Wipe(usize),
     /// Timer `timer` of branch `branch` fires.
     Fire { branch: usize, timer: Timer },
     /// Branch `branch`'s commit becomes durable.
@@ -134,6 +147,7 @@ pub struct Budget {
     pub snapshots: u8,
     pub cuts: u8,
     pub crashes: u8,
+    pub wipes: u8,
 }
 
 /// One state of the bank.
@@ -164,6 +178,9 @@ pub struct BankState {
     pub may_crash: Option<usize>,
     /// A crash was followed by a restart.
     pub restarted: bool,
+    /// Per branch that lost its state: the incarnation it came back as, and the peers that
+    /// knew its old incarnation then (only they can tell the new one is not it).
+    pub wiped: Vec<Option<(u64, BTreeSet<usize>)>>,
     /// Everything a node reported that no correct run produces (a protocol error, a halt).
     pub errors: Vec<String>,
 }
@@ -177,6 +194,9 @@ pub struct Bank {
     pub names: Vec<String>,
     /// Every pair `(a, b)`, `a < b`.
     pub pairs: Vec<(usize, usize)>,
+    /// The bug seeded into every node (tests only).
+    #[cfg(test)]
+    pub mutation: crate::core::node::Mutation,
 }
 
 /// The controller's connection id at branch `branch` (apart from every peer connection's).
@@ -195,6 +215,8 @@ impl Bank {
             bounds,
             names,
             pairs,
+            #[cfg(test)]
+            mutation: Default::default(),
         }
     }
 
@@ -222,7 +244,19 @@ impl Bank {
             incarnation: branch as u64 + 1,
             peer_grace: Duration::from_secs(1),
             directions: Vec::new(),
+            #[cfg(test)]
+            mutation: self.mutation,
         }
+    }
+
+    /// Branch `branch`'s node settings in `state`: a branch that lost its state is another
+    /// incarnation.
+    fn config_in(&self, state: &BankState, branch: usize) -> NodeConfig {
+        let mut config = self.config(branch);
+        if let Some((incarnation, _)) = &state.wiped[branch] {
+            config.incarnation = *incarnation;
+        }
+        config
     }
 
     /// The branch indices of `branch`'s peers, in channel order.
@@ -361,11 +395,24 @@ impl Bank {
                     .as_ref()
                     .is_some_and(|c| c.id == close.conn)
                 {
+                    // The refusal is written before the close, and read before the end of the
+                    // stream; what was queued before it is lost with the connection.
                     state.connections[pair] = None;
+                    let channel = self.channel(peer, branch);
+                    if let Some(msg) = close.refusal {
+                        work.push_back((
+                            peer,
+                            Some(Input::Peer {
+                                peer: channel,
+                                conn: close.conn,
+                                msg,
+                            }),
+                        ));
+                    }
                     work.push_back((
                         peer,
                         Some(Input::LinkDown {
-                            peer: self.channel(peer, branch),
+                            peer: channel,
                             conn: close.conn,
                         }),
                     ));
@@ -374,6 +421,22 @@ impl Bank {
             for dial in ready.dials {
                 state.dials[branch].insert(self.peer(branch, dial.peer));
             }
+        }
+    }
+
+    /// Branch `branch` dies: everything it had not committed, its connections (both ends see
+    /// them go) and the retrieves held at it are gone.
+    fn take_down(&self, state: &mut BankState, branch: usize) {
+        state.nodes[branch] = None;
+        state.commits[branch] = None;
+        state.timers[branch].clear();
+        state.deadlines[branch].clear();
+        state.dials[branch].clear();
+        for peer in self.peers_of(branch).collect::<Vec<_>>() {
+            self.cut(state, self.pair(branch, peer));
+        }
+        for snapshot in &mut state.snapshots {
+            snapshot.asked[branch] = false;
         }
     }
 
@@ -445,7 +508,7 @@ impl Bank {
             .map_err(|err| err.to_string())?
             .ok_or("the store holds no bank")?;
         BranchNode::restore(
-            self.config(branch),
+            self.config_in(state, branch),
             restored.core,
             restored.channels,
             restored.records,
@@ -476,9 +539,11 @@ impl Model for Bank {
                 snapshots: self.bounds.snapshots,
                 cuts: self.bounds.cuts,
                 crashes: self.bounds.crashes,
+                wipes: self.bounds.wipes,
             },
             may_crash: None,
             restarted: false,
+            wiped: vec![None; n],
             errors: Vec::new(),
         };
         // Each node's first Ready: its dials and its first commit.
@@ -528,6 +593,10 @@ impl Model for Bank {
                     let stored = state.stores[branch] != StoreImage::default();
                     if state.budget.crashes > 0 && state.may_crash == Some(branch) && stored {
                         actions.push(Action::Crash(branch));
+                    }
+                    // Only the branch that dials every peer (b0) is wiped: see the module doc.
+                    if state.budget.wipes > 0 && branch == 0 && state.wiped[branch].is_none() {
+                        actions.push(Action::Wipe(branch));
                     }
                     if state.commits[branch].is_some() {
                         actions.push(Action::Commit(branch));
@@ -618,17 +687,24 @@ impl Model for Bank {
             }
             Action::Crash(branch) => {
                 state.budget.crashes = state.budget.crashes.checked_sub(1)?;
-                state.nodes[branch] = None;
-                state.commits[branch] = None;
-                state.timers[branch].clear();
-                state.deadlines[branch].clear();
-                state.dials[branch].clear();
-                for peer in self.peers_of(branch).collect::<Vec<_>>() {
-                    self.cut(&mut state, self.pair(branch, peer));
-                }
-                for snapshot in &mut state.snapshots {
-                    snapshot.asked[branch] = false;
-                }
+                self.take_down(&mut state, branch);
+            }
+            Action::Wipe(branch) => {
+                state.budget.wipes = state.budget.wipes.checked_sub(1)?;
+                let old = self.config_in(&state, branch).incarnation;
+                let knew = self
+                    .peers_of(branch)
+                    .filter(|&p| {
+                        state.nodes[p].as_ref().is_some_and(|node| {
+                            node.peer_incarnation(self.channel(p, branch)) == Some(old)
+                        })
+                    })
+                    .collect();
+                self.take_down(&mut state, branch);
+                state.wiped[branch] = Some((100 + branch as u64, knew));
+                state.stores[branch] = StoreImage::default();
+                state.nodes[branch] = Some(BranchNode::new(self.config_in(&state, branch), 0));
+                self.carry(&mut state, branch, None);
             }
             Action::Restart(branch) => {
                 match self.restore(&state, branch) {
@@ -802,3 +878,6 @@ pub fn report(checker: &impl stateright::Checker<Bank>, took: Duration) -> Outco
     }
     Outcome { text, failed }
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,6 +8,9 @@
 //!   chained over every number and amount tells a gap or a repeat);
 //! - *always* `no node reports an error`: no protocol error, no halt, no failed restart, and no
 //!   balance above the total (an underflow would show as one);
+//! - *always* `a branch that lost its state is refused by its peers`: no peer that knew a wiped
+//!   branch's old incarnation takes the new one for it (after a wipe, the other *always* properties are
+//!   not checked: the wiped branch's money is gone by definition);
 //! - *always* `no snapshot is judged wrong`: every snapshot all of whose records are complete
 //!   is a proven consistent cut ([`crate::core::Audit`]) that sums to the total;
 //! - *sometimes* `a snapshot finds money in transit`, `a snapshot completes across a cut`,
@@ -31,6 +34,10 @@ pub fn all() -> Vec<Property<Bank>> {
         Property::always("each transfer is delivered once, in order", exactly_once),
         Property::always("no node reports an error", no_errors),
         Property::always("no snapshot is judged wrong", no_snapshot_wrong),
+        Property::always(
+            "a branch that lost its state is refused by its peers",
+            wiped_refused,
+        ),
         Property::sometimes("a snapshot finds money in transit", money_in_transit),
         Property::sometimes("a snapshot completes across a cut", ok_across_cut),
         Property::sometimes(
@@ -48,7 +55,28 @@ fn nodes<'s>(bank: &Bank, state: &'s BankState) -> Option<Vec<std::borrow::Cow<'
         .collect()
 }
 
+/// A wipe destroys the money of the branch wiped, by definition: after one, only
+/// [`wiped_refused`] is checked.
+fn wiped(state: &BankState) -> bool {
+    state.wiped.iter().any(Option::is_some)
+}
+
+fn wiped_refused(bank: &Bank, state: &BankState) -> bool {
+    state.wiped.iter().enumerate().all(|(w, wiped)| {
+        wiped.as_ref().is_none_or(|(incarnation, knew)| {
+            knew.iter().all(|&p| {
+                state.nodes[p].as_ref().is_none_or(|node| {
+                    node.peer_incarnation(bank.channel(p, w)) != Some(*incarnation)
+                })
+            })
+        })
+    })
+}
+
 fn money_is_conserved(bank: &Bank, state: &BankState) -> bool {
+    if wiped(state) {
+        return true;
+    }
     let Some(nodes) = nodes(bank, state) else {
         return false;
     };
@@ -70,6 +98,9 @@ fn money_is_conserved(bank: &Bank, state: &BankState) -> bool {
 }
 
 fn exactly_once(bank: &Bank, state: &BankState) -> bool {
+    if wiped(state) {
+        return true;
+    }
     let Some(nodes) = nodes(bank, state) else {
         return false;
     };
@@ -90,12 +121,13 @@ fn exactly_once(bank: &Bank, state: &BankState) -> bool {
 }
 
 fn no_errors(bank: &Bank, state: &BankState) -> bool {
-    state.errors.is_empty()
-        && state
-            .nodes
-            .iter()
-            .flatten()
-            .all(|node| node.balance() <= bank.total())
+    wiped(state)
+        || state.errors.is_empty()
+            && state
+                .nodes
+                .iter()
+                .flatten()
+                .all(|node| node.balance() <= bank.total())
 }
 
 /// The consistent-cut evidence of `snapshot`, once every record is in.
@@ -132,11 +164,12 @@ pub fn is_ok(bank: &Bank, snapshot: &SnapshotState) -> bool {
 }
 
 fn no_snapshot_wrong(bank: &Bank, state: &BankState) -> bool {
-    state
-        .snapshots
-        .iter()
-        .filter(|s| complete(s))
-        .all(|s| is_ok(bank, s))
+    wiped(state)
+        || state
+            .snapshots
+            .iter()
+            .filter(|s| complete(s))
+            .all(|s| is_ok(bank, s))
 }
 
 fn money_in_transit(bank: &Bank, state: &BankState) -> bool {

@@ -169,6 +169,10 @@ pub struct BranchCore {
     /// Snapshots whose record is finished: a marker for one of these is a protocol error, not
     /// the start of a new snapshot.
     finished: IdSet,
+    /// A seeded bug for the model checker's tests: a later marker closes its channel only after
+    /// the next transfer on it, which is recorded in transit.
+    #[cfg(test)]
+    late_close: Option<Vec<(SnapshotId, Channel)>>,
 }
 
 impl BranchCore {
@@ -187,6 +191,8 @@ impl BranchCore {
             lost: vec![false; incoming],
             recording: BTreeMap::new(),
             finished: IdSet::new(),
+            #[cfg(test)]
+            late_close: None,
         }
     }
 
@@ -231,6 +237,8 @@ impl BranchCore {
             lost: vec![false; incoming],
             recording,
             finished: IdSet::from_runs(state.finished),
+            #[cfg(test)]
+            late_close: None,
         })
     }
 
@@ -356,6 +364,11 @@ impl BranchCore {
         if !recording.open[from] {
             return Err(CoreError::DuplicateMarker { id, from });
         }
+        #[cfg(test)]
+        if let Some(late) = self.late_close.as_mut() {
+            late.push((id, from));
+            return Ok(());
+        }
         recording.open[from] = false;
         recording.open_count -= 1;
         if recording.open_count == 0 {
@@ -395,7 +408,39 @@ impl BranchCore {
                 });
             }
         }
+        #[cfg(test)]
+        self.close_late(from, out);
         Ok(())
+    }
+
+    /// Seeds the bug of [`Self::close_late`] (tests only).
+    #[cfg(test)]
+    pub fn seed_late_close(&mut self) {
+        self.late_close = Some(Vec::new());
+    }
+
+    /// The seeded bug: the markers that came on `from` close their channel only now, after the
+    /// transfer that followed them was recorded in transit.
+    #[cfg(test)]
+    fn close_late(&mut self, from: Channel, out: &mut Vec<Effect>) {
+        let Some(late) = self.late_close.as_mut() else {
+            return;
+        };
+        let closing: Vec<SnapshotId> = late
+            .iter()
+            .filter(|(_, c)| *c == from)
+            .map(|(id, _)| *id)
+            .collect();
+        late.retain(|(_, c)| *c != from);
+        for id in closing {
+            if let Some(recording) = self.recording.get_mut(&id) {
+                recording.open[from] = false;
+                recording.open_count -= 1;
+                if recording.open_count == 0 {
+                    self.finish(id, out);
+                }
+            }
+        }
     }
 
     fn check_incoming(&self, channel: Channel) -> Result<(), CoreError> {

@@ -431,6 +431,8 @@ impl Simulator {
                         from: topology.links.contains(&(p, b)),
                     })
                     .collect(),
+                #[cfg(test)]
+                mutation: Default::default(),
             };
             let node = BranchNode::new(config.clone(), topology.balances[b]);
             let mut in_src = vec![0; node.core().incoming()];

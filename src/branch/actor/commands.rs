@@ -162,6 +162,8 @@ impl BranchActor {
             incarnation: self.incarnation,
             peer_grace: self.settings.peer_grace,
             directions: Vec::new(),
+            #[cfg(test)]
+            mutation: Default::default(),
         };
         let node = make(config)?;
         let peer_names: Rc<[String]> = peers.iter().map(|peer| peer.name.clone()).collect();

@@ -202,7 +202,12 @@ impl BranchNode {
         if pos != 0 {
             match peer.cursor.accept(pos) {
                 Ok(Delivery::Deliver) => {
-                    if self.epochs.is_none() {
+                    #[cfg(test)]
+                    let at_once = self.epochs.is_none()
+                        || self.config.mutation == super::Mutation::AckBeforeDurable;
+                    #[cfg(not(test))]
+                    let at_once = self.epochs.is_none();
+                    if at_once {
                         peer.cursor.mark_durable(pos);
                     }
                 }
@@ -268,8 +273,15 @@ impl BranchNode {
     /// The peer's `Resume`: check it is the same incarnation, resend what it lacks, go live.
     fn on_resume(&mut self, channel: Channel, incarnation: u64, received: Position) {
         let me = self.config.name.clone();
+        #[cfg(test)]
+        let check = self.config.mutation != super::Mutation::AcceptNewIncarnation;
+        #[cfg(not(test))]
+        let check = true;
         let peer = &mut self.peers[channel];
-        if let Some(known) = peer.incarnation.filter(|&known| known != incarnation) {
+        if let Some(known) = peer
+            .incarnation
+            .filter(|&known| check && known != incarnation)
+        {
             let reason = format!(
                 "{} came back as a new incarnation ({:016x}, was {known:016x}): it restarted without its state, so its channel positions started over and it cannot be spliced onto the old channel ({} frame(s) this branch sent it are unacknowledged); restart {} with its --data-dir",
                 peer.name,
@@ -286,6 +298,10 @@ impl BranchNode {
             .resume(received)
             .map(|frames| frames.collect::<Vec<_>>());
         let resent = match resumed {
+            #[cfg(test)]
+            Ok(frames) if self.config.mutation == super::Mutation::ResendSkipsFirst => {
+                frames.into_iter().skip(1).collect()
+            }
             Ok(frames) => frames,
             Err(err) => {
                 self.resume_failed(channel, err);

@@ -72,6 +72,26 @@ pub struct NodeConfig {
     /// Which directions exist per peer, for a topology that is not a full mesh (the
     /// simulator's); empty: a full mesh, every peer both ways, as in a live bank.
     pub directions: Vec<Directions>,
+    /// A seeded bug (tests only), to show that the model checker catches it.
+    #[cfg(test)]
+    pub mutation: Mutation,
+}
+
+/// A bug seeded into the node (tests only): each must make the model checker fail.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Mutation {
+    /// The node as it is.
+    #[default]
+    None,
+    /// The resend after a reconnect skips the first unacknowledged frame.
+    ResendSkipsFirst,
+    /// A transfer received after the marker on its channel is recorded as in transit.
+    TransitAfterMarker,
+    /// A delivery counts as durable at once, so its ack leaves before its commit is durable.
+    AckBeforeDurable,
+    /// The incarnation check accepts a peer that restarted without its state.
+    AcceptNewIncarnation,
 }
 
 /// The directed channels between this branch and one peer.
@@ -417,7 +437,12 @@ impl BranchNode {
             })
             .collect();
         let map = ChannelMap::new(config.peers.len(), &config.directions);
-        let core = BranchCore::with_links(balance, map.incoming(), map.peer_of_out.len());
+        #[allow(unused_mut)]
+        let mut core = BranchCore::with_links(balance, map.incoming(), map.peer_of_out.len());
+        #[cfg(test)]
+        if config.mutation == Mutation::TransitAfterMarker {
+            core.seed_late_close();
+        }
         let mut node = Self::assemble(config, core, peers);
         node.touch();
         node.dial_all();
@@ -438,7 +463,12 @@ impl BranchNode {
                 config.peers.len()
             ));
         }
-        let core = BranchCore::restore(stored.state)?;
+        #[allow(unused_mut)]
+        let mut core = BranchCore::restore(stored.state)?;
+        #[cfg(test)]
+        if config.mutation == Mutation::TransitAfterMarker {
+            core.seed_late_close();
+        }
         let mut batches = Vec::with_capacity(channels.len());
         let peers = config
             .peers

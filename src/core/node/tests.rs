@@ -43,6 +43,8 @@ fn config(name: &str, peers: &[&str]) -> NodeConfig {
         incarnation: 7,
         peer_grace: Duration::from_millis(100),
         directions: Vec::new(),
+        #[cfg(test)]
+        mutation: Default::default(),
     }
 }
 
