@@ -14,9 +14,10 @@
 //!   restarted without its `--data-dir` and initialised again: its money is gone by
 //!   definition, so in states after a wipe only the property that its peers refuse it is
 //!   checked. Only `b0`, which dials every peer, is wiped: its `Resume` goes first and is
-//!   refused as a new incarnation. (A wiped branch that others dial is refused by the
-//!   dialler's `Resume` as a protocol error, and the dialler redials it for ever: an unbounded
-//!   run the checker cannot finish, left out of the model;
+//!   refused as a new incarnation. (A wiped branch that others dial refuses the dialler's
+//!   `Resume`, which states more than it ever sent, as a protocol error, and the dialler keeps
+//!   retrying at its backoff's pace, as it should, since the operator may yet restart the
+//!   branch with its data: a run without end, which BFS cannot finish, so it is left out;
 //! - `Crash` / `Restart`: a durable branch loses everything it had not committed (a commit
 //!   being written is lost too), then comes back from its store. Which branch may crash is
 //!   chosen in the initial state (one initial state per branch); only that branch's commits
