@@ -2,10 +2,12 @@
 //! with cuts, crashes and restarts, and prints each property's result. Exits 1 if a property
 //! fails (with the path that breaks it), 2 on bad arguments.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
+use snapbank::check::scenario::Scenario;
 use snapbank::check::{Bank, Bounds, report};
 use stateright::{Checker, Model};
 
@@ -41,9 +43,36 @@ struct Args {
     /// Checker threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Write each counterexample found to this directory as a `snapbank-sim` scenario
+    /// (`<n>.topology` and `<n>.events`, n = 1, 2, ...), to replay and draw with
+    /// `snapbank-sim <n>.topology <n>.events --svg <n>.svg`.
+    #[arg(long, value_name = "DIR")]
+    counterexamples: Option<PathBuf>,
+    /// Write an example of each *sometimes* property (a snapshot with money in transit, one
+    /// across a cut, one after a crash and restart) to this directory, as `--counterexamples`
+    /// does: runs to step through and draw.
+    #[arg(long, value_name = "DIR")]
+    examples: Option<PathBuf>,
     /// Stop after this many states (the result then says the check stopped before the end).
     #[arg(long)]
     max_states: Option<usize>,
+}
+
+/// Writes `scenario` as `<n>.topology` and `<n>.events` in `dir`; returns the two paths.
+fn write_scenario(
+    dir: &Path,
+    n: usize,
+    scenario: &Scenario,
+) -> std::io::Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir)?;
+    let base = dir.join(n.to_string());
+    let (topology, events) = (
+        base.with_extension("topology"),
+        base.with_extension("events"),
+    );
+    std::fs::write(&topology, scenario.topology_text())?;
+    std::fs::write(&events, scenario.events_text())?;
+    Ok((topology, events))
 }
 
 fn main() -> ExitCode {
@@ -77,6 +106,34 @@ fn main() -> ExitCode {
     let checker = builder.spawn_bfs().join();
     let outcome = report(&checker, started.elapsed());
     print!("{}", outcome.text);
+    let written = [
+        (
+            &args.counterexamples,
+            &outcome.counterexamples,
+            "counterexample",
+        ),
+        (&args.examples, &outcome.examples, "example"),
+    ];
+    for (dir, scenarios, what) in written {
+        let Some(dir) = dir else { continue };
+        for (index, (property, scenario)) in scenarios.iter().enumerate() {
+            match write_scenario(dir, index + 1, scenario) {
+                Ok((topology, events)) => println!(
+                    "{what} of \"{property}\": snapbank-sim {} {}",
+                    topology.display(),
+                    events.display()
+                ),
+                Err(err) => {
+                    eprintln!(
+                        "error: cannot write {what} {} in {}: {err}",
+                        index + 1,
+                        dir.display()
+                    );
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    }
     if outcome.failed {
         ExitCode::from(1)
     } else {

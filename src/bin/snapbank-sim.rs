@@ -2,12 +2,14 @@
 //! `BranchNode` per branch) and prints the resulting snapshots. See `snapbank::sim` for the
 //! delivery rule, crashes and pauses, and `snapbank::sim::topology` for the file formats.
 //!
-//! Exit codes: 0 on success, 1 when a snapshot can never complete, 2 for bad input.
+//! Exit codes: 0 on success, 1 when a snapshot can never complete (or, for a step script, a
+//! property fails), 2 for bad input.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
+use snapbank::check::scenario::{Scenario, is_step_script};
 use snapbank::sim::{Delays, RunOptions, SimError, run_scenario};
 
 /// Replays a snapbank scenario (topology + event script) on a simulated network with
@@ -23,7 +25,10 @@ struct Args {
     /// `snapshot <name>`, `tick [n]`, `cut <a> <b>` (their connection fails and comes back at
     /// once), `crash <name>` (a durable branch dies, losing what it had not committed),
     /// `restart <name>` (it starts again from its store), `pause <name> <ticks>` (it takes no
-    /// input for that long: a slow branch).
+    /// input for that long: a slow branch). A script whose first line is `steps` is a step
+    /// script, as `snapbank-check` prints its counterexamples: one model action per line
+    /// (`deliver`, `connect`, `fire`, `commit`, ...; see `snapbank::check::scenario`), replayed
+    /// exactly, with every property checked after every step.
     events: PathBuf,
     /// Draw each message's delay uniformly from 1..=5 with this seed.
     #[arg(long, default_value_t = 0, conflicts_with = "delays")]
@@ -77,7 +82,51 @@ fn draw(args: &Args, file: &Path) -> Result<(), SimError> {
     })
 }
 
+/// Replays a step script (a model checker's counterexample): every property after every
+/// step. Returns the output and whether a property failed.
+fn replay(args: &Args, events: &str) -> Result<(String, bool), SimError> {
+    let events_file = args.events.display().to_string();
+    if let Some(path) = &args.delays {
+        return Err(SimError::InFile {
+            file: path.display().to_string(),
+            reason: format!(
+                "{events_file} is a step script: it states every delivery, so delays do not apply"
+            ),
+        });
+    }
+    let topology_file = args.topology.display().to_string();
+    let scenario = Scenario::parse(&topology_file, &read(&args.topology)?, &events_file, events)?;
+    let replay = scenario.replay(&events_file)?;
+    if let Some(file) = &args.svg {
+        let title = format!("{topology_file} · {events_file}");
+        let svg = snapbank::sim::svg::draw(
+            &scenario.bank.names,
+            &replay.timeline,
+            replay.snapshots,
+            &title,
+        );
+        std::fs::write(file, svg).map_err(|err| SimError::InFile {
+            file: file.display().to_string(),
+            reason: format!("cannot write the diagram: {err}"),
+        })?;
+    }
+    let mut output = replay.lines.join("\n");
+    output.push('\n');
+    Ok((output, !replay.failures.is_empty()))
+}
+
 fn run(args: &Args) -> Result<String, SimError> {
+    let events = read(&args.events)?;
+    if is_step_script(&events) {
+        let (output, failed) = replay(args, &events)?;
+        if failed {
+            print!("{output}");
+            return Err(SimError::Run(
+                "a property fails on this run (see above)".to_string(),
+            ));
+        }
+        return Ok(output);
+    }
     let delays = delays(args)?;
     let output = run_scenario(
         &args.topology.display().to_string(),

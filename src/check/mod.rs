@@ -39,6 +39,7 @@
 //! path, and every path ends because the bounds are finite and a quiet bank arms no timer.
 
 pub mod properties;
+pub mod scenario;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
@@ -279,7 +280,7 @@ impl Bank {
         }
     }
 
-    fn pair(&self, a: usize, b: usize) -> usize {
+    pub(crate) fn pair(&self, a: usize, b: usize) -> usize {
         let key = (a.min(b), a.max(b));
         self.pairs.iter().position(|&p| p == key).unwrap_or(0)
     }
@@ -754,7 +755,7 @@ impl Model for Bank {
             }
             Action::Snapshot { initiator } => {
                 state.budget.snapshots = state.budget.snapshots.checked_sub(1)?;
-                let id = state.snapshots.len() as SnapshotId + 1;
+                let id = state.snapshots.len() as SnapshotId;
                 let n = self.bounds.branches;
                 state.snapshots.push(SnapshotState {
                     id,
@@ -809,6 +810,10 @@ pub struct Outcome {
     /// A property failed: a counterexample of an *always* or *eventually* property, or no
     /// example of a *sometimes* property the bounds allow.
     pub failed: bool,
+    /// Each failed property's counterexample, as a simulator scenario.
+    pub counterexamples: Vec<(&'static str, scenario::Scenario)>,
+    /// Each *sometimes* property's example, as a simulator scenario.
+    pub examples: Vec<(&'static str, scenario::Scenario)>,
 }
 
 /// Whether the bounds make *sometimes* property `name` reachable at all.
@@ -851,6 +856,8 @@ pub fn report(checker: &impl stateright::Checker<Bank>, took: Duration) -> Outco
         }
     );
     let mut failed = !checker.is_done();
+    let mut counterexamples = Vec::new();
+    let mut examples = Vec::new();
     for property in bank.properties() {
         let found = checker.discovery(property.name);
         let (verdict, bad) = match (&property.expectation, &found) {
@@ -866,18 +873,40 @@ pub fn report(checker: &impl stateright::Checker<Bank>, took: Duration) -> Outco
         let _ = writeln!(text, "{kind:>10} {}: {verdict}", property.name);
         if bad && let Some(path) = found {
             failed = true;
+            let init = path.clone().into_states().swap_remove(0);
+            let scenario = scenario::Scenario::from_path(bank, &init, &path.into_actions())
+                .shortened(property.name);
             let _ = writeln!(
                 text,
-                "  counterexample, {} step(s):",
-                path.clone().into_actions().len()
+                "  counterexample, {} step(s), as a snapbank-sim scenario:",
+                scenario.steps.len()
             );
-            for action in path.into_actions() {
-                let _ = writeln!(text, "    {action:?}");
+            let _ = writeln!(text, "  --- topology ---");
+            for line in scenario.topology_text().lines() {
+                let _ = writeln!(text, "  {line}");
             }
+            let _ = writeln!(text, "  --- events ---");
+            for line in scenario.events_text().lines() {
+                let _ = writeln!(text, "  {line}");
+            }
+            counterexamples.push((property.name, scenario));
+        } else if let (stateright::Expectation::Sometimes, Some(path)) =
+            (&property.expectation, found)
+        {
+            let init = path.clone().into_states().swap_remove(0);
+            examples.push((
+                property.name,
+                scenario::Scenario::from_path(bank, &init, &path.into_actions()),
+            ));
         }
         failed |= bad;
     }
-    Outcome { text, failed }
+    Outcome {
+        text,
+        failed,
+        counterexamples,
+        examples,
+    }
 }
 
 #[cfg(test)]

@@ -30,7 +30,8 @@ fn passes(bank: Bank) {
 }
 
 /// Checks `bank` with `mutation` seeded until the first failure; returns the name of the
-/// property that failed and the counterexample's steps.
+/// property that failed and the counterexample's steps, after replaying the counterexample as
+/// a simulator scenario (written out and read back) and drawing it.
 fn caught(mut bank: Bank, mutation: Mutation) -> (&'static str, Vec<Action>) {
     bank.mutation = mutation;
     let checker = bank
@@ -44,12 +45,62 @@ fn caught(mut bank: Bank, mutation: Mutation) -> (&'static str, Vec<Action>) {
         .properties()
         .into_iter()
         .filter(|p| p.expectation.discovery_is_failure())
-        .find_map(|p| {
-            checker
-                .discovery(p.name)
-                .map(|path| (p.name, path.into_actions()))
-        });
-    failed.unwrap_or_else(|| panic!("{mutation:?} was not caught"))
+        .find_map(|p| checker.discovery(p.name).map(|path| (p.name, path)));
+    let (property, path) = failed.unwrap_or_else(|| panic!("{mutation:?} was not caught"));
+    let init = path.clone().into_states().swap_remove(0);
+    let actions: Vec<Action> = scenario::Scenario::from_path(model, &init, &path.into_actions())
+        .shortened(property)
+        .steps
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect();
+    replays_as_scenario(model, &init, &actions, property);
+    (property, actions)
+}
+
+/// The counterexample `actions` from `init`, written as a step script and read back, replays
+/// on the simulator's step runner with `property` failing at its last step (the mutation is
+/// seeded there too), and draws as a space-time diagram with its messages.
+fn replays_as_scenario(bank: &Bank, init: &BankState, actions: &[Action], property: &str) {
+    let written = scenario::Scenario::from_path(bank, init, actions);
+    let (topology, events) = (written.topology_text(), written.events_text());
+    assert!(scenario::is_step_script(&events), "{events}");
+    let mut read = scenario::Scenario::parse("ce.topology", &topology, "ce.events", &events)
+        .unwrap_or_else(|err| panic!("{err}\n{topology}{events}"));
+    assert_eq!(
+        read.steps.iter().map(|&(_, a)| a).collect::<Vec<_>>(),
+        actions,
+        "{events}"
+    );
+    read.bank.mutation = bank.mutation;
+    let replay = read
+        .replay("ce.events")
+        .unwrap_or_else(|err| panic!("{err}\n{events}"));
+    assert!(
+        replay.failures.contains(&(property, actions.len())),
+        "{:?}\n{}",
+        replay.failures,
+        replay.lines.join("\n")
+    );
+    // Without the mutation the same steps break nothing (or cannot all happen).
+    read.bank.mutation = Mutation::default();
+    if let Ok(clean) = read.replay("ce.events") {
+        assert!(
+            clean.failures.iter().all(|&(p, _)| p != property),
+            "{property} fails without the mutation too:\n{}",
+            clean.lines.join("\n")
+        );
+    }
+    let svg = crate::sim::svg::draw(&read.bank.names, &replay.timeline, replay.snapshots, "ce");
+    assert!(svg.starts_with("<svg") || svg.contains("<svg"), "{svg}");
+    assert!(
+        replay
+            .timeline
+            .iter()
+            .any(|e| matches!(e, crate::sim::TimelineEvent::Send { .. })),
+        "{:?}",
+        replay.timeline
+    );
 }
 
 #[test]
