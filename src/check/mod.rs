@@ -163,8 +163,10 @@ pub struct BankState {
     pub commits: Vec<Option<Persist>>,
     /// Per pair `(a, b)` with `a < b`, in [`Bank::pairs`] order: its connection, if up.
     pub connections: Vec<Option<Connection>>,
-    /// The next connection id.
-    pub next_conn: ConnId,
+    /// Per pair, how many connections it has had. A connection's id is made from its pair and
+    /// this count, not from a bank-wide counter: ids are opaque tokens to the nodes, so states
+    /// that differ only in the order their connections came up are one state.
+    pub generations: Vec<u32>,
     /// Each branch's armed timers.
     pub timers: Vec<BTreeSet<Timer>>,
     /// Each branch's held retrieves' deadlines: they pass only when nothing else can happen.
@@ -531,7 +533,7 @@ impl Model for Bank {
             stores: vec![StoreImage::default(); n],
             commits: vec![None; n],
             connections: vec![None; self.pairs.len()],
-            next_conn: 1,
+            generations: vec![0; self.pairs.len()],
             timers: vec![BTreeSet::new(); n],
             deadlines: vec![BTreeSet::new(); n],
             dials: vec![BTreeSet::new(); n],
@@ -664,8 +666,11 @@ impl Model for Bank {
             }
             Action::Connect { dialler, peer } => {
                 state.dials[dialler].remove(&peer);
-                let id = state.next_conn;
-                state.next_conn += 1;
+                let pair = self.pair(dialler, peer);
+                state.generations[pair] += 1;
+                let id = 1
+                    + pair as ConnId
+                    + self.pairs.len() as ConnId * ConnId::from(state.generations[pair]);
                 state.connections[self.pair(dialler, peer)] = Some(Connection {
                     id,
                     up: VecDeque::new(),
