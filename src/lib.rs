@@ -22,6 +22,9 @@
 //!   simulated network of FIFO connections that it can cut, with durable branches on in-memory
 //!   stores that it can crash, restart and pause; behind `snapbank-sim` and the randomized
 //!   searches in the tests.
+//! - [`check`]: the model checker: every interleaving of a small bank of `BranchNode`s with
+//!   cuts, crashes and restarts, explored by `stateright` (`snapbank-check`), and its paths as
+//!   step scripts that `snapbank-sim` replays and draws ([`check::scenario`]).
 //! - [`outbox`]: the write half of every connection: frames appended to a buffer that a writer
 //!   task drains in batches, so a burst of messages costs one system call.
 //! - [`branch`]: a live branch, the runtime of a `BranchNode`: `BranchActor` owns the node and

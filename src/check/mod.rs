@@ -8,7 +8,9 @@
 //! flow). A state is every node, every branch's committed store ([`StoreImage`]), every
 //! connection's two queues, the armed timers and the controller; an action is one of:
 //! - `Deliver`: the head of one direction of one connection reaches its node;
-//! - `Connect`: a dial the node asked for succeeds: both ends get the new connection;
+//! - `Connect`: a dial the node asked for succeeds: both ends get the new connection (its id
+//!   made from the pair and the pair's count of connections, not from a bank-wide counter, so
+//!   states that differ only in the order connections came up are one state);
 //! - `Cut`: a connection fails; what was in flight on it is lost and both ends see it go;
 //! - `Wipe`: a branch restarts without its state (a new incarnation holding nothing), as one
 //!   restarted without its `--data-dir` and initialised again: its money is gone by
@@ -32,7 +34,12 @@
 //!   modelled: the controller waits as long as it takes).
 //!
 //! The bounds (branches, balance, transfers per branch, snapshots, cuts, crashes) make the
-//! state space finite. The properties are in [`properties`]; [`Bank`] is the model.
+//! state space finite. The properties are in [`properties`]; [`Bank`] is the model; a path of
+//! it is written, read back and replayed as a `snapbank-sim` step script by [`scenario`].
+//!
+//! No symmetry reduction is made: branches are not interchangeable (the lower name dials,
+//! channels are in name order, the branch that may crash is an initial choice), so merging
+//! states up to a renaming of branches would merge states that behave differently.
 //!
 //! Fairness assumed by the *eventually* property: once the fault bounds are spent, every
 //! enabled delivery, connection, commit and timer eventually happens. BFS explores every finite

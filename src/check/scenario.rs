@@ -612,8 +612,9 @@ impl Drawing {
                     continue;
                 };
                 let key = (branch, snapshot.id);
-                if !self.recorded.contains_key(&key) {
-                    self.recorded.insert(key, Vec::new());
+                if let std::collections::btree_map::Entry::Vacant(entry) = self.recorded.entry(key)
+                {
+                    entry.insert(Vec::new());
                     if !matches!(action, Action::Restart(_)) {
                         self.timeline.push(TimelineEvent::Record {
                             tick,
