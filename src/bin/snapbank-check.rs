@@ -63,9 +63,31 @@ struct Args {
     /// shortest; it is still cut back to its first failing state).
     #[arg(long)]
     dfs: bool,
+    /// Every 10 seconds, print the states explored so far to stderr.
+    #[arg(long)]
+    progress: bool,
     /// Stop after this many states (the result then says the check stopped before the end).
     #[arg(long)]
     max_states: Option<usize>,
+}
+
+/// Waits for `checker` to finish, printing its progress every 10 s to stderr if `progress`.
+fn watch<C: Checker<Bank>>(checker: C, progress: bool, started: Instant) -> C {
+    let mut last = Instant::now();
+    while progress && !checker.is_done() {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        if last.elapsed().as_secs() >= 10 {
+            last = Instant::now();
+            eprintln!(
+                "{:.0} s: {} unique states ({} visits), depth {}",
+                started.elapsed().as_secs_f64(),
+                checker.unique_state_count(),
+                checker.state_count(),
+                checker.max_depth()
+            );
+        }
+    }
+    checker.join()
 }
 
 /// Writes `scenario` as `<n>.topology` and `<n>.events` in `dir`; returns the two paths.
@@ -114,10 +136,10 @@ fn main() -> ExitCode {
         builder = builder.target_state_count(max);
     }
     let outcome = if args.dfs {
-        let checker = builder.spawn_dfs().join();
+        let checker = watch(builder.spawn_dfs(), args.progress, started);
         report(&checker, started.elapsed())
     } else {
-        let checker = builder.spawn_bfs().join();
+        let checker = watch(builder.spawn_bfs(), args.progress, started);
         report(&checker, started.elapsed())
     };
     print!("{}", outcome.text);
