@@ -371,7 +371,8 @@ struct Waiter {
 /// One branch's whole protocol state.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BranchNode {
-    config: NodeConfig,
+    /// Shared: it never changes, and a model checker clones the node for every state.
+    config: std::sync::Arc<NodeConfig>,
     core: BranchCore,
     /// Each peer's place among the core's channels.
     channels: ChannelMap,
@@ -536,7 +537,7 @@ impl BranchNode {
         let epochs = config.durable.then(|| epochs::Epochs::new(peers.len()));
         let channels = ChannelMap::new(peers.len(), &config.directions);
         Self {
-            config,
+            config: std::sync::Arc::new(config),
             core,
             channels,
             peers,
