@@ -173,6 +173,9 @@ fn main() -> ExitCode {
     let web_view = args
         .web
         .map(|_| snapbank::web::WebView::new(&branches, args.total, args.web_history));
+    if let (Some(view), Some(writer)) = (&web_view, &checkpoints) {
+        view.track_checkpoints(writer.stats.clone());
+    }
     let stop = CancellationToken::new();
     let config = ControllerConfig {
         secret,

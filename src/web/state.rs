@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use crate::controller::checkpoint::dir::CheckpointStats;
 use crate::controller::{SnapshotReport, Verdict};
 
 /// Upper bounds (seconds) of the snapshot duration histogram's buckets (`+Inf` is implied).
@@ -184,6 +185,8 @@ pub struct ViewState {
     balances: Option<Vec<u64>>,
     /// Id of the latest reported snapshot.
     latest_id: Option<u32>,
+    /// What the checkpoint writer has done (`--checkpoint-dir`); `None` without one.
+    checkpoints: Option<Arc<CheckpointStats>>,
 }
 
 impl ViewState {
@@ -211,7 +214,18 @@ impl ViewState {
             in_transit: None,
             balances: None,
             latest_id: None,
+            checkpoints: None,
         }
+    }
+
+    /// Follows a checkpoint writer's counters, for `/metrics`.
+    pub fn track_checkpoints(&mut self, stats: Arc<CheckpointStats>) {
+        self.checkpoints = Some(stats);
+    }
+
+    /// The checkpoint writer's counters, when the controller writes checkpoints.
+    pub fn checkpoints(&self) -> Option<&CheckpointStats> {
+        self.checkpoints.as_deref()
     }
 
     fn index(&self, branch: &str) -> Option<usize> {
