@@ -331,3 +331,33 @@ fn every_bad_checkpoint_is_refused_with_exit_2_before_anything_reaches_a_branch(
     );
     assert_eq!(balances(&json_reports(&output)[0]), vec![1000, 1000, 1000]);
 }
+
+#[test]
+fn a_checkpoint_that_cannot_be_written_is_a_warning_naming_the_file_and_the_bank_runs_on() {
+    let checkpoints = TempDir::new("unwritable");
+    let bank = common::bank(2, "5");
+    let controller = ControllerProcess::start(
+        &bank,
+        "2000",
+        &[
+            "--checkpoint-dir",
+            checkpoints.path(),
+            "--interval-ms",
+            "50",
+            "--snapshots",
+            "20",
+        ],
+    );
+    controller.wait_for_reports(3, Duration::from_secs(20));
+    // The directory disappears under the controller: every later write fails.
+    std::fs::remove_dir_all(&checkpoints.0).expect("remove the checkpoint directory");
+    let (code, reports, stderr) = controller.finish(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(verdicts(&reports), vec!["ok"; 20]);
+    let expected = format!("cannot write checkpoint {}/checkpoint-", checkpoints.path());
+    let warning = stderr
+        .lines()
+        .find(|line| line.contains(&expected))
+        .unwrap_or_else(|| panic!("no warning naming the file: {stderr}"));
+    assert!(warning.contains("the bank runs on"), "{warning}");
+}
