@@ -40,6 +40,9 @@
 //!   types ([`core::persist`]): the redb store (group commit, read back after a crash) and an
 //!   in-memory one that survives a simulated crash.
 //! - [`failpoint`]: named places where a test can make a branch abort, as `kill -9` would.
+//! - [`controller::checkpoint`]: ok snapshots as sealed, self-describing files written
+//!   atomically (`controller --checkpoint-dir`), and read back and checked to start a fresh
+//!   bank from one (`controller --restore`).
 //! - [`controller::compat`]: `CompatController` (`controller --compat`) drives branches that
 //!   speak only the exercise's original schema, one connection per branch or per command.
 //! - [`local_bank`]: starts real `branch` processes on free loopback ports and kills them on drop;

@@ -19,9 +19,11 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use snapbank::auth::Secret;
 use snapbank::config::load_branches;
+use snapbank::controller::checkpoint::dir::{CheckpointWriter, now_unix_ms};
+use snapbank::controller::checkpoint::{self, Checkpoint};
 use snapbank::controller::{
-    CompatConfig, CompatMode, ControllerConfig, ControllerError, RunSummary, SnapshotReport,
-    run_compat_controller, run_controller,
+    CompatConfig, CompatMode, ControllerConfig, ControllerError, Restore, RunSummary,
+    SnapshotReport, run_compat_controller, run_controller,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -90,6 +92,20 @@ struct Args {
     #[arg(long, requires = "compat",
           default_value_t = snapbank::controller::compat::DEFAULT_RETRIEVE_DELAY.as_millis() as u64)]
     retrieve_delay_ms: u64,
+    /// Write every ok snapshot to this directory (created if missing) as a checkpoint file a
+    /// bank can be restored from.
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<PathBuf>,
+    /// How many checkpoints --checkpoint-dir keeps (the newest).
+    #[arg(long, requires = "checkpoint_dir",
+          default_value_t = snapbank::controller::checkpoint::dir::DEFAULT_KEEP,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    keep_checkpoints: usize,
+    /// Initialise fresh branches from a checkpoint file, or from the newest checkpoint in a
+    /// directory: each branch gets its recorded balance plus the money recorded in transit into
+    /// it, and snapshot ids continue after the checkpoint's.
+    #[arg(long, value_name = "FILE|DIR", conflicts_with = "attach")]
+    restore: Option<PathBuf>,
 }
 
 /// The connection pattern of `--compat`.
@@ -121,6 +137,31 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let restore = match args.restore.as_deref() {
+        Some(path) => match load_restore(path, args.total, &branches) {
+            Ok(restore) => Some(restore),
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let checkpoints = match args.checkpoint_dir.clone() {
+        Some(dir) => match std::fs::create_dir_all(&dir)
+            .and_then(|()| CheckpointWriter::start(dir.clone(), args.keep_checkpoints))
+        {
+            Ok(writer) => Some(writer),
+            Err(err) => {
+                eprintln!(
+                    "error: --checkpoint-dir {}: cannot use it: {err}",
+                    dir.display()
+                );
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     let secret = match args.secret_file.as_deref().map(Secret::load).transpose() {
         Ok(secret) => secret,
         Err(err) => {
@@ -132,6 +173,9 @@ fn main() -> ExitCode {
     let web_view = args
         .web
         .map(|_| snapbank::web::WebView::new(&branches, args.total, args.web_history));
+    if let (Some(view), Some(writer)) = (&web_view, &checkpoints) {
+        view.track_checkpoints(writer.stats.clone());
+    }
     let stop = CancellationToken::new();
     let config = ControllerConfig {
         secret,
@@ -146,11 +190,19 @@ fn main() -> ExitCode {
         max_frame: args.max_frame_bytes,
         link_timeout: Duration::from_millis(args.link_timeout_ms),
         observer: web_view.clone().map(|view| Arc::new(view) as _),
-        ..ControllerConfig::new(args.total, branches)
+        restore,
+        ..ControllerConfig::new(args.total, branches.clone())
     };
     let format = args.format;
     let report_view = web_view.clone();
+    let checkpoints = Rc::new(std::cell::RefCell::new(checkpoints));
+    let checkpoint_writer = checkpoints.clone();
     let print = Box::new(move |report: &SnapshotReport| {
+        if let Some(writer) = checkpoint_writer.borrow().as_ref()
+            && let Some(checkpoint) = Checkpoint::of_report(report, &branches, now_unix_ms())
+        {
+            writer.submit(checkpoint);
+        }
         if let Some(view) = &report_view {
             view.add_report(report);
         }
@@ -200,6 +252,10 @@ fn main() -> ExitCode {
         }
         outcome
     });
+    // The checkpoints still queued are written before the controller exits.
+    if let Some(writer) = checkpoints.borrow_mut().take() {
+        writer.finish();
+    }
     match outcome {
         Ok(summary) if summary.all_ok() => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
@@ -208,6 +264,8 @@ fn main() -> ExitCode {
             | ControllerError::UnboundedBurst
             | ControllerError::NoSnapshots
             | ControllerError::AttachNeedsSecret
+            | ControllerError::BadRestore { .. }
+            | ControllerError::RestoreAttached
             | ControllerError::CompatWithSecret),
         ) => {
             eprintln!("error: {err}");
@@ -218,6 +276,40 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The restore `--restore PATH` asks for, for a bank of `total` over `branches`: the
+/// checkpoint at PATH, or the newest in the directory PATH, read and checked. The error is one
+/// line naming the file and the problem.
+fn load_restore(
+    path: &std::path::Path,
+    total: u64,
+    branches: &[snapbank::config::BranchEntry],
+) -> Result<Restore, String> {
+    let file = if path.is_dir() {
+        match checkpoint::dir::newest(path) {
+            Ok(Some(file)) => file,
+            Ok(None) => {
+                return Err(format!(
+                    "--restore {}: the directory holds no checkpoint",
+                    path.display()
+                ));
+            }
+            Err(err) => return Err(format!("--restore {}: {err}", path.display())),
+        }
+    } else {
+        path.to_path_buf()
+    };
+    let problem = |what: String| format!("checkpoint {}: {what}", file.display());
+    let bytes = std::fs::read(&file).map_err(|err| problem(err.to_string()))?;
+    let checkpoint = Checkpoint::decode(&bytes).map_err(|err| problem(err.to_string()))?;
+    let balances = checkpoint
+        .restore_balances(total, branches)
+        .map_err(|err| problem(err.to_string()))?;
+    Ok(Restore {
+        balances,
+        after_id: checkpoint.snapshot_id,
+    })
 }
 
 /// Cancels `stop` on the first SIGINT or SIGTERM, noting which in `stopped_by`. The handlers

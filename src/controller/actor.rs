@@ -37,7 +37,6 @@ use super::collector::{Answer, RETRY_PAUSE};
 use super::{ControllerConfig, ControllerError, RunSummary, SnapshotReport};
 use crate::auth::Secret;
 use crate::backoff::Backoff;
-use crate::core::split_total;
 use crate::dial::{Dialer, Failed, Step};
 use crate::handshake::{self, Authenticated, HandshakeError};
 use crate::wire::{self, Body, pb};
@@ -88,7 +87,7 @@ pub(super) fn start(
 impl ControllerActor {
     fn init_bank(&mut self) {
         let config = &self.run.config;
-        let balances = split_total(config.total, self.run.links.len());
+        let balances = config.initial_balances();
         let all_branches = wire::branch_list(&config.branches);
         // With a --secret-file the links are authenticated and the secret stays here.
         let secret = if config.secret.is_some() {

@@ -43,7 +43,6 @@ use tokio_util::codec::FramedRead;
 use super::carrier::{Carrier, LinkEvent, Run, plain, warn_unreachable};
 use super::{ControllerConfig, ControllerError, RunSummary, SnapshotReport};
 use crate::backoff::Backoff;
-use crate::core::split_total;
 use crate::dial::{Dialer, Never, Step};
 use crate::wire::pb::return_snapshot::LocalSnapshot;
 use crate::wire::{self, Body, FrameCodec, pb};
@@ -104,7 +103,7 @@ pub async fn run_compat_controller(
     if config.secret.is_some() || config.attach {
         return Err(ControllerError::CompatWithSecret);
     }
-    let balances = split_total(config.total, config.branches.len());
+    let balances = config.initial_balances();
     let all_branches = wire::branch_list(&config.branches);
     let inits: Vec<Body> = balances
         .into_iter()
@@ -279,8 +278,9 @@ impl CompatController {
     ) -> Addr<Self> {
         CompatController::create(move |ctx| {
             let max_frame = config.max_frame;
+            let first_id = config.first_id();
             let mut controller = CompatController {
-                run: Run::new(config, 1, false, on_report, done),
+                run: Run::new(config, first_id, false, on_report, done),
                 compat,
             };
             for (index, (stream, init)) in links.into_iter().enumerate() {

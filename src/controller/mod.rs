@@ -9,6 +9,8 @@
 //!   answers, initiators, the words for a status that is no record, reports in id order.
 //! - `carrier`: the actix glue both controllers share to carry those decisions: the schedule,
 //!   timers, persistent links and the end of a run.
+//! - [`checkpoint`]: ok snapshots as self-describing files (`--checkpoint-dir`), written
+//!   atomically and pruned to the newest N, and read back to restore a bank (`--restore`).
 //! - `schedule`: the ticks (skipping those a stall missed) and what a run stopped early lists.
 //!
 //! Retrieval without blind sleeps: right after `InitSnapshot`, the controller sends every branch
@@ -18,6 +20,7 @@
 
 pub mod actor;
 mod carrier;
+pub mod checkpoint;
 mod collector;
 pub mod compat;
 pub mod observer;
@@ -92,6 +95,18 @@ pub struct ControllerConfig {
     /// Live events for a view of the controller (`--web`); `None` for none. Optional, so a
     /// caller without a view passes nothing.
     pub observer: Option<Arc<dyn ControllerObserver>>,
+    /// Start the bank from a checkpoint (`--restore`) instead of an even split; `None` for a
+    /// new bank.
+    pub restore: Option<Restore>,
+}
+
+/// A bank started from a checkpoint: each branch's balance and where snapshot ids go on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restore {
+    /// Each branch's starting balance, in branches-file order (checked against the total).
+    pub balances: Vec<u64>,
+    /// The checkpoint's snapshot id: this run's ids start after it.
+    pub after_id: u32,
 }
 
 /// Default of [`ControllerConfig::link_timeout`].
@@ -116,7 +131,24 @@ impl ControllerConfig {
             link_timeout: DEFAULT_LINK_TIMEOUT,
             heartbeats: true,
             observer: None,
+            restore: None,
         }
+    }
+
+    /// Each branch's starting balance, in file order: the checkpoint's when restoring, else
+    /// the total split evenly.
+    pub fn initial_balances(&self) -> Vec<u64> {
+        match &self.restore {
+            Some(restore) => restore.balances.clone(),
+            None => crate::core::split_total(self.total, self.branches.len()),
+        }
+    }
+
+    /// The first snapshot id this run may use (after a restored checkpoint's).
+    pub fn first_id(&self) -> u32 {
+        self.restore
+            .as_ref()
+            .map_or(1, |restore| restore.after_id.saturating_add(1))
     }
 }
 
@@ -157,6 +189,12 @@ pub enum ControllerError {
     NoSnapshots,
     #[error("--attach needs --secret-file: the running bank's secret")]
     AttachNeedsSecret,
+    #[error(
+        "a restore must give one balance per branch summing to the total (got {branches} summing to {sum})"
+    )]
+    BadRestore { branches: usize, sum: u64 },
+    #[error("--restore initialises fresh branches; it cannot be used with --attach")]
+    RestoreAttached,
     #[error("cannot attach to branch {name} at {addr}: {reason}")]
     Attach {
         name: String,
@@ -242,7 +280,7 @@ async fn connect_and_attach(
 ) -> Result<(Vec<handshake::Authenticated>, u32), ControllerError> {
     let streams = connect_all(&config.branches, config.connect_timeout).await?;
     let mut links = Vec::with_capacity(streams.len());
-    let mut first_id = 1u32;
+    let mut first_id = config.first_id();
     // A secret from a file is never sent: the controller proves it with the handshake (which
     // also proves the branch is the real one) and sends InitBranch without it. Only a secret
     // made here for a new bank travels, in InitBranch (trust on first use).
@@ -286,6 +324,18 @@ fn check(config: &ControllerConfig) -> Result<(), ControllerError> {
     }
     if config.snapshots == Some(0) {
         return Err(ControllerError::NoSnapshots);
+    }
+    if let Some(restore) = &config.restore {
+        let sum: u64 = restore.balances.iter().sum();
+        if restore.balances.len() != config.branches.len() || sum != config.total {
+            return Err(ControllerError::BadRestore {
+                branches: restore.balances.len(),
+                sum,
+            });
+        }
+        if config.attach {
+            return Err(ControllerError::RestoreAttached);
+        }
     }
     Ok(())
 }

@@ -6,7 +6,10 @@
 
 use std::fmt::Write as _;
 
+use std::sync::atomic::Ordering;
+
 use super::state::{DURATION_BUCKETS, LinkStatus, ViewState};
+use crate::controller::checkpoint::dir::{CheckpointStats, now_unix_ms};
 
 /// The content type Prometheus expects for this format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -164,7 +167,61 @@ pub fn render(state: &ViewState) -> String {
         );
         let _ = writeln!(out, "snapbank_latest_snapshot_id {id}");
     }
+    if let Some(stats) = state.checkpoints() {
+        checkpoint_series(&mut out, stats, now_unix_ms());
+    }
     out
+}
+
+/// The checkpoint writer's series; the latest checkpoint's id and age only once there is one.
+fn checkpoint_series(out: &mut String, stats: &CheckpointStats, now_ms: u64) {
+    let counters = [
+        (
+            "snapbank_checkpoints_written_total",
+            "counter",
+            "Checkpoints written to --checkpoint-dir.",
+            stats.written.load(Ordering::Relaxed),
+        ),
+        (
+            "snapbank_checkpoint_write_failures_total",
+            "counter",
+            "Checkpoints that could not be written.",
+            stats.failed.load(Ordering::Relaxed),
+        ),
+        (
+            "snapbank_checkpoints_kept",
+            "gauge",
+            "Checkpoints in --checkpoint-dir after the latest write.",
+            stats.kept.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, kind, help, value) in counters {
+        family(out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    let latest_ms = stats.latest_unix_ms.load(Ordering::Relaxed);
+    if stats.written.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    family(
+        out,
+        "snapbank_latest_checkpoint_id",
+        "gauge",
+        "Snapshot id of the latest checkpoint written.",
+    );
+    let _ = writeln!(
+        out,
+        "snapbank_latest_checkpoint_id {}",
+        stats.latest_id.load(Ordering::Relaxed)
+    );
+    family(
+        out,
+        "snapbank_latest_checkpoint_age_seconds",
+        "gauge",
+        "Seconds since the latest checkpoint's snapshot was taken.",
+    );
+    let age = now_ms.saturating_sub(latest_ms) as f64 / 1000.0;
+    let _ = writeln!(out, "snapbank_latest_checkpoint_age_seconds {}", float(age));
 }
 
 /// The `# HELP` and `# TYPE` lines of a metric family.
@@ -197,6 +254,37 @@ fn float(value: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checkpoint_series_appear_with_a_writer_and_the_age_once_one_is_written() {
+        let state = ViewState::new(vec!["a".into(), "b".into()], vec![], 10, 5);
+        assert!(!render(&state).contains("checkpoint"));
+        let stats = CheckpointStats::default();
+        let mut out = String::new();
+        checkpoint_series(&mut out, &stats, 10_000);
+        assert!(
+            out.contains("snapbank_checkpoints_written_total 0\n"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("snapbank_latest_checkpoint_age_seconds"),
+            "{out}"
+        );
+        stats.written.store(3, Ordering::Relaxed);
+        stats.latest_id.store(17, Ordering::Relaxed);
+        stats.latest_unix_ms.store(7_500, Ordering::Relaxed);
+        let mut out = String::new();
+        checkpoint_series(&mut out, &stats, 10_000);
+        assert!(
+            out.contains("snapbank_checkpoints_written_total 3\n"),
+            "{out}"
+        );
+        assert!(out.contains("snapbank_latest_checkpoint_id 17\n"), "{out}");
+        assert!(
+            out.contains("snapbank_latest_checkpoint_age_seconds 2.5\n"),
+            "{out}"
+        );
+    }
 
     #[test]
     fn an_empty_view_has_counters_and_bank_gauges_but_no_made_up_figures() {

@@ -179,6 +179,15 @@ impl WebView {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Shows the counters of the controller's checkpoint writer (`--checkpoint-dir`) in
+    /// `/metrics`.
+    pub fn track_checkpoints(
+        &self,
+        stats: Arc<crate::controller::checkpoint::dir::CheckpointStats>,
+    ) {
+        self.state().track_checkpoints(stats);
+    }
+
     /// Takes in a finished snapshot and queues it, and the new status, for the stream.
     pub fn add_report(&self, report: &SnapshotReport) {
         let object = self.state().add_report(report, now_ms());

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use crate::controller::checkpoint::dir::CheckpointStats;
 use crate::controller::{SnapshotReport, Verdict};
 
 /// Upper bounds (seconds) of the snapshot duration histogram's buckets (`+Inf` is implied).
@@ -184,6 +185,8 @@ pub struct ViewState {
     balances: Option<Vec<u64>>,
     /// Id of the latest reported snapshot.
     latest_id: Option<u32>,
+    /// What the checkpoint writer has done (`--checkpoint-dir`); `None` without one.
+    checkpoints: Option<Arc<CheckpointStats>>,
 }
 
 impl ViewState {
@@ -211,7 +214,18 @@ impl ViewState {
             in_transit: None,
             balances: None,
             latest_id: None,
+            checkpoints: None,
         }
+    }
+
+    /// Follows a checkpoint writer's counters, for `/metrics`.
+    pub fn track_checkpoints(&mut self, stats: Arc<CheckpointStats>) {
+        self.checkpoints = Some(stats);
+    }
+
+    /// The checkpoint writer's counters, when the controller writes checkpoints.
+    pub fn checkpoints(&self) -> Option<&CheckpointStats> {
+        self.checkpoints.as_deref()
     }
 
     fn index(&self, branch: &str) -> Option<usize> {
@@ -464,6 +478,7 @@ impl ViewState {
             "duration_ms": stats(&|entry| Some(entry.elapsed_ms)),
             "in_transit": stats(&|entry| entry.in_transit.map(|amount| amount as f64)),
             "transfers_per_second": self.transfers_per_second,
+            "checkpoints": self.checkpoints.as_deref().map(checkpoints_json),
         })
     }
 
@@ -502,6 +517,21 @@ impl ViewState {
     pub fn status_json(&self) -> Value {
         json!({"overview": self.overview_json(), "bank": self.bank_json()})
     }
+}
+
+/// The overview's `checkpoints`: what the writer has done; the latest's id and time (Unix ms)
+/// are `null` until one is written.
+fn checkpoints_json(stats: &CheckpointStats) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let written = stats.written.load(Relaxed);
+    let latest = |value: u64| (written > 0).then_some(value);
+    json!({
+        "written": written,
+        "failed": stats.failed.load(Relaxed),
+        "kept": stats.kept.load(Relaxed),
+        "latest_id": latest(stats.latest_id.load(Relaxed)),
+        "latest_unix_ms": latest(stats.latest_unix_ms.load(Relaxed)),
+    })
 }
 
 /// The verdict's name in the JSON reports.
@@ -656,6 +686,26 @@ mod tests {
         // Counters cover every snapshot, not only the retained ones.
         assert_eq!(state.verdicts().ok, 5);
         assert_eq!(state.durations().count, 5);
+    }
+
+    #[test]
+    fn overview_shows_the_checkpoints_only_when_the_controller_writes_them() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut state = view(10);
+        assert_eq!(state.overview_json()["checkpoints"], Value::Null);
+        let stats = Arc::new(CheckpointStats::default());
+        state.track_checkpoints(stats.clone());
+        let none = &state.overview_json()["checkpoints"];
+        assert_eq!(none["written"], 0);
+        assert_eq!(none["latest_id"], Value::Null);
+        stats.written.store(2, Relaxed);
+        stats.kept.store(2, Relaxed);
+        stats.latest_id.store(9, Relaxed);
+        stats.latest_unix_ms.store(123_456, Relaxed);
+        let some = &state.overview_json()["checkpoints"];
+        assert_eq!(some["latest_id"], 9);
+        assert_eq!(some["latest_unix_ms"], 123_456);
+        assert_eq!(some["kept"], 2);
     }
 
     #[test]

@@ -32,6 +32,8 @@ use figures::{
     cpu_percent, describe_failure, draw_soak_plot, draw_sweep_plot, mean_in_transit,
     mean_money_in_transit_pct, write_soak_csv, write_sweep_csv,
 };
+use snapbank::controller::checkpoint::Checkpoint;
+use snapbank::controller::checkpoint::dir::{CheckpointWriter, DEFAULT_KEEP, now_unix_ms};
 use snapbank::controller::{ControllerConfig, SnapshotReport, run_controller};
 use snapbank::local_bank::LocalBank;
 
@@ -83,7 +85,15 @@ struct Args {
     /// `sweep-run<K>.csv`.
     #[arg(long, default_value_t = 1)]
     runs: usize,
+    /// The controller writes every ok snapshot of the loaded runs as a checkpoint into this
+    /// directory (as `controller --checkpoint-dir` does, keeping the newest 10): what
+    /// checkpoints cost.
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<PathBuf>,
 }
+
+/// Where the controller writes checkpoints (`--checkpoint-dir`), set once in `main`.
+static CHECKPOINT_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 /// Whether this run's branches are durable (`--durable`), set once in `main`.
 static DURABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -206,9 +216,24 @@ async fn run(plan: &Plan, bin_dir: &Path, ticks_per_sec: u64) -> Result<RunResul
         .collect();
     let started = Instant::now();
 
+    let checkpoints = match CHECKPOINT_DIR.get() {
+        Some(dir) => Some(
+            std::fs::create_dir_all(dir)
+                .and_then(|()| CheckpointWriter::start(dir.clone(), DEFAULT_KEEP))
+                .map_err(|err| format!("--checkpoint-dir {}: {err}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let checkpoint_stats = checkpoints.as_ref().map(|writer| writer.stats.clone());
+    let members = bank.entries().to_vec();
     let collected = Rc::new(RefCell::new(Collected::default()));
     let sink = collected.clone();
     let on_report = Box::new(move |report: &SnapshotReport| {
+        if let Some(writer) = &checkpoints
+            && let Some(checkpoint) = Checkpoint::of_report(report, &members, now_unix_ms())
+        {
+            writer.submit(checkpoint);
+        }
         let now = Instant::now();
         let snapshot_start = now.checked_sub(report.elapsed).unwrap_or(started);
         let at = snapshot_start.saturating_duration_since(started);
@@ -247,6 +272,13 @@ async fn run(plan: &Plan, bin_dir: &Path, ticks_per_sec: u64) -> Result<RunResul
         ..ControllerConfig::new(total, bank.entries().to_vec())
     };
     let outcome = run_controller(config, on_report).await;
+    if let Some(stats) = checkpoint_stats {
+        eprintln!(
+            "  checkpoints: {} written, {} failed",
+            stats.written.load(std::sync::atomic::Ordering::Relaxed),
+            stats.failed.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
     if let Some(sampler) = sampler {
         sampler.abort();
         let sample = sample_memory(&pids, started);
@@ -740,6 +772,9 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("error")).init();
     let args = Args::parse();
     DURABLE.store(args.durable, std::sync::atomic::Ordering::Relaxed);
+    if let Some(dir) = &args.checkpoint_dir {
+        let _ = CHECKPOINT_DIR.set(dir.clone());
+    }
     if let Err(err) = check(&args) {
         eprintln!("error: {err}");
         return ExitCode::from(2);

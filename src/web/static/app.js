@@ -191,6 +191,12 @@ function renderOverview() {
       ` at ${clock(o.latest_failed.view.started_at_ms)}: `,
       h('span', { class: 'reason' }, o.latest_failed.view.reason || ''))
     : 'none';
+  const cp = o.checkpoints;
+  const checkpoints = !cp ? null
+    : cp.latest_id === null ? `none written yet${cp.failed ? `, ${fmt(cp.failed)} failed` : ''}`
+      : h('span', {}, h('b', {}, '#' + cp.latest_id),
+        ` ${((Date.now() - cp.latest_unix_ms) / 1000).toFixed(1)} s ago, ${fmt(cp.written)} written, ${fmt(cp.kept)} kept`
+        + (cp.failed ? `, ${fmt(cp.failed)} failed` : ''));
   $('overview').replaceChildren(
     card('started', fmt(o.started), { id: 'count-started' }),
     card('in progress', fmt(o.in_progress), { id: 'count-in-progress' }),
@@ -201,6 +207,7 @@ function renderOverview() {
     card('transfers per second', rate(o.transfers_per_second), { id: 'rate' }),
     card('latest ok', latestOk, { id: 'latest-ok', class: 'card wide' }, true),
     card('latest failed', latestFailed, { id: 'latest-failed', class: 'card wide' }, true),
+    ...(checkpoints ? [card('checkpoints', checkpoints, { id: 'checkpoints', class: 'card wide' }, true)] : []),
   );
 }
 
