@@ -63,6 +63,10 @@ struct Args {
     /// shortest; it is still cut back to its first failing state).
     #[arg(long)]
     dfs: bool,
+    /// Explore every interleaving of a calm bank too (no fault, snapshot start or connection
+    /// left to come), not only one branch's steps at a time: slower, for comparison.
+    #[arg(long)]
+    no_reduction: bool,
     /// Every 10 seconds, print the states explored so far to stderr.
     #[arg(long)]
     progress: bool,
@@ -131,7 +135,9 @@ fn main() -> ExitCode {
         }
     }
     let started = Instant::now();
-    let mut builder = Bank::new(bounds).checker().threads(args.threads.max(1));
+    let mut bank = Bank::new(bounds);
+    bank.reduce = !args.no_reduction;
+    let mut builder = bank.checker().threads(args.threads.max(1));
     if let Some(max) = args.max_states {
         builder = builder.target_state_count(max);
     }

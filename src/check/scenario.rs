@@ -76,8 +76,11 @@ pub fn is_step_script(text: &str) -> bool {
 impl Scenario {
     /// The scenario of `actions` taken from `init`, one of `bank`'s initial states.
     pub fn from_path(bank: &Bank, init: &BankState, actions: &[Action]) -> Self {
+        let mut bank = bank.clone();
+        // A path of the reduced search is a path of the full one; a replay accepts any.
+        bank.reduce = false;
         Self {
-            bank: bank.clone(),
+            bank,
             may_crash: init.may_crash,
             steps: actions.iter().map(|&a| (0, a)).collect(),
         }
@@ -366,6 +369,7 @@ impl Scenario {
         }
         let mut bank = Bank::new(bounds);
         bank.names = topology.names;
+        bank.reduce = false;
         Ok(Self {
             bank,
             may_crash,

@@ -103,6 +103,79 @@ fn replays_as_scenario(bank: &Bank, init: &BankState, actions: &[Action], proper
     );
 }
 
+/// Which properties `bank` finds a discovery for (a counterexample or an example), and how
+/// many states it explored.
+fn discoveries(bank: Bank) -> (Vec<&'static str>, usize) {
+    let checker = bank.checker().threads(2).spawn_bfs().join();
+    let found = checker
+        .model()
+        .properties()
+        .into_iter()
+        .filter(|p| checker.discovery(p.name).is_some())
+        .map(|p| p.name)
+        .collect();
+    (found, checker.unique_state_count())
+}
+
+/// `bank` with and without the calm-bank reduction finds the same discoveries, and the
+/// reduction explores fewer states.
+fn reduction_agrees(mut bank: Bank) {
+    bank.reduce = false;
+    let (full, full_states) = discoveries(bank.clone());
+    bank.reduce = true;
+    let (reduced, reduced_states) = discoveries(bank);
+    assert_eq!(reduced, full);
+    assert!(
+        reduced_states < full_states,
+        "{reduced_states} states reduced, {full_states} in full"
+    );
+}
+
+#[test]
+fn the_calm_bank_reduction_finds_what_the_full_search_finds() {
+    reduction_agrees(Bank::new(bounds(1, 0, 0, 1)));
+    reduction_agrees(Bank::new(bounds(0, 1, 0, 1)));
+    let mut three = Bank::new(bounds(0, 0, 0, 1));
+    three.bounds.branches = 3;
+    three.bounds.transfers = 0;
+    reduction_agrees(Bank::new(three.bounds));
+}
+
+#[test]
+fn the_calm_bank_reduction_still_catches_every_seeded_bug() {
+    for (bounds, mutation) in [
+        (bounds(1, 0, 0, 1), Mutation::ResendSkipsFirst),
+        (bounds(0, 0, 0, 1), Mutation::TransitAfterMarker),
+        (bounds(0, 1, 0, 0), Mutation::AckBeforeDurable),
+        (bounds(0, 0, 1, 0), Mutation::AcceptNewIncarnation),
+    ] {
+        let mut full = Bank::new(bounds);
+        full.reduce = false;
+        full.mutation = mutation;
+        let mut reduced = full.clone();
+        reduced.reduce = true;
+        let failed = |bank: Bank| {
+            let checker = bank
+                .checker()
+                .threads(2)
+                .finish_when(HasDiscoveries::AnyFailures)
+                .spawn_bfs()
+                .join();
+            checker
+                .model()
+                .properties()
+                .into_iter()
+                .filter(|p| p.expectation.discovery_is_failure())
+                .any(|p| checker.discovery(p.name).is_some())
+        };
+        assert!(failed(full), "{mutation:?} not caught by the full search");
+        assert!(
+            failed(reduced),
+            "{mutation:?} not caught with the reduction"
+        );
+    }
+}
+
 #[test]
 fn every_property_holds_for_two_branches_with_a_transfer_each_a_snapshot_and_a_cut() {
     passes(Bank::new(bounds(1, 0, 0, 1)));
