@@ -82,12 +82,25 @@ fn watch<C: Checker<Bank>>(checker: C, progress: bool, started: Instant) -> C {
         std::thread::sleep(std::time::Duration::from_millis(200));
         if last.elapsed().as_secs() >= 10 {
             last = Instant::now();
+            let failing: Vec<&str> = checker
+                .model()
+                .properties()
+                .into_iter()
+                .filter(|p| p.expectation.discovery_is_failure())
+                .filter(|p| checker.discovery(p.name).is_some())
+                .map(|p| p.name)
+                .collect();
             eprintln!(
-                "{:.0} s: {} unique states ({} visits), depth {}",
+                "{:.0} s: {} unique states ({} visits), depth {}; failed so far: {}",
                 started.elapsed().as_secs_f64(),
                 checker.unique_state_count(),
                 checker.state_count(),
-                checker.max_depth()
+                checker.max_depth(),
+                if failing.is_empty() {
+                    "none".to_string()
+                } else {
+                    failing.join(", ")
+                }
             );
         }
     }
