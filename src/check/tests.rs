@@ -29,24 +29,30 @@ fn passes(bank: Bank) {
     assert!(checker.unique_state_count() > 100, "{}", outcome.text);
 }
 
-/// Checks `bank` with `mutation` seeded until the first failure; returns the name of the
-/// property that failed and the counterexample's steps, after replaying the counterexample as
-/// a simulator scenario (written out and read back) and drawing it.
-fn caught(mut bank: Bank, mutation: Mutation) -> (&'static str, Vec<Action>) {
-    bank.mutation = mutation;
+/// Checks `bank` until the first failure; returns the property that failed and its path.
+fn first_failure(bank: Bank) -> Option<(&'static str, stateright::Path<BankState, Action>)> {
     let checker = bank
         .checker()
         .threads(2)
         .finish_when(HasDiscoveries::AnyFailures)
         .spawn_bfs()
         .join();
-    let model = checker.model();
-    let failed = model
+    checker
+        .model()
         .properties()
         .into_iter()
         .filter(|p| p.expectation.discovery_is_failure())
-        .find_map(|p| checker.discovery(p.name).map(|path| (p.name, path)));
-    let (property, path) = failed.unwrap_or_else(|| panic!("{mutation:?} was not caught"));
+        .find_map(|p| checker.discovery(p.name).map(|path| (p.name, path)))
+}
+
+/// Checks `bank` with `mutation` seeded until the first failure; returns the name of the
+/// property that failed and the counterexample's steps, after replaying the counterexample as
+/// a simulator scenario (written out and read back) and drawing it.
+fn caught(mut bank: Bank, mutation: Mutation) -> (&'static str, Vec<Action>) {
+    bank.mutation = mutation;
+    let (property, path) =
+        first_failure(bank.clone()).unwrap_or_else(|| panic!("{mutation:?} was not caught"));
+    let model = &bank;
     let init = path.clone().into_states().swap_remove(0);
     let actions: Vec<Action> = scenario::Scenario::from_path(model, &init, &path.into_actions())
         .shortened(property)
@@ -154,23 +160,12 @@ fn the_calm_bank_reduction_still_catches_every_seeded_bug() {
         full.mutation = mutation;
         let mut reduced = full.clone();
         reduced.reduce = true;
-        let failed = |bank: Bank| {
-            let checker = bank
-                .checker()
-                .threads(2)
-                .finish_when(HasDiscoveries::AnyFailures)
-                .spawn_bfs()
-                .join();
-            checker
-                .model()
-                .properties()
-                .into_iter()
-                .filter(|p| p.expectation.discovery_is_failure())
-                .any(|p| checker.discovery(p.name).is_some())
-        };
-        assert!(failed(full), "{mutation:?} not caught by the full search");
         assert!(
-            failed(reduced),
+            first_failure(full).is_some(),
+            "{mutation:?} not caught by the full search"
+        );
+        assert!(
+            first_failure(reduced).is_some(),
             "{mutation:?} not caught with the reduction"
         );
     }
