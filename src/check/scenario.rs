@@ -267,24 +267,18 @@ impl Scenario {
                 )));
             }
             let action = match fields[..] {
-                ["transfers", k] => {
-                    bounds.transfers = count(k)?;
-                    continue;
-                }
-                ["snapshots", k] => {
-                    bounds.snapshots = count(k)?;
-                    continue;
-                }
-                ["cuts", k] => {
-                    bounds.cuts = count(k)?;
-                    continue;
-                }
-                ["crashes", k] => {
-                    bounds.crashes = count(k)?;
-                    continue;
-                }
-                ["wipes", k] => {
-                    bounds.wipes = count(k)?;
+                [
+                    budget @ ("transfers" | "snapshots" | "cuts" | "crashes" | "wipes"),
+                    k,
+                ] => {
+                    let field = match budget {
+                        "transfers" => &mut bounds.transfers,
+                        "snapshots" => &mut bounds.snapshots,
+                        "cuts" => &mut bounds.cuts,
+                        "crashes" => &mut bounds.crashes,
+                        _ => &mut bounds.wipes,
+                    };
+                    *field = count(k)?;
                     continue;
                 }
                 ["may-crash", b] => {
