@@ -63,8 +63,8 @@ struct Args {
     /// shortest; it is still cut back to its first failing state).
     #[arg(long)]
     dfs: bool,
-    /// Explore every interleaving of a calm bank too (no fault, snapshot start or connection
-    /// left to come), not only one branch's steps at a time: slower, for comparison.
+    /// Explore every interleaving of a calm bank too (no fault or snapshot start left to
+    /// come), not only a persistent set of its steps: slower, for comparison.
     #[arg(long)]
     no_reduction: bool,
     /// Every 10 seconds, print the states explored so far to stderr.

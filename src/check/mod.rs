@@ -41,6 +41,11 @@
 //! channels are in name order, the branch that may crash is an initial choice), so merging
 //! states up to a renaming of branches would merge states that behave differently.
 //!
+//! Once no fault or snapshot start can come, the search follows a persistent set of steps
+//! only ([`Bank::persistent`]): a partial-order reduction. Before that, every cut, crash and
+//! snapshot start conflicts with the steps of the branches it touches and, through the shared
+//! budgets, with every other one, so nothing smaller than every enabled step is persistent.
+//!
 //! Fairness assumed by the *eventually* property: once the fault bounds are spent, every
 //! enabled delivery, connection, commit and timer eventually happens. BFS explores every finite
 //! path, and every path ends because the bounds are finite and a quiet bank arms no timer.
@@ -205,8 +210,8 @@ pub struct Bank {
     pub names: Vec<String>,
     /// Every pair `(a, b)`, `a < b`.
     pub pairs: Vec<(usize, usize)>,
-    /// Explore only one branch's steps at a time once the bank is calm (see
-    /// [`Bank::calm`]); off, every interleaving is explored.
+    /// Explore only a persistent set of steps once the bank is calm (see [`Bank::calm`] and
+    /// [`Bank::persistent`]); off, every interleaving is explored.
     pub reduce: bool,
     /// The bug seeded into every node (tests only).
     #[cfg(test)]
@@ -439,57 +444,122 @@ impl Bank {
         }
     }
 
-    /// Whether the bank is calm: no fault, snapshot start, commit or connection can come any
-    /// more, every branch is up and every connection is up. Then each action is one branch's
-    /// step (a delivery to it, its timer, its transfer, a retrieve it answers), and steps of
-    /// different branches commute: each reads its own node and the head of a queue into it,
-    /// and writes its node and the tails of queues out of it. So exploring only the steps of
-    /// one branch at a time (a persistent set) still reaches every terminal state, and every
-    /// branch's own sequence of steps, through a reordering of every run.
+    /// Whether the bank is calm: no fault or snapshot start can come any more and nothing has
+    /// gone wrong. Then every action is the step of one branch (a delivery to it, its timer,
+    /// its transfer, its commit, its restart, a retrieve it answers) or of one pair (a
+    /// connection coming up), and the steps of branches that share nothing commute: each
+    /// reads and writes its own node, takes the head of a queue into it and appends to the
+    /// tails of queues out of it. That makes [`Bank::persistent`] sound: see there.
     ///
-    /// Why the properties survive it:
-    /// - *Local* conditions (a node's counters, errors, balance; a peer's view of an
-    ///   incarnation) are decided by one branch's own sequence of steps, which every
-    ///   reordering keeps.
-    /// - *Money* is a sum of per-step changes, each decided by its branch's own state and the
-    ///   message it takes: the first step of a run that changes the sum changes it in the
-    ///   reordered run too, where every step before it changed nothing.
-    /// - *Snapshots* are judged on records, which are local, once all are in.
-    /// - *Eventually* and *sometimes* conditions are stable once true (answers and finished
-    ///   records do not change), and terminal states are kept.
-    ///
-    /// Calm runs end: every step uses up a message, a timer, a transfer or a retrieve, and only
-    /// deliveries make new messages, finitely many (markers per snapshot, acks per delivery).
+    /// A node closes a connection (which touches the peer as well) only on a step that also
+    /// reports an error (a halt or a refusal), and an error is already a failed property; so
+    /// every step before the first failure is one branch's or one pair's.
     pub fn calm(&self, state: &BankState) -> bool {
         let budget = &state.budget;
         budget.cuts == 0
             && budget.crashes == 0
             && budget.wipes == 0
             && budget.snapshots == 0
-            && state.nodes.iter().all(Option::is_some)
-            && state.connections.iter().all(Option::is_some)
-            && state.dials.iter().all(BTreeSet::is_empty)
-            && state.commits.iter().all(Option::is_none)
             && state.errors.is_empty()
     }
 
-    /// The one branch whose step `action` is, in a calm bank; `None` for an action that
-    /// involves more than one branch or the controller's budget.
-    fn located_at(action: Action) -> Option<usize> {
+    /// The branches whose state `action` reads or writes, in a calm bank (one, or two for a
+    /// connection); `None` for a fault or a snapshot start, which involve the shared budgets.
+    fn touches(action: Action) -> Option<(usize, Option<usize>)> {
         match action {
-            Action::Deliver { to, .. } => Some(to),
-            Action::Fire { branch, .. } | Action::Retrieve { branch, .. } => Some(branch),
-            Action::Transfer { from, .. } => Some(from),
-            Action::Commit(_)
-            | Action::Connect { .. }
-            | Action::Cut { .. }
-            | Action::Crash(_)
-            | Action::Restart(_)
-            | Action::Wipe(_)
-            | Action::Snapshot { .. } => None,
+            Action::Deliver { to, .. } => Some((to, None)),
+            Action::Fire { branch, .. }
+            | Action::Retrieve { branch, .. }
+            | Action::Commit(branch)
+            | Action::Restart(branch) => Some((branch, None)),
+            Action::Transfer { from, .. } => Some((from, None)),
+            Action::Connect { dialler, peer } => Some((dialler, Some(peer))),
+            Action::Cut { .. } | Action::Crash(_) | Action::Wipe(_) | Action::Snapshot { .. } => {
+                None
+            }
         }
     }
 
+    /// The smallest set of branches, grown from `start`, that nothing outside it can reach
+    /// without one of its own steps first: for every branch `x` in it and every peer `y`,
+    /// `y` is in it too when their connection is down (a connection coming up is a step of
+    /// both) or when nothing is queued from `y` to `x` (a step of `y` could put something
+    /// there, and `x` would then take it). A message already queued from `y` to `x` needs no
+    /// such care: `y`'s later sends go behind it, and `x` takes the head whatever `y` does.
+    fn closure(&self, state: &BankState, start: usize) -> Vec<bool> {
+        let n = self.bounds.branches;
+        let mut inside = vec![false; n];
+        inside[start] = true;
+        let mut todo = vec![start];
+        while let Some(x) = todo.pop() {
+            for y in self.peers_of(x) {
+                if inside[y] {
+                    continue;
+                }
+                let needed = match &state.connections[self.pair(x, y)] {
+                    None => true,
+                    Some(conn) => if y < x { &conn.up } else { &conn.down }.is_empty(),
+                };
+                if needed {
+                    inside[y] = true;
+                    todo.push(y);
+                }
+            }
+        }
+        inside
+    }
+
+    /// In a calm bank, cuts `actions` down to a persistent set: the enabled steps of a set of
+    /// branches that [`Bank::closure`] closes, the smallest such set. No run that avoids those
+    /// steps can touch those branches, so each of its steps commutes with each of them. That
+    /// is the condition under which a persistent-set search reaches every terminal state of
+    /// the full one, and every first step of a run that breaks a property through a
+    /// reordering of that run (Godefroid's theorem): how the properties survive it:
+    /// - *Local* conditions (a node's counters, errors, balance; a peer's view of an
+    ///   incarnation; a delivery that repeats or skips a transfer number) are decided by one
+    ///   branch's step on its own state and the message it takes, the same in every
+    ///   reordering.
+    /// - *Money* is a sum of per-step changes, each decided the same way: the first step of a
+    ///   run that changes the sum changes it in the reordered run too, where every step
+    ///   before it changed nothing.
+    /// - *Snapshots* are judged on records, which are local, once all are in.
+    /// - *Eventually* conditions are judged on terminal states, which are all kept, and
+    ///   *sometimes* conditions are stable once true (answers and finished records do not
+    ///   change).
+    ///
+    /// Calm runs end: every step uses up a message, a timer, a transfer, a retrieve, a commit,
+    /// a restart or a dial, and only deliveries make new messages, finitely many (markers per
+    /// snapshot, acks per delivery), so no cycle needs the proviso that stops a reduction from
+    /// postponing a step for ever.
+    fn persistent(&self, state: &BankState, actions: &mut Vec<Action>) {
+        let Some(located) = actions
+            .iter()
+            .map(|&a| Self::touches(a))
+            .collect::<Option<Vec<_>>>()
+        else {
+            return;
+        };
+        let mut best: Option<Vec<bool>> = None;
+        let mut best_count = actions.len();
+        for start in 0..self.bounds.branches {
+            if !located
+                .iter()
+                .any(|&(b, other)| b == start || other == Some(start))
+            {
+                continue;
+            }
+            let inside = self.closure(state, start);
+            let count = located.iter().filter(|&&(b, _)| inside[b]).count();
+            if count < best_count {
+                best_count = count;
+                best = Some(inside);
+            }
+        }
+        if let Some(inside) = best {
+            let mut located = located.into_iter();
+            actions.retain(|_| located.next().is_some_and(|(b, _)| inside[b]));
+        }
+    }
     /// Branch `branch` dies: everything it had not committed, its connections (both ends see
     /// them go) and the retrieves held at it are gone.
     fn take_down(&self, state: &mut BankState, branch: usize) {
@@ -693,13 +763,7 @@ impl Model for Bank {
             }
         }
         if self.reduce && self.calm(state) {
-            // One branch's steps only: the lowest-numbered branch that has any.
-            let first = actions.iter().filter_map(|&a| Self::located_at(a)).min();
-            if let Some(first) = first
-                && actions.iter().all(|&a| Self::located_at(a).is_some())
-            {
-                actions.retain(|&a| Self::located_at(a) == Some(first));
-            }
+            self.persistent(state, actions);
         }
         // A held retrieve's deadline passes only when nothing else can happen: the controller
         // waits as long as progress is possible.

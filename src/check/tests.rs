@@ -239,3 +239,65 @@ fn an_incarnation_check_that_accepts_a_restarted_empty_peer_is_caught() {
         "a branch that lost its state is refused by its peers"
     );
 }
+
+/// Every terminal state (no action left) `bank` reaches, explored depth-first without
+/// stateright, as fingerprints.
+fn terminal_states(bank: &Bank) -> (std::collections::BTreeSet<u64>, usize) {
+    use std::hash::{Hash, Hasher};
+    let fingerprint = |state: &BankState| {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        state.hash(&mut hasher);
+        hasher.finish()
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut terminals = std::collections::BTreeSet::new();
+    let mut stack = bank.init_states();
+    let mut actions = Vec::new();
+    while let Some(state) = stack.pop() {
+        if !seen.insert(fingerprint(&state)) {
+            continue;
+        }
+        actions.clear();
+        bank.actions(&state, &mut actions);
+        let next: Vec<BankState> = actions
+            .iter()
+            .filter_map(|&a| bank.next_state(&state, a))
+            .collect();
+        if next.is_empty() {
+            terminals.insert(fingerprint(&state));
+        }
+        stack.extend(next);
+    }
+    (terminals, seen.len())
+}
+
+/// The reduction reaches exactly the terminal states the full search reaches (the property a
+/// persistent-set reduction must keep), with fewer states.
+fn reduction_keeps_terminal_states(mut bank: Bank) {
+    bank.reduce = false;
+    let (full, full_states) = terminal_states(&bank);
+    bank.reduce = true;
+    let (reduced, reduced_states) = terminal_states(&bank);
+    assert_eq!(
+        reduced.len(),
+        full.len(),
+        "{} terminal states reduced, {} in full ({reduced_states} and {full_states} states)",
+        reduced.len(),
+        full.len()
+    );
+    assert_eq!(reduced, full);
+    assert!(
+        reduced_states < full_states,
+        "{reduced_states} states reduced, {full_states} in full"
+    );
+}
+
+#[test]
+fn the_reduction_reaches_every_terminal_state_the_full_search_reaches() {
+    reduction_keeps_terminal_states(Bank::new(bounds(1, 0, 0, 1)));
+    reduction_keeps_terminal_states(Bank::new(bounds(0, 1, 0, 1)));
+    let mut three = bounds(0, 0, 0, 1);
+    three.branches = 3;
+    three.transfers = 0;
+    reduction_keeps_terminal_states(Bank::new(three));
+}
