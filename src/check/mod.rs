@@ -54,6 +54,7 @@ pub mod properties;
 pub mod scenario;
 
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use stateright::{Model, Property};
@@ -167,10 +168,12 @@ pub struct Budget {
 /// One state of the bank.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BankState {
-    /// Each branch's node, `None` while it is crashed.
-    pub nodes: Vec<Option<BranchNode>>,
-    /// Each branch's committed store.
-    pub stores: Vec<StoreImage>,
+    /// Each branch's node, `None` while it is crashed. Shared between states until a step
+    /// changes it: most steps change one node, and copying the others was most of a step's
+    /// cost.
+    pub nodes: Vec<Option<Arc<BranchNode>>>,
+    /// Each branch's committed store (shared between states until a commit lands).
+    pub stores: Vec<Arc<StoreImage>>,
     /// Each branch's commit being written.
     pub commits: Vec<Option<Persist>>,
     /// Per pair `(a, b)` with `a < b`, in [`Bank::pairs`] order: its connection, if up.
@@ -331,7 +334,7 @@ impl Bank {
     fn carry(&self, state: &mut BankState, branch: usize, input: Option<Input>) {
         let mut work = VecDeque::from([(branch, input)]);
         while let Some((branch, input)) = work.pop_front() {
-            let Some(node) = state.nodes[branch].as_mut() else {
+            let Some(node) = state.nodes[branch].as_mut().map(Arc::make_mut) else {
                 continue;
             };
             if let Some(input) = input {
@@ -578,8 +581,9 @@ impl Bank {
 
     /// Commit `persist` of `branch` lands in its store.
     fn land(&self, state: &mut BankState, branch: usize, persist: &Persist) {
-        let bank = (state.stores[branch] == StoreImage::default()).then(|| self.meta(branch));
-        state.stores[branch] = state.stores[branch].apply(bank.as_ref(), &persist.changes);
+        let bank = (*state.stores[branch] == StoreImage::default()).then(|| self.meta(branch));
+        state.stores[branch] =
+            Arc::new(state.stores[branch].apply(bank.as_ref(), &persist.changes));
     }
 
     /// The controller asks `branch` for snapshot `id`'s record, waiting for it to finish.
@@ -638,8 +642,7 @@ impl Bank {
     }
 
     fn restore(&self, state: &BankState, branch: usize) -> Result<BranchNode, String> {
-        let restored = state.stores[branch]
-            .clone()
+        let restored = StoreImage::clone(&state.stores[branch])
             .restored()
             .map_err(|err| err.to_string())?
             .ok_or("the store holds no bank")?;
@@ -660,9 +663,14 @@ impl Model for Bank {
         let n = self.bounds.branches;
         let mut state = BankState {
             nodes: (0..n)
-                .map(|b| Some(BranchNode::new(self.config(b), self.bounds.balance)))
+                .map(|b| {
+                    Some(Arc::new(BranchNode::new(
+                        self.config(b),
+                        self.bounds.balance,
+                    )))
+                })
                 .collect(),
-            stores: vec![StoreImage::default(); n],
+            stores: vec![Arc::default(); n],
             commits: vec![None; n],
             connections: vec![None; self.pairs.len()],
             generations: vec![0; self.pairs.len()],
@@ -726,7 +734,7 @@ impl Model for Bank {
             match &state.nodes[branch] {
                 Some(node) => {
                     // A branch whose bank is not durable yet would restart without one.
-                    let stored = state.stores[branch] != StoreImage::default();
+                    let stored = *state.stores[branch] != StoreImage::default();
                     if state.budget.crashes > 0 && state.may_crash == Some(branch) && stored {
                         actions.push(Action::Crash(branch));
                     }
@@ -844,13 +852,14 @@ impl Model for Bank {
                     .collect();
                 self.take_down(&mut state, branch);
                 state.wiped[branch] = Some((100 + branch as u64, knew));
-                state.stores[branch] = StoreImage::default();
-                state.nodes[branch] = Some(BranchNode::new(self.config_in(&state, branch), 0));
+                state.stores[branch] = Arc::default();
+                state.nodes[branch] =
+                    Some(Arc::new(BranchNode::new(self.config_in(&state, branch), 0)));
                 self.carry(&mut state, branch, None);
             }
             Action::Restart(branch) => {
                 match self.restore(&state, branch) {
-                    Ok(node) => state.nodes[branch] = Some(node),
+                    Ok(node) => state.nodes[branch] = Some(Arc::new(node)),
                     Err(err) => {
                         state
                             .errors
@@ -882,7 +891,7 @@ impl Model for Bank {
             Action::Transfer { from, to } => {
                 state.budget.transfers[from] = state.budget.transfers[from].checked_sub(1)?;
                 let channel = self.channel(from, to);
-                let node = state.nodes[from].as_mut()?;
+                let node = state.nodes[from].as_mut().map(Arc::make_mut)?;
                 node.send_random_transfer(
                     Draw {
                         start: channel,
