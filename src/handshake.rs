@@ -36,6 +36,9 @@ pub enum HandshakeError {
     Io(String),
     #[error("refused: {0}")]
     Refused(String),
+    /// The branch holds no bank: it restarted without its state (unproven: anyone can say it).
+    #[error("refused: {0}")]
+    Uninitialised(String),
     /// Another controller holds the branch's controller lease.
     #[error(
         "the bank's controller lease is held by the controller at {holder} (it lapses {expires_in_ms} ms from now at the latest if nothing more comes from it, at once if its connection closes); start this controller with --take-over to end that lease"
@@ -103,6 +106,11 @@ async fn read_frame(reader: &mut FrameReader, deadline: Duration) -> Result<Body
             expected: "a handshake frame",
             got: "an unknown message",
         }),
+        Ok(Some(Ok(pb::BranchMessage {
+            branch_message: Some(Body::Refusal(pb::Refusal { reason, kind })),
+        }))) if kind == pb::RefusalKind::Uninitialised as i32 => {
+            Err(HandshakeError::Uninitialised(reason))
+        }
         Ok(Some(Ok(pb::BranchMessage {
             branch_message: Some(Body::Refusal(pb::Refusal { reason, .. })),
         }))) => Err(HandshakeError::Refused(reason)),

@@ -156,6 +156,9 @@ pub fn body_kind(body: &Body) -> &'static str {
         Body::Heartbeat(_) => "Heartbeat",
         Body::Refusal(_) => "Refusal",
         Body::ControllerLease(_) => "ControllerLease",
+        Body::RollbackPrepare(_) => "RollbackPrepare",
+        Body::RollbackCommit(_) => "RollbackCommit",
+        Body::RollbackAnswer(_) => "RollbackAnswer",
     }
 }
 
@@ -179,11 +182,13 @@ pub fn ack(received: u64) -> Body {
     Body::Ack(pb::Ack { received })
 }
 
-/// The first frame on a new peer connection: who the sender is, how far it has received.
-pub fn resume(incarnation: u64, received: u64) -> Body {
+/// The first frame on a new peer connection: who the sender is, how far it has received, and
+/// in which bank epoch.
+pub fn resume(incarnation: u64, received: u64, epoch: u64) -> Body {
     Body::Resume(pb::Resume {
         incarnation,
         received,
+        epoch,
     })
 }
 
@@ -209,7 +214,8 @@ pub fn peer_body(msg: PeerMsg) -> Body {
         PeerMsg::Resume {
             incarnation,
             received,
-        } => resume(incarnation, received),
+            epoch,
+        } => resume(incarnation, received, epoch),
         PeerMsg::Refusal { kind, reason } => final_refusal(kind, reason),
         // The node never sends one; should it, the peer is told rather than sent nothing.
         PeerMsg::Unexpected(kind) => refusal(format!("internal error: tried to send {kind}")),
@@ -270,6 +276,7 @@ impl From<RefusalKind> for pb::RefusalKind {
             RefusalKind::Retry => Self::Retry,
             RefusalKind::NewIncarnation => Self::NewIncarnation,
             RefusalKind::StateRegressed => Self::StateRegressed,
+            RefusalKind::Uninitialised => Self::Uninitialised,
         }
     }
 }
@@ -280,6 +287,7 @@ impl From<pb::RefusalKind> for RefusalKind {
             pb::RefusalKind::Retry => Self::Retry,
             pb::RefusalKind::NewIncarnation => Self::NewIncarnation,
             pb::RefusalKind::StateRegressed => Self::StateRegressed,
+            pb::RefusalKind::Uninitialised => Self::Uninitialised,
         }
     }
 }
@@ -304,9 +312,11 @@ impl From<Body> for PeerMsg {
             Body::Resume(pb::Resume {
                 incarnation,
                 received,
+                epoch,
             }) => PeerMsg::Resume {
                 incarnation,
                 received,
+                epoch,
             },
             Body::Refusal(pb::Refusal { reason, kind }) => PeerMsg::Refusal {
                 kind: pb::RefusalKind::try_from(kind)
@@ -408,6 +418,9 @@ pub struct InitBank {
     pub secret: Vec<u8>,
     /// The sending controller's id (0: an original-schema controller), for the lease.
     pub controller: u64,
+    /// The bank epoch to start in (0: a new bank; above it: a rollback re-initialising a
+    /// branch that came back empty).
+    pub epoch: u64,
 }
 
 impl From<pb::InitBranch> for InitBank {
@@ -417,6 +430,7 @@ impl From<pb::InitBranch> for InitBank {
             members: members(&init.all_branches),
             secret: init.secret,
             controller: init.controller,
+            epoch: init.epoch,
         }
     }
 }
@@ -434,6 +448,15 @@ pub enum ControllerCmd {
         id: crate::core::SnapshotId,
         wait_ms: u32,
     },
+    /// Phase one of a rollback to bank epoch `epoch`.
+    RollbackPrepare {
+        epoch: u64,
+    },
+    /// Phase two: take `balance` in epoch `epoch` and trade again.
+    RollbackCommit {
+        epoch: u64,
+        balance: u64,
+    },
     /// A message controllers may not send, by its name.
     Unexpected(&'static str),
 }
@@ -445,6 +468,8 @@ impl ControllerCmd {
             ControllerCmd::InitBranch(_) => "InitBranch",
             ControllerCmd::InitSnapshot { .. } => "InitSnapshot",
             ControllerCmd::RetrieveSnapshot { .. } => "RetrieveSnapshot",
+            ControllerCmd::RollbackPrepare { .. } => "RollbackPrepare",
+            ControllerCmd::RollbackCommit { .. } => "RollbackCommit",
             ControllerCmd::Unexpected(kind) => kind,
         }
     }
@@ -464,6 +489,15 @@ impl From<Body> for ControllerCmd {
                 id: snapshot_id,
                 wait_ms,
             },
+            Body::RollbackPrepare(pb::RollbackPrepare { epoch }) => {
+                ControllerCmd::RollbackPrepare { epoch }
+            }
+            Body::RollbackCommit(pb::RollbackCommit { epoch, balance }) => {
+                ControllerCmd::RollbackCommit {
+                    epoch,
+                    balance: u64::from(balance),
+                }
+            }
             other => ControllerCmd::Unexpected(body_kind(&other)),
         }
     }
@@ -582,10 +616,11 @@ mod tests {
             }
         );
         assert_eq!(
-            PeerMsg::from(resume(5, 2)),
+            PeerMsg::from(resume(5, 2, 1)),
             PeerMsg::Resume {
                 incarnation: 5,
-                received: 2
+                received: 2,
+                epoch: 1
             }
         );
         assert_eq!(PeerMsg::from(ack(4)), PeerMsg::Ack { received: 4 });
@@ -611,6 +646,7 @@ mod tests {
         };
         let init = |all_branches| {
             ControllerCmd::from(Body::InitBranch(pb::InitBranch {
+                epoch: 0,
                 balance: 50,
                 all_branches,
                 secret: b"s".to_vec(),

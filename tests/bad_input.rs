@@ -258,6 +258,7 @@ fn a_name_over_the_limit_is_refused_at_every_door() {
     let mut all_branches = wire::branch_list(bank.entries());
     all_branches[1].name = long;
     raw.send(Body::InitBranch(pb::InitBranch {
+        epoch: 0,
         balance: 10,
         all_branches,
         secret: Vec::new(),

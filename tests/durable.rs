@@ -208,6 +208,7 @@ fn a_record_retrieved_just_before_a_crash_can_be_retrieved_again_after_it() {
     let mut bank = LocalBank::start_durable(BRANCH.as_ref(), 2, &args).unwrap();
     let init = |balance| {
         Body::InitBranch(pb::InitBranch {
+            epoch: 0,
             balance,
             all_branches: wire::branch_list(bank.entries()),
             secret: Vec::new(),

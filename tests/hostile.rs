@@ -146,6 +146,7 @@ fn every_attack_is_refused_and_the_bank_still_balances() {
     let mut init = Vec::new();
     snapbank::wire::encode_frame(
         Body::InitBranch(pb::InitBranch {
+            epoch: 0,
             balance: 1_000_000,
             all_branches: snapbank::wire::branch_list(bank.bank.entries()),
             secret: secret.as_bytes().to_vec(),

@@ -175,6 +175,7 @@ fn forged_frames_in_a_bank_without_a_secret_end_only_the_strangers_connection() 
         (
             "a Resume from another incarnation",
             vec![Body::Resume(pb::Resume {
+                epoch: 0,
                 incarnation: incarnation ^ 1,
                 received: 0,
             })],
@@ -189,6 +190,7 @@ fn forged_frames_in_a_bank_without_a_secret_end_only_the_strangers_connection() 
         (
             "a Resume acknowledging 2^40 frames",
             vec![Body::Resume(pb::Resume {
+                epoch: 0,
                 incarnation,
                 received: 1 << 40,
             })],
@@ -197,6 +199,7 @@ fn forged_frames_in_a_bank_without_a_secret_end_only_the_strangers_connection() 
             "a transfer after a position gap",
             vec![
                 Body::Resume(pb::Resume {
+                    epoch: 0,
                     incarnation,
                     received: 0,
                 }),
@@ -237,6 +240,7 @@ fn a_member_whose_connection_breaks_the_protocol_gets_its_channel_back_on_the_ne
     let transfer = |pos: u64, seq: u64| Body::Transfer(pb::Transfer { money: 5, seq, pos });
     let resume = || {
         Body::Resume(pb::Resume {
+            epoch: 0,
             incarnation: 7,
             received: 0,
         })
@@ -300,6 +304,7 @@ fn an_unnumbered_transfer_in_an_authenticated_bank_is_refused() {
     write_frame(
         &mut peer.stream,
         Body::Resume(pb::Resume {
+            epoch: 0,
             incarnation: 7,
             received: 0,
         }),

@@ -86,6 +86,7 @@ fn a_record_discarded_by_the_cap_is_reported_as_discarded() {
     let mut second = RawController::connect(bank.entries()[1].addr);
     let init = |balance| {
         Body::InitBranch(pb::InitBranch {
+            epoch: 0,
             balance,
             all_branches: wire::branch_list(bank.entries()),
             secret: Vec::new(),

@@ -16,6 +16,7 @@ const BRANCH: &str = env!("CARGO_BIN_EXE_branch");
 fn init(balance: u32, bank: &LocalBank) -> Body {
     // No secret: what a controller speaking only the original schema sends.
     Body::InitBranch(pb::InitBranch {
+        epoch: 0,
         balance,
         all_branches: wire::branch_list(bank.entries()),
         ..Default::default()

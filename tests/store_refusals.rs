@@ -233,6 +233,7 @@ fn a_restart_with_another_secret_file_is_refused() {
         .collect();
     for controller in &mut controllers {
         controller.send(Body::InitBranch(pb::InitBranch {
+            epoch: 0,
             balance: 100,
             all_branches: wire::branch_list(bank.entries()),
             secret: secret.clone(),

@@ -21,9 +21,10 @@ use snapbank::auth::Secret;
 use snapbank::config::load_branches;
 use snapbank::controller::checkpoint::dir::{CheckpointWriter, now_unix_ms};
 use snapbank::controller::checkpoint::{self, Checkpoint};
+use snapbank::controller::rollback::RollbackDone;
 use snapbank::controller::{
-    CompatConfig, CompatMode, ControllerConfig, ControllerError, Restore, RunSummary,
-    SnapshotReport, run_compat_controller, run_controller,
+    BranchLoss, CompatConfig, CompatMode, ControllerConfig, ControllerError, Restore, RollbackSink,
+    RunSummary, SnapshotReport, run_compat_controller, run_controller,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -106,6 +107,21 @@ struct Args {
     /// it, and snapshot ids continue after the checkpoint's.
     #[arg(long, value_name = "FILE|DIR", conflicts_with = "attach")]
     restore: Option<PathBuf>,
+    /// What to do when a branch comes back empty (restarted without its state): wait for it
+    /// as it is (the bank goes on without its money, every later snapshot is incomplete), or
+    /// roll the whole bank back to its latest ok snapshot (the newest checkpoint) in a new
+    /// epoch and trade on. A rollback prints one line.
+    #[arg(long, value_enum, default_value_t = OnBranchLoss::Wait, conflicts_with = "compat")]
+    on_branch_loss: OnBranchLoss,
+}
+
+/// What `--on-branch-loss` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OnBranchLoss {
+    /// Keep trying to reach the branch as it is.
+    Wait,
+    /// Roll the bank back to its latest ok snapshot.
+    Rollback,
 }
 
 /// The connection pattern of `--compat`.
@@ -191,6 +207,31 @@ fn main() -> ExitCode {
         link_timeout: Duration::from_millis(args.link_timeout_ms),
         observer: web_view.clone().map(|view| Arc::new(view) as _),
         restore,
+        on_branch_loss: match args.on_branch_loss {
+            OnBranchLoss::Wait => BranchLoss::Wait,
+            OnBranchLoss::Rollback => BranchLoss::Rollback,
+        },
+        on_rollback: Some(RollbackSink(Arc::new(move |done: &RollbackDone| {
+            let line = match args.format {
+                Format::Text => format!("{done}\n"),
+                Format::Json => format!(
+                    "{{\"rollback\":{{\"epoch\":{},\"checkpoint\":{},\"lost\":[{}],\"undone\":{},\"took_ms\":{}}}}}\n",
+                    done.epoch,
+                    done.checkpoint,
+                    done.lost
+                        .iter()
+                        .map(|name| format!("{name:?}"))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    done.undone,
+                    done.took.as_millis()
+                ),
+            };
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout
+                .write_all(line.as_bytes())
+                .and_then(|()| stdout.flush());
+        }))),
         ..ControllerConfig::new(args.total, branches.clone())
     };
     let format = args.format;

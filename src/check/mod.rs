@@ -265,6 +265,7 @@ impl Bank {
             authenticated: true,
             durable: self.durable(),
             incarnation: branch as u64 + 1,
+            epoch: 0,
             peer_grace: Duration::from_secs(1),
             directions: Vec::new(),
             #[cfg(test)]

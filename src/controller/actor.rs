@@ -33,8 +33,10 @@ use log::{info, warn};
 use tokio::sync::oneshot;
 
 use super::carrier::{Carrier, LinkEvent, Run};
+use super::checkpoint::Checkpoint;
 use super::collector::{Answer, RETRY_PAUSE};
-use super::{ControllerConfig, ControllerError, RunSummary, SnapshotReport};
+use super::rollback::{Owed, Phase, Rollback, RollbackDone};
+use super::{BranchLoss, ControllerConfig, ControllerError, RunSummary, SnapshotReport};
 use crate::auth::Secret;
 use crate::backoff::Backoff;
 use crate::dial::{Dialer, Failed, Step};
@@ -56,6 +58,34 @@ pub struct ControllerActor {
     /// This run's id towards the branches' controller leases (never 0), sent in `InitBranch`
     /// and in every reconnection's handshake, so a reconnection keeps the lease.
     controller_id: u64,
+    /// The bank epoch the branches trade in.
+    epoch: u64,
+    /// The rollback under way, if any.
+    rollback: Option<Rollback>,
+    /// Per branch: the rollback's `InitBranch` went out on the current link (it is sent once:
+    /// a second one would be refused).
+    init_sent: Vec<bool>,
+    /// The latest ok snapshot: what a rollback goes back to.
+    latest_ok: Option<LatestOk>,
+}
+
+/// What a rollback needs of the latest ok snapshot.
+struct LatestOk {
+    id: u32,
+    /// The epoch it was taken in.
+    epoch: u64,
+    /// Each branch's balance restored from it (the money in transit to it credited).
+    balances: Vec<u64>,
+    /// Each branch's transfers sent at its cut (0 without counters).
+    sent_at_cut: Vec<u64>,
+}
+
+/// How a redial ended.
+enum Redialled {
+    /// Connected and authenticated.
+    Attached(Authenticated),
+    /// The branch holds no bank: it came back empty.
+    Empty,
 }
 
 /// Starts the actor on connected (and, when attaching, authenticated) connections, one per
@@ -70,10 +100,15 @@ pub(super) fn start(
     done: oneshot::Sender<Result<RunSummary, ControllerError>>,
 ) -> Addr<ControllerActor> {
     ControllerActor::create(move |ctx| {
+        let branches = config.branches.len();
         let mut controller = ControllerActor {
             run: Run::new(config, first_id, true, on_report, done),
             secret,
             controller_id,
+            epoch: 0,
+            rollback: None,
+            init_sent: vec![false; branches],
+            latest_ok: None,
         };
         for (index, stream) in streams.into_iter().enumerate() {
             controller.install(index, stream, ctx);
@@ -86,23 +121,10 @@ pub(super) fn start(
 
 impl ControllerActor {
     fn init_bank(&mut self) {
-        let config = &self.run.config;
-        let balances = config.initial_balances();
-        let all_branches = wire::branch_list(&config.branches);
-        // With a --secret-file the links are authenticated and the secret stays here.
-        let secret = if config.secret.is_some() {
-            Vec::new()
-        } else {
-            self.secret.as_bytes().to_vec()
-        };
+        let balances = self.run.config.initial_balances();
         for (link, balance) in self.run.links.iter().zip(balances) {
             if let Some(outbox) = &link.outbox {
-                outbox.push(Body::InitBranch(pb::InitBranch {
-                    controller: self.controller_id,
-                    secret: secret.clone(),
-                    balance: wire::to_wire_amount(balance),
-                    all_branches: all_branches.clone(),
-                }));
+                outbox.push(Body::InitBranch(self.init_branch(balance, 0)));
             }
         }
     }
@@ -158,13 +180,18 @@ impl ControllerActor {
             timeout,
             Backoff::new(FIRST_REDIAL_DELAY, MAX_REDIAL_DELAY),
         );
+        let roll_back = self.run.config.on_branch_loss == BranchLoss::Rollback;
         let redialling = async move {
             let attach = |stream| {
                 let (secret, name) = (&secret, &branch.name);
                 async move {
                     handshake::attach_to_branch(stream, secret, name, claim, max_frame, timeout)
                         .await
-                        .map(|(authenticated, _)| authenticated)
+                        .map(|(authenticated, _)| Redialled::Attached(authenticated))
+                        .or_else(|err| match err {
+                            HandshakeError::Uninitialised(_) if roll_back => Ok(Redialled::Empty),
+                            err => Err(err),
+                        })
                         .map_err(|err| match err {
                             HandshakeError::LeaseHeld { holder, .. } => {
                                 Step::Stop(ControllerError::LeaseLost {
@@ -185,7 +212,10 @@ impl ControllerActor {
         };
         ctx.spawn(actix::fut::wrap_future::<_, Self>(redialling).map(
             move |result, controller, ctx| match result {
-                Ok(authenticated) => controller.reconnected(index, authenticated, ctx),
+                Ok(Redialled::Attached(authenticated)) => {
+                    controller.reconnected(index, authenticated, ctx)
+                }
+                Ok(Redialled::Empty) => controller.came_back_empty(index, ctx),
                 Err(lost) => controller.fail(lost, ctx),
             },
         ));
@@ -211,6 +241,210 @@ impl ControllerActor {
         }
         for id in awaiting {
             self.request_record(index, id);
+        }
+        self.init_sent[index] = false;
+        if let Some(rollback) = self.rollback.as_mut() {
+            // It holds a bank (it proved the secret with it): in phase two it is owed a commit,
+            // not an InitBranch, even if it was initialised by this rollback.
+            rollback.reachable(index);
+            self.push_rollback(ctx);
+        }
+    }
+
+    /// Branch `index` holds no bank: it restarted without its state. Rolls the bank back to
+    /// the latest ok snapshot (or goes on with the rollback under way); without one, there is
+    /// nothing to roll back to, and the branch is tried again later.
+    fn came_back_empty(&mut self, index: usize, ctx: &mut Context<Self>) {
+        let name = self.run.name(index).to_string();
+        let now = Instant::now();
+        self.init_sent[index] = false;
+        if let Some(rollback) = self.rollback.as_mut() {
+            if rollback.came_back_empty(index) {
+                let next = rollback.next(index, now);
+                warn!(
+                    "branch {name} came back empty during the rollback to epoch {}: starting over in epoch {}",
+                    rollback.epoch, next.epoch
+                );
+                self.init_sent.fill(false);
+                self.rollback = Some(next);
+            }
+        } else {
+            let Some(latest) = &self.latest_ok else {
+                warn!(
+                    "branch {name} came back empty (restarted without its state), and no snapshot has been ok yet: there is nothing to roll the bank back to; trying it again in {} ms",
+                    MAX_REDIAL_DELAY.as_millis()
+                );
+                ctx.run_later(MAX_REDIAL_DELAY, move |controller, ctx| {
+                    controller.redial(index, ctx)
+                });
+                return;
+            };
+            let epoch = self.epoch + 1;
+            warn!(
+                "branch {name} came back empty (restarted without its state): rolling the bank back to snapshot {} in epoch {epoch}",
+                latest.id
+            );
+            self.rollback = Some(Rollback::new(
+                epoch,
+                latest.id,
+                latest.balances.clone(),
+                index,
+                now,
+            ));
+        }
+        if let Some(rollback) = &self.rollback {
+            self.run.collector.pause_for_rollback(rollback.epoch, now);
+        }
+        self.carry(ctx);
+        self.push_rollback(ctx);
+    }
+
+    /// Sends every branch what the rollback owes it now, where its link allows.
+    fn push_rollback(&mut self, ctx: &mut Context<Self>) {
+        let Some(rollback) = &self.rollback else {
+            return;
+        };
+        let owed: Vec<Owed> = (0..self.run.links.len())
+            .map(|index| rollback.owed(index))
+            .collect();
+        for (index, owed) in owed.into_iter().enumerate() {
+            let outbox = self.run.links[index].outbox.as_ref();
+            match owed {
+                Owed::Nothing => {}
+                Owed::Prepare { epoch } => {
+                    if let Some(outbox) = outbox {
+                        outbox.push(Body::RollbackPrepare(pb::RollbackPrepare { epoch }));
+                    }
+                }
+                Owed::Commit { epoch, balance } => {
+                    if let Some(outbox) = outbox {
+                        outbox.push(rollback_commit(epoch, balance));
+                    }
+                }
+                Owed::Init { epoch, balance } => {
+                    if !self.init_sent[index] && outbox.is_none() {
+                        self.init_sent[index] = true;
+                        self.init_empty(index, epoch, balance, ctx);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Initialises branch `index`, which came back empty, into `epoch` with `balance`: a new
+    /// connection carrying `InitBranch` (which makes it the controller connection, holding the
+    /// lease), then `RollbackCommit`, whose answer says it is done.
+    fn init_empty(&mut self, index: usize, epoch: u64, balance: u64, ctx: &mut Context<Self>) {
+        let branch = self.run.config.branches[index].clone();
+        let max_frame = self.run.config.max_frame;
+        let dialer = Dialer::new(
+            branch.addr,
+            self.run.config.connect_timeout,
+            Backoff::new(FIRST_REDIAL_DELAY, MAX_REDIAL_DELAY),
+        )
+        .deadline(std::time::Instant::now() + self.run.config.connect_timeout);
+        let init = Body::InitBranch(self.init_branch(balance, epoch));
+        let connecting = async move { dialer.connect(|_| {}).await };
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(connecting).map(
+            move |result, controller, ctx| {
+                let Ok(stream) = result else {
+                    // Gone again: the redial says how it comes back.
+                    controller.init_sent[index] = false;
+                    controller.redial(index, ctx);
+                    return;
+                };
+                let link = super::carrier::plain(stream, max_frame);
+                if controller.relink(index, link, ctx).is_none() {
+                    return;
+                }
+                if let Some(outbox) = &controller.run.links[index].outbox {
+                    outbox.push(init);
+                    outbox.push(rollback_commit(epoch, balance));
+                }
+            },
+        ));
+    }
+
+    /// Branch `index` answered phase `phase` of the rollback to `epoch`.
+    fn rollback_answered(
+        &mut self,
+        index: usize,
+        answer: pb::RollbackAnswer,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(rollback) = self.rollback.as_mut() else {
+            return;
+        };
+        let phase = match answer.phase {
+            1 => Phase::Prepare,
+            2 => Phase::Commit,
+            other => {
+                warn!(
+                    "branch {} answered phase {other} of a rollback, which has two; ignored",
+                    self.run.name(index)
+                );
+                return;
+            }
+        };
+        let before = rollback.phase();
+        let over = rollback.answered(index, answer.epoch, phase, answer.transfers_sent);
+        if !over {
+            if rollback.phase() != before {
+                info!(
+                    "rollback to epoch {}: every branch stopped trading; phase two",
+                    rollback.epoch
+                );
+                self.push_rollback(ctx);
+            }
+            return;
+        }
+        let Some(rollback) = self.rollback.take() else {
+            return;
+        };
+        let at_cut = match &self.latest_ok {
+            Some(latest) if latest.epoch == self.epoch => latest.sent_at_cut.clone(),
+            _ => vec![0; self.run.links.len()],
+        };
+        let done = RollbackDone {
+            epoch: rollback.epoch,
+            checkpoint: rollback.checkpoint,
+            lost: rollback
+                .lost
+                .iter()
+                .map(|&i| self.run.name(i).to_string())
+                .collect(),
+            undone: rollback.undone(&at_cut),
+            took: rollback.took(Instant::now()),
+        };
+        self.epoch = rollback.epoch;
+        self.init_sent.fill(false);
+        self.run.collector.summary.rollbacks += 1;
+        self.run.collector.resume(self.epoch);
+        info!("{done}");
+        if let Some(sink) = &self.run.config.on_rollback {
+            (sink.0)(&done);
+        }
+        self.run.config.observe(|o| o.rolled_back(&done)); // web view hook
+        if self.run.config.interval.is_zero() {
+            self.fill_pipeline(ctx);
+        }
+    }
+
+    /// `InitBranch` for this bank, giving `balance` in `epoch`.
+    fn init_branch(&self, balance: u64, epoch: u64) -> pb::InitBranch {
+        let config = &self.run.config;
+        // With a --secret-file the links are authenticated and the secret stays here.
+        let secret = if config.secret.is_some() {
+            Vec::new()
+        } else {
+            self.secret.as_bytes().to_vec()
+        };
+        pb::InitBranch {
+            epoch,
+            controller: self.controller_id,
+            secret,
+            balance: wire::to_wire_amount(balance),
+            all_branches: wire::branch_list(&config.branches),
         }
     }
 
@@ -270,6 +504,7 @@ impl Carrier for ControllerActor {
                 return;
             }
             Body::ControllerLease(lease) => return self.on_lease(index, lease, ctx),
+            Body::RollbackAnswer(answer) => return self.rollback_answered(index, answer, ctx),
             Body::Refusal(pb::Refusal { reason, .. }) => return self.refused(index, reason, ctx),
             other => return self.ignore(index, &other),
         };
@@ -289,6 +524,39 @@ impl Carrier for ControllerActor {
                 self.carry(ctx);
             }
         }
+    }
+
+    /// Keeps the latest ok snapshot, for a rollback.
+    fn reported(&mut self, report: &SnapshotReport) {
+        if self.run.config.on_branch_loss != BranchLoss::Rollback || report.epoch != self.epoch {
+            return;
+        }
+        let branches = &self.run.config.branches;
+        let Some(balances) = Checkpoint::of_report(report, branches, 0).and_then(|checkpoint| {
+            checkpoint
+                .restore_balances(report.expected_total, branches)
+                .ok()
+        }) else {
+            return;
+        };
+        let sent_at_cut = report
+            .branches
+            .iter()
+            .map(|branch| {
+                branch
+                    .record
+                    .as_ref()
+                    .ok()
+                    .and_then(|record| record.transfers_sent())
+                    .unwrap_or(0)
+            })
+            .collect();
+        self.latest_ok = Some(LatestOk {
+            id: report.id,
+            epoch: report.epoch,
+            balances,
+            sent_at_cut,
+        });
     }
 
     /// Branch `index`'s link is down: redial it.
@@ -325,4 +593,12 @@ impl StreamHandler<LinkEvent> for ControllerActor {
 
     /// One branch's stream ending is a [`LinkEvent::Closed`], not the end of the controller.
     fn finished(&mut self, _ctx: &mut Context<Self>) {}
+}
+
+/// `RollbackCommit` giving `balance` in `epoch`.
+fn rollback_commit(epoch: u64, balance: u64) -> Body {
+    Body::RollbackCommit(pb::RollbackCommit {
+        epoch,
+        balance: wire::to_wire_amount(balance),
+    })
 }

@@ -167,6 +167,9 @@ pub(super) trait Carrier: Actor<Context = Context<Self>> + StreamHandler<LinkEve
     /// Branch `index`'s current link went down, for `reason`: bring it back.
     fn on_link_down(&mut self, index: usize, reason: String, ctx: &mut Context<Self>);
 
+    /// `report` was handed out (a controller that rolls banks back keeps the latest ok one).
+    fn reported(&mut self, _report: &SnapshotReport) {}
+
     /// Connection `generation` of branch `index` is gone, for `reason`: if it was the current
     /// one, it is marked down and [`Carrier::on_link_down`] brings it back.
     fn link_lost(
@@ -272,16 +275,17 @@ pub(super) trait Carrier: Actor<Context = Context<Self>> + StreamHandler<LinkEve
     /// Hands out what the collector has made since the last step; ends a complete run, or
     /// refills the pipeline when snapshots finished back to back.
     fn carry(&mut self, ctx: &mut Context<Self>) {
-        let run = self.run();
-        let progress = run.collector.take_progress();
+        let progress = self.run().collector.take_progress();
         for id in &progress.finished {
-            if let Some(timer) = run.timers.remove(id) {
+            if let Some(timer) = self.run().timers.remove(id) {
                 ctx.cancel_future(timer);
             }
         }
         for report in &progress.reports {
-            (run.on_report)(report);
+            (self.run().on_report)(report);
+            self.reported(report);
         }
+        let run = self.run();
         if run.collector.run_complete() {
             let summary = run.collector.summary.clone();
             run.finish(Ok(summary));

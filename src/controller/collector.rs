@@ -88,6 +88,8 @@ struct InFlight {
     deadline: Option<Instant>,
     /// One slot per branch, in file order.
     answers: Vec<Slot>,
+    /// The bank epoch it was started in.
+    epoch: u64,
 }
 
 /// What became of a branch's answer.
@@ -139,6 +141,10 @@ pub(super) struct Collector {
     progress: Progress,
     /// The run so far.
     pub(super) summary: RunSummary,
+    /// The bank epoch new snapshots are taken in.
+    epoch: u64,
+    /// A rollback is under way: no snapshot starts until it ends.
+    paused: bool,
 }
 
 impl Collector {
@@ -159,6 +165,8 @@ impl Collector {
             next_to_emit: first_id,
             progress: Progress::default(),
             summary: RunSummary::default(),
+            epoch: 0,
+            paused: false,
         }
     }
 
@@ -174,13 +182,41 @@ impl Collector {
 
     /// Whether another snapshot may start now (back to back: keep the pipeline full).
     pub(super) fn wants_more(&self) -> bool {
-        !self.started_all() && self.in_flight.len() < MAX_IN_FLIGHT
+        !self.paused && !self.started_all() && self.in_flight.len() < MAX_IN_FLIGHT
+    }
+
+    /// A rollback to bank epoch `epoch` begins at `now`: no snapshot starts until
+    /// [`Collector::resume`], and every snapshot in flight is concluded at once, each empty slot
+    /// saying that the epoch it was taken in was rolled back (its records are gone).
+    pub(super) fn pause_for_rollback(&mut self, epoch: u64, now: Instant) {
+        self.paused = true;
+        let ids: Vec<u32> = self.in_flight.keys().copied().collect();
+        for id in ids {
+            if let Some(snapshot) = self.in_flight.get_mut(&id) {
+                for answer in snapshot.answers.iter_mut().filter(|a| a.is_none()) {
+                    *answer = Some(Err(format!(
+                        "lost its record: the bank was rolled back to epoch {epoch} before it answered"
+                    )));
+                }
+            }
+            self.try_finish(id, now);
+        }
+    }
+
+    /// The rollback ended: snapshots start again, in bank epoch `epoch`.
+    pub(super) fn resume(&mut self, epoch: u64) {
+        self.epoch = epoch;
+        self.paused = false;
     }
 
     /// A scheduled tick, after `missed` ticks a stall skipped: whether to start a snapshot.
     /// Skips (and counts) the tick when [`MAX_IN_FLIGHT`] snapshots are in progress.
     pub(super) fn on_tick(&mut self, missed: u64) -> bool {
         self.summary.skipped_ticks += missed;
+        if self.paused {
+            self.summary.skipped_ticks += 1;
+            return false;
+        }
         if self.in_flight.len() >= MAX_IN_FLIGHT {
             warn!(
                 "{MAX_IN_FLIGHT} snapshots are still in progress: skipping this tick (is --interval-ms shorter than a snapshot takes?)"
@@ -218,6 +254,7 @@ impl Collector {
                 started: now,
                 deadline: None,
                 answers: vec![None; self.names.len()],
+                epoch: self.epoch,
             },
         );
         let summary = &mut self.summary;
@@ -400,7 +437,7 @@ impl Collector {
         let Some(snapshot) = self.in_flight.remove(&id) else {
             return;
         };
-        let report = SnapshotReport::assemble(
+        let mut report = SnapshotReport::assemble(
             id,
             &self.names[snapshot.initiator],
             &self.names,
@@ -408,6 +445,7 @@ impl Collector {
             self.total,
             now.saturating_duration_since(snapshot.started),
         );
+        report.epoch = snapshot.epoch;
         self.progress.finished.push(id);
         self.held.insert(id, report);
         while let Some(report) = self.held.remove(&self.next_to_emit) {

@@ -109,6 +109,7 @@ pub async fn run_compat_controller(
         .into_iter()
         .map(|balance| {
             Body::InitBranch(pb::InitBranch {
+                epoch: 0,
                 balance: wire::to_wire_amount(balance),
                 all_branches: all_branches.clone(),
                 secret: Vec::new(),

@@ -12,6 +12,8 @@
 //! - [`checkpoint`]: ok snapshots as self-describing files (`--checkpoint-dir`), written
 //!   atomically and pruned to the newest N, and read back to restore a bank (`--restore`).
 //! - `schedule`: the ticks (skipping those a stall missed) and what a run stopped early lists.
+//! - [`rollback`]: rolling the whole bank back to its latest ok snapshot when a branch comes
+//!   back empty (`--on-branch-loss rollback`): the two phases, with no I/O.
 //!
 //! Retrieval without blind sleeps: right after `InitSnapshot`, the controller sends every branch
 //! `RetrieveSnapshot` with `wait_ms` (a snapbank extension) set to the time left before the
@@ -25,6 +27,7 @@ mod collector;
 pub mod compat;
 pub mod observer;
 pub mod report;
+pub mod rollback;
 mod schedule;
 
 use std::net::SocketAddr;
@@ -98,6 +101,32 @@ pub struct ControllerConfig {
     /// Start the bank from a checkpoint (`--restore`) instead of an even split; `None` for a
     /// new bank.
     pub restore: Option<Restore>,
+    /// What to do when a branch comes back empty (restarted without its state).
+    pub on_branch_loss: BranchLoss,
+    /// Told of every finished rollback (the `controller` command prints it).
+    pub on_rollback: Option<RollbackSink>,
+}
+
+/// What the controller does when a branch comes back empty.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BranchLoss {
+    /// Keep trying to reach it: the bank goes on without its money, and every later snapshot
+    /// is incomplete, until an operator restores it.
+    #[default]
+    Wait,
+    /// Roll the whole bank back to the latest ok snapshot, in a new epoch (needs a secret:
+    /// only the controller holding the lease can make branches do it).
+    Rollback,
+}
+
+/// Where finished rollbacks are told (a function, so a caller can print or count them).
+#[derive(Clone)]
+pub struct RollbackSink(pub Arc<dyn Fn(&rollback::RollbackDone) + Send + Sync>);
+
+impl std::fmt::Debug for RollbackSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RollbackSink")
+    }
 }
 
 /// A bank started from a checkpoint: each branch's balance and where snapshot ids go on.
@@ -132,6 +161,8 @@ impl ControllerConfig {
             heartbeats: true,
             observer: None,
             restore: None,
+            on_branch_loss: BranchLoss::Wait,
+            on_rollback: None,
         }
     }
 
@@ -166,6 +197,8 @@ pub struct RunSummary {
     pub skipped_ticks: u64,
     /// Times a lost branch connection was re-established.
     pub reconnects: u32,
+    /// Rollbacks of the whole bank that finished.
+    pub rollbacks: u32,
     /// When the run was stopped early ([`ControllerConfig::stop`]): the snapshots started and
     /// not reported, in id order.
     pub unfinished: Vec<UnfinishedSnapshot>,

@@ -28,6 +28,9 @@ pub trait ControllerObserver: Send + Sync + Debug {
     /// the snapshot started: with `wait_ms`, that is when the branch finished recording, plus
     /// one trip to the controller.
     fn record_answered(&self, _id: u32, _branch: &str, _elapsed: Duration) {}
+
+    /// The bank was rolled back to a checkpoint and trades again.
+    fn rolled_back(&self, _done: &super::rollback::RollbackDone) {}
 }
 
 impl ControllerConfig {

@@ -83,6 +83,8 @@ pub struct SnapshotReport {
     pub audit: Option<Audit>,
     /// The conclusion.
     pub verdict: Verdict,
+    /// The bank epoch the snapshot was taken in: 0 until the bank's first rollback.
+    pub epoch: u64,
 }
 
 impl SnapshotReport {
@@ -118,6 +120,7 @@ impl SnapshotReport {
             branches,
             expected_total,
             total: audit.as_ref().map(|audit| audit.total),
+            epoch: 0,
             audit,
             verdict,
         }
@@ -140,7 +143,11 @@ impl SnapshotReport {
 
     /// The assignment's text format, then a verdict line.
     pub fn to_text(&self) -> String {
-        let mut out = format!("snapshot_id: {}\n", self.id);
+        let mut out = format!("snapshot_id: {}", self.id);
+        if self.epoch > 0 {
+            let _ = write!(out, " (bank epoch {})", self.epoch);
+        }
+        out.push('\n');
         for branch in &self.branches {
             match &branch.record {
                 Ok(record) => {

@@ -51,6 +51,9 @@ pub enum RefusalKind {
     NewIncarnation,
     /// The refused branch's store lost a commit: it must stop trading.
     StateRegressed,
+    /// The refusing branch holds no bank: it restarted without its state and was not
+    /// initialised again (a controller that rolls banks back does that).
+    Uninitialised,
 }
 
 /// A message on a peer connection, as the channel layer sees it: decoded once, at the edge
@@ -66,6 +69,8 @@ pub enum PeerMsg {
     Resume {
         incarnation: u64,
         received: Position,
+        /// The sender's bank epoch: channels of two epochs never join.
+        epoch: u64,
     },
     /// The peer turns this connection away.
     Refusal { kind: RefusalKind, reason: String },

@@ -423,6 +423,7 @@ impl Simulator {
                 authenticated: true,
                 durable: settings.durable.get(b).copied().unwrap_or(false),
                 incarnation: b as u64 + 1,
+                epoch: 0,
                 peer_grace: grace,
                 directions: peers
                     .iter()

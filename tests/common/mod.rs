@@ -423,6 +423,7 @@ pub fn bank_with_the_test_as_a0(
     );
     let mut controller = RawController::attach(target, "branch1", &secret.secret());
     controller.send(Body::InitBranch(pb::InitBranch {
+        epoch: 0,
         balance: 100,
         all_branches: members,
         secret: Vec::new(),

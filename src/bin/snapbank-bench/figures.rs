@@ -1030,6 +1030,7 @@ mod tests {
         assert_eq!(CounterSample::from_report(&report, Duration::ZERO), None);
         // Ok, but a branch without counters (original schema).
         let report = SnapshotReport {
+            epoch: 0,
             id: 2,
             initiator: "branch1".into(),
             elapsed: Duration::ZERO,

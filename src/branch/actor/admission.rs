@@ -28,6 +28,7 @@ use super::{Accepted, BranchActor, ControllerLink, ParkedPeer, Source};
 use crate::auth::Secret;
 use crate::branch::connection::{FrameReader, LinkSettings, PeerConnection};
 use crate::config::MAX_NAME_BYTES;
+use crate::core::RefusalKind;
 use crate::core::node::Dial;
 use crate::dial::{Dialer, Failed, Never, Step, Warning};
 use crate::handshake::{self, Authenticated, ControllerClaim, HandshakeError};
@@ -400,10 +401,15 @@ impl BranchActor {
                 "{}: controller handshake from {remote} refused: {reason}; closing",
                 self.name
             );
-            ctx.spawn(actix::fut::wrap_future(refuse(
-                writer,
-                format!("{}: {reason}", self.name),
-            )));
+            // Saying so is safe without a proof: a controller that rolls banks back answers it
+            // by initialising the branch again, which it would accept from anyone anyway.
+            let kind = if self.bank.is_some() {
+                RefusalKind::Retry
+            } else {
+                RefusalKind::Uninitialised
+            };
+            let refusal = wire::final_refusal(kind, format!("{}: {reason}", self.name));
+            ctx.spawn(actix::fut::wrap_future(send_then_close(writer, refusal)));
             return;
         };
         if self.controller_handshakes >= MAX_CONTROLLER_HANDSHAKES {
@@ -606,8 +612,9 @@ impl BranchActor {
             };
             dialer.forever(handshake, warn).await
         };
-        ctx.spawn(
-            actix::fut::wrap_future::<_, Self>(dialling).map(move |dialled, branch, ctx| {
+        let handle = ctx.spawn(actix::fut::wrap_future::<_, Self>(dialling).map(
+            move |dialled, branch, ctx| {
+                branch.dials.remove(&channel);
                 let authenticated = match dialled {
                     Ok(authenticated) => authenticated,
                     Err(never) => match never {},
@@ -618,8 +625,9 @@ impl BranchActor {
                     .map(|bank| bank.peers[channel].addr.to_string())
                     .unwrap_or_default();
                 branch.peer_connected(channel, authenticated, &format!("dialled {to}"), ctx);
-            }),
-        );
+            },
+        ));
+        self.dials.insert(channel, handle);
     }
 
     /// Stops sending, and closes every connection once what is queued on it is written.

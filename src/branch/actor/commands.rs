@@ -75,8 +75,12 @@ impl BranchActor {
             ControllerCmd::RetrieveSnapshot { id, wait_ms } => {
                 self.retrieve(conn, id, wait_ms, ctx)
             }
+            ControllerCmd::RollbackPrepare { epoch } => self.rollback_prepare(conn, epoch, ctx),
+            ControllerCmd::RollbackCommit { epoch, balance } => {
+                self.rollback_commit(conn, epoch, balance, ctx)
+            }
             ControllerCmd::Unexpected(kind) => warn!(
-                "{}: the controller connection sent {kind}; only InitBranch, InitSnapshot and RetrieveSnapshot are accepted there; ignored",
+                "{}: the controller connection sent {kind}; only InitBranch, InitSnapshot, RetrieveSnapshot and the rollback commands are accepted there; ignored",
                 self.name,
             ),
         }
@@ -94,6 +98,11 @@ impl BranchActor {
         if self.bank.is_some() {
             return Err("this branch is already initialised".to_string());
         }
+        if let Some(epoch) = self.prepared {
+            return Err(format!(
+                "this branch is in a rollback to epoch {epoch}: only its controller's RollbackCommit ends it"
+            ));
+        }
         let members = init.members.map_err(|err| err.to_string())?;
         wire::check_listed(&self.name, &members).map_err(|err| err.to_string())?;
         self.check_own_entry(&members)?;
@@ -107,13 +116,20 @@ impl BranchActor {
         }
         let balance = init.balance;
         let authenticated = !secret.is_empty();
+        self.epoch = init.epoch;
+        self.members = Some((members.clone(), authenticated));
         let bank = self.bank_of(members, authenticated, |config| {
             Ok(BranchNode::new(config, balance))
         })?;
         info!(
-            "{}: initialised with balance {balance} and {} peers",
+            "{}: initialised with balance {balance} and {} peers{}",
             self.name,
-            bank.peers.len()
+            bank.peers.len(),
+            if init.epoch > 0 {
+                format!(" in bank epoch {}", init.epoch)
+            } else {
+                String::new()
+            }
         );
         self.secret = Some(secret);
         self.bank = Some(bank);
@@ -160,6 +176,7 @@ impl BranchActor {
             authenticated,
             durable: self.store.is_some(),
             incarnation: self.incarnation,
+            epoch: self.epoch,
             peer_grace: self.settings.peer_grace,
             directions: Vec::new(),
             #[cfg(test)]

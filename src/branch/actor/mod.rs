@@ -19,6 +19,7 @@
 //! - `ready`: carrying out the node's `Ready`.
 //! - `durability`: with a store, the commit thread, and rebuilding the node from the store.
 //! - `generator`: the random transfer generator: its draws and its pace.
+//! - `rollback`: the two phases of a rollback of the whole bank to a checkpoint.
 
 mod admission;
 mod channels;
@@ -27,6 +28,7 @@ mod durability;
 mod generator;
 mod lease;
 mod ready;
+mod rollback;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -43,6 +45,7 @@ use super::recorder::SnapshotRecorder;
 use super::traffic::Traffic;
 use super::{BranchConfig, listener};
 use crate::auth::Secret;
+use crate::config::BranchEntry;
 use crate::core::node::{BranchNode, Input, Pause, Timer};
 use crate::core::{Channel, SnapshotId};
 use crate::outbox::Outbox;
@@ -210,6 +213,17 @@ pub struct BranchActor {
     /// restarted without its state is a new incarnation, and its peers refuse to splice it onto
     /// the old channels.
     incarnation: u64,
+    /// The bank epoch this branch is in: 0 from `InitBranch`, one more after each rollback
+    /// the controller runs. Peers of other epochs are refused.
+    epoch: u64,
+    /// Phase one of a rollback to epoch `prepared` has run here: the bank is dropped, and
+    /// only its `RollbackCommit` (or a later rollback) brings it back.
+    prepared: Option<u64>,
+    /// The members and whether the bank is authenticated, kept across a rollback's phase one
+    /// so that phase two can rebuild the bank.
+    members: Option<(Vec<BranchEntry>, bool)>,
+    /// The dials under way, per peer channel: a rollback cancels them with the bank.
+    dials: HashMap<Channel, SpawnHandle>,
     /// The random transfer generator.
     traffic: Traffic,
     /// `None` until `InitBranch`.
@@ -266,6 +280,10 @@ impl BranchActor {
             settings,
             port,
             incarnation: rand::random::<u64>().max(1),
+            epoch: 0,
+            prepared: None,
+            members: None,
+            dials: HashMap::new(),
             traffic,
             bank: None,
             parked: Vec::new(),

@@ -110,6 +110,7 @@ impl BranchNode {
     /// side states.
     fn push_resume(&mut self, channel: Channel) {
         let incarnation = self.config.incarnation;
+        let epoch = self.config.epoch;
         let peer = &mut self.peers[channel];
         let Some(link) = peer.link else {
             return;
@@ -120,6 +121,7 @@ impl BranchNode {
             msg: PeerMsg::Resume {
                 incarnation,
                 received: peer.cursor.durable(),
+                epoch,
             },
         });
         peer.cursor.acked_by_resume();
@@ -136,9 +138,13 @@ impl BranchNode {
         };
         if !link.resumed {
             match msg {
+                PeerMsg::Resume { epoch, .. } if epoch != self.config.epoch => {
+                    self.other_epoch(channel, epoch)
+                }
                 PeerMsg::Resume {
                     incarnation,
                     received,
+                    ..
                 } => self.on_resume(channel, incarnation, received),
                 PeerMsg::Refusal { kind, reason } => self.on_refusal(channel, kind, reason),
                 other => self.protocol_error(
@@ -396,7 +402,7 @@ impl BranchNode {
                 "{me}: {} refused the connection (unproven, so this changes nothing else): {reason}",
                 peer.name
             ),
-            RefusalKind::Retry => {
+            RefusalKind::Retry | RefusalKind::Uninitialised => {
                 warn!("{me}: {} refused the connection: {reason}", peer.name)
             }
             RefusalKind::StateRegressed if self.config.durable => {
@@ -414,6 +420,30 @@ impl BranchNode {
             }
         }
         self.close_link(channel, None, &format!("refused: {reason}"));
+    }
+
+    /// The peer's `Resume` is of bank epoch `epoch`, not this branch's: one of the two has not
+    /// been through the bank's latest rollback yet. Nothing of the connection is applied; it is
+    /// closed with a refusal to retry, and the branch behind is brought forward by the
+    /// controller, after which the redial joins the two in one epoch.
+    fn other_epoch(&mut self, channel: Channel, epoch: u64) {
+        let mine = self.config.epoch;
+        let peer = &self.peers[channel];
+        let reason = format!(
+            "{} is in bank epoch {epoch} and {} in epoch {mine}: a rollback has not reached {} yet",
+            peer.name,
+            self.config.name,
+            if epoch < mine {
+                peer.name.as_str()
+            } else {
+                self.config.name.as_str()
+            }
+        );
+        self.close_link(
+            channel,
+            Some(refusal(RefusalKind::Retry, reason.clone())),
+            &reason,
+        );
     }
 
     /// The connection broke the channel's protocol: it is closed; the channel stays.

@@ -66,6 +66,9 @@ pub struct NodeConfig {
     /// This branch's identity towards its peers (never 0): a branch restarted without its state
     /// is a new incarnation.
     pub incarnation: u64,
+    /// The bank epoch the node belongs to: 0 for a new bank, one more for each rollback. Only
+    /// peers of the same epoch share channels with it.
+    pub epoch: u64,
     /// How long snapshots wait for a peer whose connection is down before its channel counts as
     /// lost.
     pub peer_grace: Duration,

@@ -41,6 +41,7 @@ fn config(name: &str, peers: &[&str]) -> NodeConfig {
         authenticated: true,
         durable: false,
         incarnation: 7,
+        epoch: 0,
         peer_grace: Duration::from_millis(100),
         directions: Vec::new(),
         #[cfg(test)]
@@ -109,6 +110,7 @@ fn resume(incarnation: u64, received: Position) -> PeerMsg {
     PeerMsg::Resume {
         incarnation,
         received,
+        epoch: 0,
     }
 }
 
@@ -537,7 +539,8 @@ fn the_lower_name_dials_and_its_resume_goes_first() {
             conn: 1,
             msg: PeerMsg::Resume {
                 incarnation: 7,
-                received: 0
+                received: 0,
+                epoch: 0
             }
         }]
     );
@@ -597,6 +600,48 @@ fn a_resume_from_another_incarnation_is_refused_with_new_incarnation_and_not_ans
         Some(5),
         "the old incarnation is kept"
     );
+}
+
+#[test]
+fn a_resume_of_another_bank_epoch_is_refused_for_a_retry_and_nothing_of_it_is_applied() {
+    // b is in epoch 2; a's connection says epoch 1 (it has not been rolled back yet).
+    let mut b = fresh(config_with("b", &["a"], |c| c.epoch = 2));
+    b.step(Input::LinkUp { peer: 0, conn: 1 });
+    b.step(Input::Peer {
+        peer: 0,
+        conn: 1,
+        msg: PeerMsg::Resume {
+            incarnation: 5,
+            received: 0,
+            epoch: 1,
+        },
+    });
+    let ready = b.take_ready();
+    assert!(ready.messages.is_empty(), "no Resume back to another epoch");
+    assert_eq!(ready.closes.len(), 1);
+    assert_eq!(refusal_kind(&ready.closes[0]), Some(RefusalKind::Retry));
+    assert!(!b.is_live(0));
+    assert_eq!(b.peer_incarnation(0), None, "nothing of it is kept");
+    // A transfer on that connection is not applied either.
+    b.step(Input::Peer {
+        peer: 0,
+        conn: 1,
+        msg: transfer(1, 10),
+    });
+    assert_eq!(b.balance(), 100);
+    // The same peer in the same epoch joins.
+    b.step(Input::LinkUp { peer: 0, conn: 2 });
+    b.step(Input::Peer {
+        peer: 0,
+        conn: 2,
+        msg: PeerMsg::Resume {
+            incarnation: 5,
+            received: 0,
+            epoch: 2,
+        },
+    });
+    settle(&mut b);
+    assert!(b.is_live(0));
 }
 
 #[test]
