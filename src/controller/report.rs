@@ -243,6 +243,7 @@ impl SnapshotReport {
         });
         json!({
             "snapshot_id": self.id,
+            "epoch": self.epoch,
             "initiator": self.initiator,
             "elapsed_ms": self.elapsed.as_secs_f64() * 1000.0,
             "branches": branches,
