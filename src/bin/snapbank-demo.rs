@@ -40,8 +40,14 @@ struct Args {
     /// killed with SIGKILL and restarted 0.3 s later.
     #[arg(long)]
     chaos: bool,
-    /// Milliseconds between two crashes with --chaos.
-    #[arg(long, default_value_t = 3000, requires = "chaos")]
+    /// In-memory branches, and every --chaos-every-ms a random branch is killed with SIGKILL
+    /// and restarted 0.3 s later without its state: the controller
+    /// (`--on-branch-loss rollback`) rolls the whole bank back to its latest ok snapshot each
+    /// time, and prints a line saying so.
+    #[arg(long, conflicts_with = "chaos")]
+    crash_rollback: bool,
+    /// Milliseconds between two crashes with --chaos or --crash-rollback.
+    #[arg(long, default_value_t = 3000)]
     chaos_every_ms: u64,
     /// Also serve the live web view of the bank (`controller --web`) on ADDR; `--web` alone
     /// uses 127.0.0.1:8080 (give 127.0.0.1:0 for any free port). The URL is printed.
@@ -64,8 +70,9 @@ fn now() -> String {
     )
 }
 
-/// Kills a random branch every `every`, restarts it 0.3 s later, and says so; never returns.
-async fn chaos(bank: &mut LocalBank, every: std::time::Duration) {
+/// Kills a random branch every `every`, restarts it 0.3 s later (`how` says with what), and
+/// says so; never returns.
+async fn chaos(bank: &mut LocalBank, every: std::time::Duration, how: &str) {
     use rand::RngExt;
     let mut rng = rand::rng();
     loop {
@@ -76,10 +83,7 @@ async fn chaos(bank: &mut LocalBank, every: std::time::Duration) {
         eprintln!("demo: chaos: {} killed {name} with SIGKILL", now());
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         match bank.restart(victim, &[]) {
-            Ok(()) => eprintln!(
-                "demo: chaos: {} restarted {name} from its data directory",
-                now()
-            ),
+            Ok(()) => eprintln!("demo: chaos: {} restarted {name} {how}", now()),
             Err(err) => eprintln!("demo: chaos: cannot restart {name}: {err}"),
         }
     }
@@ -136,6 +140,9 @@ fn main() -> ExitCode {
     if args.json {
         controller.args(["--format", "json"]);
     }
+    if args.crash_rollback {
+        controller.args(["--on-branch-loss", "rollback"]);
+    }
     if let Some(addr) = args.web {
         // The controller prints `controller: web view at <URL>` once it listens.
         controller.args(["--web", &addr.to_string()]);
@@ -150,12 +157,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let chaos_every = args
-        .chaos
+    let chaos_every = (args.chaos || args.crash_rollback)
         .then(|| std::time::Duration::from_millis(args.chaos_every_ms.max(500)));
+    let how = if args.crash_rollback {
+        "empty (in memory, its state lost): the bank rolls back"
+    } else {
+        "from its data directory"
+    };
     if chaos_every.is_some() {
         eprintln!(
-            "demo: chaos: every {} ms a random branch is killed with SIGKILL and restarted 0.3 s later; watch the totals",
+            "demo: chaos: every {} ms a random branch is killed with SIGKILL and restarted 0.3 s later {how}; watch the totals",
             args.chaos_every_ms.max(500)
         );
     }
@@ -188,7 +199,7 @@ fn main() -> ExitCode {
             _ = terminate.recv() => ExitCode::SUCCESS,
             _ = async {
                 match chaos_every {
-                    Some(every) => chaos(bank_ref, every).await,
+                    Some(every) => chaos(bank_ref, every, how).await,
                     None => std::future::pending().await,
                 }
             } => ExitCode::SUCCESS,

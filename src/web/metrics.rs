@@ -135,6 +135,20 @@ pub fn render(state: &ViewState) -> String {
     let _ = writeln!(out, "snapbank_branches_up {}", state.branches_up());
     family(
         &mut out,
+        "snapbank_rollbacks_total",
+        "counter",
+        "Rollbacks of the whole bank to its latest ok snapshot.",
+    );
+    let _ = writeln!(out, "snapbank_rollbacks_total {}", state.rollbacks_total());
+    family(
+        &mut out,
+        "snapbank_bank_epoch",
+        "gauge",
+        "The bank epoch: one more after each rollback.",
+    );
+    let _ = writeln!(out, "snapbank_bank_epoch {}", state.epoch());
+    family(
+        &mut out,
         "snapbank_branch_up",
         "gauge",
         "1 while the controller's connection to the branch is up.",
@@ -284,6 +298,27 @@ mod tests {
             out.contains("snapbank_latest_checkpoint_age_seconds 2.5\n"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn rollbacks_are_counted_with_the_epoch_they_reached() {
+        let mut state = ViewState::new(vec!["a".into(), "b".into()], vec![], 10, 5);
+        assert!(render(&state).contains("snapbank_rollbacks_total 0\n"));
+        for epoch in [1, 2] {
+            state.rolled_back(
+                &crate::controller::rollback::RollbackDone {
+                    epoch,
+                    checkpoint: 3,
+                    lost: vec!["a".into()],
+                    undone: 0,
+                    took: std::time::Duration::ZERO,
+                },
+                0.0,
+            );
+        }
+        let text = render(&state);
+        assert!(text.contains("snapbank_rollbacks_total 2\n"), "{text}");
+        assert!(text.contains("snapbank_bank_epoch 2\n"), "{text}");
     }
 
     #[test]

@@ -329,6 +329,10 @@ impl ControllerObserver for WebView {
         self.update(|state| state.snapshot_started(id));
     }
 
+    fn rolled_back(&self, done: &crate::controller::rollback::RollbackDone) {
+        self.update(|state| state.rolled_back(done, now_ms()));
+    }
+
     fn record_answered(&self, id: u32, branch: &str, elapsed: Duration) {
         // No status change worth a stream event: the times arrive with the report.
         self.state()

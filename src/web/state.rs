@@ -187,7 +187,14 @@ pub struct ViewState {
     latest_id: Option<u32>,
     /// What the checkpoint writer has done (`--checkpoint-dir`); `None` without one.
     checkpoints: Option<Arc<CheckpointStats>>,
+    /// Rollbacks of the bank so far.
+    rollbacks_total: u64,
+    /// The latest rollbacks, newest last (at most [`KEPT_ROLLBACKS`]), for the page's history.
+    rollbacks: VecDeque<Value>,
 }
+
+/// How many rollbacks the view keeps for the page.
+pub const KEPT_ROLLBACKS: usize = 20;
 
 impl ViewState {
     /// An empty view of a bank of `names` (at `addrs`) holding `expected_total`, retaining the
@@ -215,7 +222,38 @@ impl ViewState {
             balances: None,
             latest_id: None,
             checkpoints: None,
+            rollbacks_total: 0,
+            rollbacks: VecDeque::new(),
         }
+    }
+
+    /// The bank was rolled back (`done`) at `now_ms`.
+    pub fn rolled_back(&mut self, done: &crate::controller::rollback::RollbackDone, now_ms: f64) {
+        self.rollbacks_total += 1;
+        if self.rollbacks.len() == KEPT_ROLLBACKS {
+            self.rollbacks.pop_front();
+        }
+        self.rollbacks.push_back(json!({
+            "at_ms": now_ms,
+            "epoch": done.epoch,
+            "checkpoint": done.checkpoint,
+            "lost": done.lost,
+            "undone": done.undone,
+            "took_ms": done.took.as_secs_f64() * 1000.0,
+        }));
+    }
+
+    /// Rollbacks of the bank so far.
+    pub fn rollbacks_total(&self) -> u64 {
+        self.rollbacks_total
+    }
+
+    /// The bank epoch now: that of the latest rollback (0 before any).
+    pub fn epoch(&self) -> u64 {
+        self.rollbacks
+            .back()
+            .and_then(|latest| latest["epoch"].as_u64())
+            .unwrap_or(0)
     }
 
     /// Follows a checkpoint writer's counters, for `/metrics`.
@@ -479,6 +517,11 @@ impl ViewState {
             "in_transit": stats(&|entry| entry.in_transit.map(|amount| amount as f64)),
             "transfers_per_second": self.transfers_per_second,
             "checkpoints": self.checkpoints.as_deref().map(checkpoints_json),
+            "rollbacks": {
+                "total": self.rollbacks_total,
+                "epoch": self.epoch(),
+                "recent": self.rollbacks,
+            },
         })
     }
 
@@ -686,6 +729,31 @@ mod tests {
         // Counters cover every snapshot, not only the retained ones.
         assert_eq!(state.verdicts().ok, 5);
         assert_eq!(state.durations().count, 5);
+    }
+
+    #[test]
+    fn overview_counts_rollbacks_and_keeps_the_latest_as_history() {
+        let mut state = ViewState::new(vec!["a".into(), "b".into()], Vec::new(), 10, 5);
+        assert_eq!(state.overview_json()["rollbacks"]["total"], 0);
+        for epoch in 1..=(KEPT_ROLLBACKS as u64 + 2) {
+            state.rolled_back(
+                &crate::controller::rollback::RollbackDone {
+                    epoch,
+                    checkpoint: 7,
+                    lost: vec!["b".into()],
+                    undone: 3,
+                    took: std::time::Duration::from_millis(4),
+                },
+                1000.0,
+            );
+        }
+        let rollbacks = &state.overview_json()["rollbacks"];
+        assert_eq!(rollbacks["total"], KEPT_ROLLBACKS as u64 + 2);
+        assert_eq!(rollbacks["epoch"], KEPT_ROLLBACKS as u64 + 2);
+        let recent = rollbacks["recent"].as_array().expect("recent rollbacks");
+        assert_eq!(recent.len(), KEPT_ROLLBACKS);
+        assert_eq!(recent[0]["epoch"], 3);
+        assert_eq!(recent[0]["lost"][0], "b");
     }
 
     #[test]

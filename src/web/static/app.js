@@ -197,6 +197,12 @@ function renderOverview() {
       : h('span', {}, h('b', {}, '#' + cp.latest_id),
         ` ${((Date.now() - cp.latest_unix_ms) / 1000).toFixed(1)} s ago, ${fmt(cp.written)} written, ${fmt(cp.kept)} kept`
         + (cp.failed ? `, ${fmt(cp.failed)} failed` : ''));
+  const rb = o.rollbacks;
+  const latestRb = rb && rb.recent.length ? rb.recent[rb.recent.length - 1] : null;
+  const rollbacks = !latestRb ? null
+    : h('span', {}, h('b', {}, fmt(rb.total)),
+      ` (epoch ${rb.epoch}); latest at ${clock(latestRb.at_ms)}: ${latestRb.lost.join(', ')} came back empty, `
+      + `rolled back to #${latestRb.checkpoint} in ${ms(latestRb.took_ms)}, at least ${fmt(latestRb.undone)} transfers undone`);
   $('overview').replaceChildren(
     card('started', fmt(o.started), { id: 'count-started' }),
     card('in progress', fmt(o.in_progress), { id: 'count-in-progress' }),
@@ -208,6 +214,7 @@ function renderOverview() {
     card('latest ok', latestOk, { id: 'latest-ok', class: 'card wide' }, true),
     card('latest failed', latestFailed, { id: 'latest-failed', class: 'card wide' }, true),
     ...(checkpoints ? [card('checkpoints', checkpoints, { id: 'checkpoints', class: 'card wide' }, true)] : []),
+    ...(rollbacks ? [card('rollbacks', rollbacks, { id: 'rollbacks', class: 'card wide' }, true)] : []),
   );
 }
 
