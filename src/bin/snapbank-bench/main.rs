@@ -19,6 +19,7 @@
 
 mod ceiling;
 mod figures;
+mod rollbacks;
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -90,6 +91,12 @@ struct Args {
     /// checkpoints cost.
     #[arg(long, value_name = "DIR")]
     checkpoint_dir: Option<PathBuf>,
+    /// Instead of the sweep: four in-memory branches at full load, a snapshot every
+    /// --snapshot-interval-ms, and this many times a branch killed with SIGKILL and started
+    /// again empty; measures the time from each kill to the bank trading again after its
+    /// rollback, and to its first ok snapshot after.
+    #[arg(long, value_name = "N", conflicts_with_all = ["soak_secs", "durable"])]
+    rollbacks: Option<usize>,
 }
 
 /// Where the controller writes checkpoints (`--checkpoint-dir`), set once in `main`.
@@ -797,6 +804,10 @@ fn main() -> ExitCode {
             };
         // Dropping the losing branch's future drops any bank it holds, which kills its branches.
         let work = async {
+            if let Some(count) = args.rollbacks {
+                let interval = Duration::from_millis(args.snapshot_interval_ms);
+                return rollbacks::measure(count.max(1), interval, &bin_dir).await;
+            }
             match args.soak_secs {
                 Some(secs) => soak(&args, secs, &bin_dir).await,
                 None => {
@@ -820,7 +831,7 @@ fn main() -> ExitCode {
         }
     });
     let runs = progress.into_inner().all_runs();
-    if args.soak_secs.is_none() && !runs.is_empty() {
+    if args.soak_secs.is_none() && args.rollbacks.is_none() && !runs.is_empty() {
         let rows = if runs.len() == 1 {
             runs[0].clone()
         } else {
