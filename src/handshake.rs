@@ -267,7 +267,7 @@ pub async fn attach_to_branch(
     claim: ControllerClaim,
     max_frame: usize,
     deadline: Duration,
-) -> Result<(Authenticated, u32), HandshakeError> {
+) -> Result<(Authenticated, u32, u64), HandshakeError> {
     let nonce = auth::nonce();
     let hello = Body::ControllerHello(pb::ControllerHello {
         nonce: nonce.clone(),
@@ -307,6 +307,7 @@ pub async fn attach_to_branch(
         Ok(pb::controller_lease::Outcome::Granted) => Ok((
             Authenticated { reader, writer },
             welcome.next_snapshot_id.max(lease.next_snapshot_id),
+            lease.epoch,
         )),
         Ok(pb::controller_lease::Outcome::Held) => Err(HandshakeError::LeaseHeld {
             holder: lease.holder,

@@ -198,3 +198,100 @@ fn a_rollback_command_from_a_stranger_is_refused_and_changes_nothing() {
         assert_eq!(report["epoch"].as_u64(), Some(0));
     }
 }
+
+#[test]
+fn an_operator_rolls_a_running_bank_back_to_a_chosen_checkpoint() {
+    let secret = common::SecretDir::new("rollback-to");
+    // Branches that send nothing during the test, so a snapshot shows exactly their balances.
+    let args = [
+        "--secret-file",
+        secret.path(),
+        "--min-interval-ms",
+        "600000",
+        "--max-interval-ms",
+        "600000",
+    ]
+    .map(String::from);
+    let bank = LocalBank::start(env!("CARGO_BIN_EXE_branch").as_ref(), 3, &args)
+        .expect("start the branches");
+    let driving = ControllerProcess::start_named(
+        &bank,
+        "first",
+        "900",
+        &["--secret-file", secret.path(), "--interval-ms", "50"],
+    );
+    wait_for(&driving, 0, 2, Duration::from_secs(30));
+    // A checkpoint of this bank with other balances (and money in transit to branch3).
+    let dir = secret.dir.join("checkpoints");
+    std::fs::create_dir_all(&dir).expect("create the checkpoint directory");
+    let member = |index: usize, balance: u64, incoming: Vec<u64>| {
+        let entries = bank.entries();
+        snapbank::controller::checkpoint::Member {
+            name: entries[index].name.clone(),
+            addr: entries[index].addr,
+            balance,
+            incoming: (0..3)
+                .filter(|&other| other != index)
+                .zip(incoming)
+                .map(
+                    |(other, amount)| snapbank::controller::checkpoint::InTransit {
+                        from: entries[other].name.clone(),
+                        amount,
+                        transfers: None,
+                    },
+                )
+                .collect(),
+        }
+    };
+    let checkpoint = snapbank::controller::checkpoint::Checkpoint {
+        snapshot_id: 5,
+        total: 900,
+        verdict: "ok".into(),
+        taken_unix_ms: 0,
+        members: vec![
+            member(0, 100, vec![0, 0]),
+            member(1, 200, vec![0, 0]),
+            member(2, 500, vec![60, 40]),
+        ],
+    };
+    snapbank::controller::checkpoint::dir::write_atomically(&dir, &checkpoint)
+        .expect("write the checkpoint");
+    let operator = ControllerProcess::start_named(
+        &bank,
+        "operator",
+        "900",
+        &[
+            "--secret-file",
+            secret.path(),
+            "--attach",
+            "--take-over",
+            "--checkpoint-dir",
+            dir.to_str().expect("a UTF-8 path"),
+            "--rollback-to",
+            "5",
+            "--interval-ms",
+            "50",
+            "--snapshots",
+            "3",
+        ],
+    );
+    let (code, lines, log) = operator.finish(Duration::from_secs(30));
+    let (reports, rollbacks) = split(lines);
+    assert_eq!(rollbacks.len(), 1, "{log}");
+    assert_eq!(rollbacks[0]["rollback"]["checkpoint"].as_u64(), Some(5));
+    assert_eq!(rollbacks[0]["rollback"]["lost"], serde_json::json!([]));
+    let last = reports.last().expect("a report after the rollback");
+    assert_eq!(last["verdict"].as_str(), Some("ok"), "{last}");
+    assert_eq!(last["epoch"].as_u64(), Some(1));
+    let balances: Vec<u64> = last["branches"]
+        .as_array()
+        .expect("branches")
+        .iter()
+        .filter_map(|branch| branch["balance"].as_u64())
+        .collect();
+    assert_eq!(balances, [100, 200, 600], "in-transit money credited");
+    // The rollback came first: every snapshot of this run is of the new epoch, and ok.
+    assert_eq!(reports.len(), 3);
+    assert_eq!(code, Some(0), "{log}");
+    drop(driving);
+}

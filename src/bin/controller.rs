@@ -24,7 +24,7 @@ use snapbank::controller::checkpoint::{self, Checkpoint};
 use snapbank::controller::rollback::RollbackDone;
 use snapbank::controller::{
     BranchLoss, CompatConfig, CompatMode, ControllerConfig, ControllerError, Restore, RollbackSink,
-    RunSummary, SnapshotReport, run_compat_controller, run_controller,
+    RollbackTo, RunSummary, SnapshotReport, run_compat_controller, run_controller,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -113,6 +113,10 @@ struct Args {
     /// epoch and trade on. A rollback prints one line.
     #[arg(long, value_enum, default_value_t = OnBranchLoss::Wait, conflicts_with = "compat")]
     on_branch_loss: OnBranchLoss,
+    /// With --attach (and --take-over, if a controller drives the bank): first roll the running
+    /// bank back to the checkpoint of snapshot ID in --checkpoint-dir, then drive it as usual.
+    #[arg(long, value_name = "ID", requires_all = ["attach", "checkpoint_dir"])]
+    rollback_to: Option<u32>,
 }
 
 /// What `--on-branch-loss` does.
@@ -152,6 +156,16 @@ fn main() -> ExitCode {
             eprintln!("error: {err}");
             return ExitCode::from(2);
         }
+    };
+    let rollback_to = match (args.rollback_to, args.checkpoint_dir.as_deref()) {
+        (Some(id), Some(dir)) => match load_rollback_to(dir, id, args.total, &branches) {
+            Ok(to) => Some(to),
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
     };
     let restore = match args.restore.as_deref() {
         Some(path) => match load_restore(path, args.total, &branches) {
@@ -207,6 +221,7 @@ fn main() -> ExitCode {
         link_timeout: Duration::from_millis(args.link_timeout_ms),
         observer: web_view.clone().map(|view| Arc::new(view) as _),
         restore,
+        rollback_to,
         on_branch_loss: match args.on_branch_loss {
             OnBranchLoss::Wait => BranchLoss::Wait,
             OnBranchLoss::Rollback => BranchLoss::Rollback,
@@ -223,7 +238,7 @@ fn main() -> ExitCode {
                         .map(|name| format!("{name:?}"))
                         .collect::<Vec<_>>()
                         .join(","),
-                    done.undone,
+                    done.undone.map_or("null".to_string(), |n| n.to_string()),
                     done.took.as_millis()
                 ),
             };
@@ -351,6 +366,41 @@ fn load_restore(
         balances,
         after_id: checkpoint.snapshot_id,
     })
+}
+
+/// The rollback `--rollback-to ID` asks for: the checkpoint of snapshot `id` in `dir`, read and
+/// checked against the bank of `total` over `branches`. The error is one line naming the
+/// problem (and the file, once one is found).
+fn load_rollback_to(
+    dir: &std::path::Path,
+    id: u32,
+    total: u64,
+    branches: &[snapbank::config::BranchEntry],
+) -> Result<RollbackTo, String> {
+    let files = checkpoint::dir::list(dir)
+        .map_err(|err| format!("--checkpoint-dir {}: {err}", dir.display()))?;
+    for file in files {
+        let Ok(bytes) = std::fs::read(&file) else {
+            continue;
+        };
+        let Ok(checkpoint) = Checkpoint::decode(&bytes) else {
+            continue;
+        };
+        if checkpoint.snapshot_id != id {
+            continue;
+        }
+        let balances = checkpoint
+            .restore_balances(total, branches)
+            .map_err(|err| format!("checkpoint {}: {err}", file.display()))?;
+        return Ok(RollbackTo {
+            checkpoint: id,
+            balances,
+        });
+    }
+    Err(format!(
+        "--rollback-to {id}: {} holds no readable checkpoint of snapshot {id}",
+        dir.display()
+    ))
 }
 
 /// Cancels `stop` on the first SIGINT or SIGTERM, noting which in `stopped_by`. The handlers

@@ -88,24 +88,38 @@ enum Redialled {
     Empty,
 }
 
+/// Who a run's controller is towards the branches, and where it starts.
+pub(super) struct Identity {
+    /// Its id towards the controller leases.
+    pub(super) controller_id: u64,
+    /// The first snapshot id it uses.
+    pub(super) first_id: u32,
+    /// The bank epoch the branches are in (0 for a new bank).
+    pub(super) epoch: u64,
+}
+
 /// Starts the actor on connected (and, when attaching, authenticated) connections, one per
-/// branch in file order, as controller `controller_id`; snapshot ids start at `first_id`.
+/// branch in file order, as `identity` says.
 pub(super) fn start(
     config: ControllerConfig,
     streams: Vec<Authenticated>,
     secret: Secret,
-    controller_id: u64,
-    first_id: u32,
+    identity: Identity,
     on_report: Box<dyn FnMut(&SnapshotReport)>,
     done: oneshot::Sender<Result<RunSummary, ControllerError>>,
 ) -> Addr<ControllerActor> {
+    let Identity {
+        controller_id,
+        first_id,
+        epoch,
+    } = identity;
     ControllerActor::create(move |ctx| {
         let branches = config.branches.len();
         let mut controller = ControllerActor {
             run: Run::new(config, first_id, true, on_report, done),
             secret,
             controller_id,
-            epoch: 0,
+            epoch,
             rollback: None,
             init_sent: vec![false; branches],
             latest_ok: None,
@@ -187,7 +201,7 @@ impl ControllerActor {
                 async move {
                     handshake::attach_to_branch(stream, secret, name, claim, max_frame, timeout)
                         .await
-                        .map(|(authenticated, _)| Redialled::Attached(authenticated))
+                        .map(|(authenticated, ..)| Redialled::Attached(authenticated))
                         .or_else(|err| match err {
                             HandshakeError::Uninitialised(_) if roll_back => Ok(Redialled::Empty),
                             err => Err(err),
@@ -401,9 +415,14 @@ impl ControllerActor {
         let Some(rollback) = self.rollback.take() else {
             return;
         };
+        // Counts start over per epoch: a checkpoint of an earlier epoch was the state the
+        // ending epoch began from, so everything sent in it is undone.
         let at_cut = match &self.latest_ok {
-            Some(latest) if latest.epoch == self.epoch => latest.sent_at_cut.clone(),
-            _ => vec![0; self.run.links.len()],
+            Some(latest) if latest.id == rollback.checkpoint && latest.epoch == self.epoch => {
+                Some(latest.sent_at_cut.clone())
+            }
+            Some(latest) if latest.id == rollback.checkpoint => Some(vec![0; self.run.links.len()]),
+            _ => None,
         };
         let done = RollbackDone {
             epoch: rollback.epoch,
@@ -413,7 +432,7 @@ impl ControllerActor {
                 .iter()
                 .map(|&i| self.run.name(i).to_string())
                 .collect(),
-            undone: rollback.undone(&at_cut),
+            undone: at_cut.map(|at_cut| rollback.undone(&at_cut)),
             took: rollback.took(Instant::now()),
         };
         self.epoch = rollback.epoch;
@@ -577,6 +596,21 @@ impl Actor for ControllerActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         if !self.run.config.attach {
             self.init_bank();
+        }
+        if let Some(to) = self.run.config.rollback_to.clone() {
+            let epoch = self.epoch + 1;
+            warn!(
+                "rolling the bank back to snapshot {} in epoch {epoch}, as asked",
+                to.checkpoint
+            );
+            self.rollback = Some(Rollback::requested(
+                epoch,
+                to.checkpoint,
+                to.balances,
+                Instant::now(),
+            ));
+            self.run.collector.pause_for_rollback(epoch, Instant::now());
+            self.push_rollback(ctx);
         }
         if self.run.config.heartbeats {
             let every = (self.run.config.link_timeout / 6).max(Duration::from_millis(1));

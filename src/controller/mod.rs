@@ -105,6 +105,17 @@ pub struct ControllerConfig {
     pub on_branch_loss: BranchLoss,
     /// Told of every finished rollback (the `controller` command prints it).
     pub on_rollback: Option<RollbackSink>,
+    /// With `attach`: roll the running bank back to this checkpoint first (`--rollback-to`),
+    /// then drive it as usual.
+    pub rollback_to: Option<RollbackTo>,
+}
+
+/// A rollback an operator asked for: to the checkpoint of snapshot `checkpoint`, giving each
+/// branch (in branches-file order) its balance from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollbackTo {
+    pub checkpoint: u32,
+    pub balances: Vec<u64>,
 }
 
 /// What the controller does when a branch comes back empty.
@@ -163,6 +174,7 @@ impl ControllerConfig {
             restore: None,
             on_branch_loss: BranchLoss::Wait,
             on_rollback: None,
+            rollback_to: None,
         }
     }
 
@@ -289,14 +301,17 @@ pub async fn run_controller(
         },
         None => connecting.await?,
     };
-    let (links, first_id) = links;
+    let (links, first_id, epoch) = links;
     let (done, finished) = oneshot::channel();
     actor::start(
         config,
         links,
         secret,
-        controller_id,
-        first_id,
+        actor::Identity {
+            controller_id,
+            first_id,
+            epoch,
+        },
         on_report,
         done,
     );
@@ -304,16 +319,17 @@ pub async fn run_controller(
 }
 
 /// Connects to every branch and, with a secret from a file, runs the controller handshake with
-/// each (claiming the controller lease as `controller_id`); returns the connections and the
-/// first snapshot id free at every branch.
+/// each (claiming the controller lease as `controller_id`); returns the connections, the
+/// first snapshot id free at every branch and the highest bank epoch any branch is in.
 async fn connect_and_attach(
     config: &ControllerConfig,
     secret: &Secret,
     controller_id: u64,
-) -> Result<(Vec<handshake::Authenticated>, u32), ControllerError> {
+) -> Result<(Vec<handshake::Authenticated>, u32, u64), ControllerError> {
     let streams = connect_all(&config.branches, config.connect_timeout).await?;
     let mut links = Vec::with_capacity(streams.len());
     let mut first_id = config.first_id();
+    let mut epoch = 0;
     // A secret from a file is never sent: the controller proves it with the handshake (which
     // also proves the branch is the real one) and sends InitBranch without it. Only a secret
     // made here for a new bank travels, in InitBranch (trust on first use).
@@ -324,7 +340,7 @@ async fn connect_and_attach(
     };
     for (stream, branch) in streams.into_iter().zip(&config.branches) {
         if authenticate {
-            let (link, next_id) = handshake::attach_to_branch(
+            let (link, next_id, branch_epoch) = handshake::attach_to_branch(
                 stream,
                 secret,
                 &branch.name,
@@ -339,12 +355,13 @@ async fn connect_and_attach(
                 reason: err.to_string(),
             })?;
             first_id = first_id.max(next_id);
+            epoch = epoch.max(branch_epoch);
             links.push(link);
         } else {
             links.push(carrier::plain(stream, config.max_frame));
         }
     }
-    Ok((links, first_id))
+    Ok((links, first_id, epoch))
 }
 
 /// The checks every way of running the controller shares.

@@ -68,8 +68,16 @@ impl Rollback {
     /// A rollback to `epoch` from the checkpoint of snapshot `checkpoint` giving each branch
     /// `balances[i]`, because branch `lost` came back empty, begun at `now`.
     pub fn new(epoch: u64, checkpoint: u32, balances: Vec<u64>, lost: usize, now: Instant) -> Self {
+        let mut rollback = Self::requested(epoch, checkpoint, balances, now);
+        rollback.came_back_empty(lost);
+        rollback
+    }
+
+    /// A rollback an operator asked for (`controller --attach --rollback-to`), with no branch
+    /// lost: every branch prepares, then commits.
+    pub fn requested(epoch: u64, checkpoint: u32, balances: Vec<u64>, now: Instant) -> Self {
         let n = balances.len();
-        let mut rollback = Self {
+        Self {
             epoch,
             checkpoint,
             balances,
@@ -79,9 +87,7 @@ impl Rollback {
             lost: Vec::new(),
             sent: vec![None; n],
             started: now,
-        };
-        rollback.came_back_empty(lost);
-        rollback
+        }
     }
 
     /// The phase it is in.
@@ -218,27 +224,32 @@ pub struct RollbackDone {
     pub checkpoint: u32,
     /// The branches that came back empty.
     pub lost: Vec<String>,
-    /// Transfers undone by the counters (see [`Rollback::undone`]).
-    pub undone: u64,
+    /// Transfers undone by the counters (see [`Rollback::undone`]); `None` when the
+    /// controller does not know the checkpoint's counters (a rollback to a checkpoint file).
+    pub undone: Option<u64>,
     /// From the loss being noticed to every branch trading again.
     pub took: Duration,
 }
 
 impl std::fmt::Display for RollbackDone {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let why = if self.lost.is_empty() {
+            "asked for".to_string()
+        } else {
+            format!("{} came back empty", self.lost.join(", "))
+        };
         write!(
             f,
-            "rollback: {} came back empty; the bank was rolled back to snapshot {} and trades in epoch {} again after {} ms; {}{} transfer(s) undone",
-            self.lost.join(", "),
+            "rollback: {why}; the bank was rolled back to snapshot {} and trades in epoch {} again after {} ms; {}",
             self.checkpoint,
             self.epoch,
             self.took.as_millis(),
-            if self.lost.is_empty() {
-                ""
-            } else {
-                "at least "
-            },
-            self.undone
+            match self.undone {
+                Some(undone) if self.lost.is_empty() => format!("{undone} transfer(s) undone"),
+                Some(undone) => format!("at least {undone} transfer(s) undone"),
+                None =>
+                    "transfers undone: not known (the checkpoint file holds no counts)".to_string(),
+            }
         )
     }
 }

@@ -310,7 +310,7 @@ mod tests {
                     epoch,
                     checkpoint: 3,
                     lost: vec!["a".into()],
-                    undone: 0,
+                    undone: Some(0),
                     took: std::time::Duration::ZERO,
                 },
                 0.0,

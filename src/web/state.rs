@@ -741,7 +741,7 @@ mod tests {
                     epoch,
                     checkpoint: 7,
                     lost: vec!["b".into()],
-                    undone: 3,
+                    undone: Some(3),
                     took: std::time::Duration::from_millis(4),
                 },
                 1000.0,

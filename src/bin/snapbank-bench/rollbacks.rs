@@ -21,6 +21,9 @@ use snapbank::controller::{
 use snapbank::local_bank::LocalBank;
 use tokio_util::sync::CancellationToken;
 
+/// One report as the measurement keeps it: when it came, its epoch, ok, judged wrong.
+type Seen = (Instant, u64, bool, bool);
+
 /// The value at quantile `q` of `values` (nearest rank); `values` is sorted here.
 fn quantile(values: &mut [f64], q: f64) -> f64 {
     values.sort_by(f64::total_cmp);
@@ -34,7 +37,7 @@ pub async fn measure(count: usize, interval: Duration, bin_dir: &Path) -> Result
     let mut bank = LocalBank::start(&bin_dir.join("branch"), 4, &args)
         .map_err(|err| format!("cannot start 4 branches: {err}"))?;
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, RollbackDone)>();
-    let reports: Rc<RefCell<Vec<(Instant, u64, bool, bool)>>> = Rc::default();
+    let reports: Rc<RefCell<Vec<Seen>>> = Rc::default();
     let sink = reports.clone();
     let on_report = Box::new(move |report: &SnapshotReport| {
         let wrong = !report.is_ok() && report.audit.is_some();

@@ -315,6 +315,7 @@ impl BranchActor {
                     holder: holder.to_string(),
                     expires_in_ms,
                     next_snapshot_id: 0,
+                    epoch: 0,
                 });
                 ctx.spawn(actix::fut::wrap_future(send_then_close(writer, answer)));
             }
@@ -337,6 +338,7 @@ impl BranchActor {
                     holder: String::new(),
                     expires_in_ms: 0,
                     next_snapshot_id,
+                    epoch: self.prepared.unwrap_or(self.epoch),
                 }));
             }
         }
@@ -375,6 +377,7 @@ impl BranchActor {
                     holder: by.to_string(),
                     expires_in_ms: 0,
                     next_snapshot_id: 0,
+                    epoch: 0,
                 }));
             }
         }

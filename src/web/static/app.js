@@ -202,7 +202,8 @@ function renderOverview() {
   const rollbacks = !latestRb ? null
     : h('span', {}, h('b', {}, fmt(rb.total)),
       ` (epoch ${rb.epoch}); latest at ${clock(latestRb.at_ms)}: ${latestRb.lost.join(', ')} came back empty, `
-      + `rolled back to #${latestRb.checkpoint} in ${ms(latestRb.took_ms)}, at least ${fmt(latestRb.undone)} transfers undone`);
+      + `rolled back to #${latestRb.checkpoint} in ${ms(latestRb.took_ms)}`
+      + (latestRb.undone === null ? '' : `, at least ${fmt(latestRb.undone)} transfers undone`));
   $('overview').replaceChildren(
     card('started', fmt(o.started), { id: 'count-started' }),
     card('in progress', fmt(o.in_progress), { id: 'count-in-progress' }),
