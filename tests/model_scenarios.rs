@@ -102,6 +102,48 @@ fn every_example_the_checker_writes_replays_in_the_simulator_and_draws() {
 }
 
 #[test]
+fn the_checkers_example_of_a_snapshot_after_a_rollback_replays_in_the_simulator_and_draws() {
+    let scratch = Scratch::new("rollback");
+    let output = Command::new(CHECK)
+        .args([
+            "--branches",
+            "2",
+            "--cuts",
+            "0",
+            "--rollbacks",
+            "1",
+            "--examples",
+        ])
+        .arg(&scratch.0)
+        .run_limited();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let property = "a snapshot completes after a rollback";
+    let index = stdout
+        .lines()
+        .filter(|l| l.starts_with("example of"))
+        .position(|l| l.contains(property))
+        .unwrap_or_else(|| panic!("no example of {property:?}:\n{stdout}"));
+    let base = scratch.0.join((index + 1).to_string());
+    let events = std::fs::read_to_string(base.with_extension("events")).expect("the events");
+    assert!(events.contains("rollback-commit"), "{events}");
+    let svg = base.with_extension("svg");
+    let (code, out, err) = replay(
+        &base.with_extension("topology"),
+        &base.with_extension("events"),
+        &svg,
+    );
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start() == format!("sometimes {property}: happens")),
+        "{out}"
+    );
+    assert!(!out.contains("FAILED"), "{out}");
+    assert_drawn(&svg, 1);
+}
+
+#[test]
 fn a_shipped_step_script_replays_step_by_step_to_a_snapshot_after_a_restart() {
     let scratch = Scratch::new("shipped");
     let svg = scratch.0.join("d.svg");

@@ -41,6 +41,10 @@ struct Args {
     /// Restarts without state (a new incarnation holding nothing).
     #[arg(long, default_value_t = 0)]
     wipes: u8,
+    /// Rollbacks of the whole bank to its latest ok snapshot, in a new epoch (in-memory
+    /// branches: not with --crashes or --wipes)
+    #[arg(long, default_value_t = 0)]
+    rollbacks: u8,
     /// Instead of checking, serve stateright's explorer on this address (loopback only, e.g.
     /// 127.0.0.1:3000), to step through the states in a browser.
     #[arg(long, value_name = "ADDR")]
@@ -135,7 +139,14 @@ fn main() -> ExitCode {
         cuts: args.cuts,
         crashes: args.crashes,
         wipes: args.wipes,
+        rollbacks: args.rollbacks,
     };
+    if bounds.rollbacks > 0 && (bounds.crashes > 0 || bounds.wipes > 0) {
+        eprintln!(
+            "error: --rollbacks checks in-memory branches: not with --crashes or --wipes (the rollback of durable branches is not built)"
+        );
+        return ExitCode::from(2);
+    }
     if let Some(addr) = args.explore {
         if !addr.ip().is_loopback() {
             eprintln!("error: --explore {addr}: the explorer serves loopback addresses only");

@@ -86,6 +86,9 @@ pub struct Bounds {
     /// Restarts without state: a branch comes back empty, as a new incarnation, as one
     /// restarted without its `--data-dir` would.
     pub wipes: u8,
+    /// Rollbacks of the whole (in-memory) bank to its latest ok snapshot, in a new epoch:
+    /// checked without crashes and wipes, as the rollback of durable branches is not built.
+    pub rollbacks: u8,
 }
 
 impl Default for Bounds {
@@ -98,6 +101,7 @@ impl Default for Bounds {
             cuts: 1,
             crashes: 0,
             wipes: 0,
+            rollbacks: 0,
         }
     }
 }
@@ -127,6 +131,12 @@ pub enum Action {
     Snapshot { initiator: usize },
     /// The controller asks `branch` for snapshot `id`.
     Retrieve { branch: usize, id: SnapshotId },
+    /// Phase one of a rollback at `branch` (the first one starts the rollback): it stops and
+    /// drops its node.
+    RollbackPrepare(usize),
+    /// Phase two at `branch`, once every branch is prepared: a new node in the next epoch
+    /// holding its checkpointed balance.
+    RollbackCommit(usize),
 }
 
 /// The connection of one pair of branches: the two directions' queues.
@@ -153,6 +163,22 @@ pub struct SnapshotState {
     pub across_fault: bool,
     /// It started after a crashed branch restarted.
     pub after_restart: bool,
+    /// It started after a rollback.
+    pub after_rollback: bool,
+    /// A rollback began before every branch answered: the controller gave it up.
+    pub abandoned: bool,
+}
+
+/// A rollback under way.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RollbackState {
+    /// Each branch's balance in the new epoch: the latest ok snapshot's record, with the money
+    /// recorded in transit to it credited (the initial balances before any snapshot is ok).
+    pub balances: Vec<u64>,
+    /// Which branches have dropped their node.
+    pub prepared: Vec<bool>,
+    /// Which branches hold their node of the new epoch.
+    pub committed: Vec<bool>,
 }
 
 /// What the budgets have left, and what has happened.
@@ -163,6 +189,7 @@ pub struct Budget {
     pub cuts: u8,
     pub crashes: u8,
     pub wipes: u8,
+    pub rollbacks: u8,
 }
 
 /// One state of the bank.
@@ -202,6 +229,10 @@ pub struct BankState {
     pub wiped: Vec<Option<(u64, BTreeSet<usize>)>>,
     /// Everything a node reported that no correct run produces (a protocol error, a halt).
     pub errors: Vec<String>,
+    /// The bank epoch (one more after each rollback).
+    pub epoch: u64,
+    /// The rollback under way, if any.
+    pub rollback: Option<RollbackState>,
 }
 
 /// The model: a bank of [`Bounds::branches`] branches named `b0`, `b1`...
@@ -248,6 +279,37 @@ impl Bank {
         self.bounds.balance * self.bounds.branches as u64
     }
 
+    /// The rollbacks the bounds allow: none with crashes or wipes (the rollback of a durable
+    /// branch is not built, and a wiped branch's money is gone by definition).
+    fn rollbacks(&self) -> u8 {
+        if self.bounds.crashes > 0 || self.bounds.wipes > 0 {
+            0
+        } else {
+            self.bounds.rollbacks
+        }
+    }
+
+    /// What a rollback starting in `state` gives each branch: the latest ok snapshot's
+    /// balances with the money recorded in transit to each branch credited, as the controller
+    /// computes them; the initial balances while no snapshot is ok.
+    fn checkpoint(&self, state: &BankState) -> Vec<u64> {
+        state
+            .snapshots
+            .iter()
+            .rev()
+            .find(|s| properties::is_ok(self, s))
+            .and_then(|s| {
+                s.answers
+                    .iter()
+                    .map(|a| {
+                        let record = a.as_ref()?.record.as_ref()?;
+                        Some(record.balance() + record.channel_state().iter().sum::<u64>())
+                    })
+                    .collect()
+            })
+            .unwrap_or_else(|| vec![self.bounds.balance; self.bounds.branches])
+    }
+
     /// Whether branches have stores (they do when crashes are checked).
     fn durable(&self) -> bool {
         self.bounds.crashes > 0
@@ -280,6 +342,7 @@ impl Bank {
         if let Some((incarnation, _)) = &state.wiped[branch] {
             config.incarnation = *incarnation;
         }
+        config.epoch = state.epoch;
         config
     }
 
@@ -464,6 +527,8 @@ impl Bank {
             && budget.crashes == 0
             && budget.wipes == 0
             && budget.snapshots == 0
+            && budget.rollbacks == 0
+            && state.rollback.is_none()
             && state.errors.is_empty()
     }
 
@@ -478,9 +543,12 @@ impl Bank {
             | Action::Restart(branch) => Some((branch, None)),
             Action::Transfer { from, .. } => Some((from, None)),
             Action::Connect { dialler, peer } => Some((dialler, Some(peer))),
-            Action::Cut { .. } | Action::Crash(_) | Action::Wipe(_) | Action::Snapshot { .. } => {
-                None
-            }
+            Action::Cut { .. }
+            | Action::Crash(_)
+            | Action::Wipe(_)
+            | Action::Snapshot { .. }
+            | Action::RollbackPrepare(_)
+            | Action::RollbackCommit(_) => None,
         }
     }
 
@@ -623,7 +691,8 @@ impl Bank {
                 },
             );
         }
-        for snapshot in &mut state.snapshots {
+        // Only a snapshot still being collected is taken across the fault.
+        for snapshot in state.snapshots.iter_mut().filter(|s| !concluded(s)) {
             snapshot.across_fault = true;
         }
     }
@@ -685,11 +754,14 @@ impl Model for Bank {
                 cuts: self.bounds.cuts,
                 crashes: self.bounds.crashes,
                 wipes: self.bounds.wipes,
+                rollbacks: self.rollbacks(),
             },
             may_crash: None,
             restarted: false,
             wiped: vec![None; n],
             errors: Vec::new(),
+            epoch: 0,
+            rollback: None,
         };
         // Each node's first Ready: its dials and its first commit.
         for branch in 0..n {
@@ -756,11 +828,18 @@ impl Model for Bank {
                             }
                         }
                     }
-                    if state.budget.snapshots > 0 {
+                    if state.budget.snapshots > 0 && state.rollback.is_none() {
                         actions.push(Action::Snapshot { initiator: branch });
                     }
+                    let preparing = state.rollback.as_ref().is_some_and(|r| !r.prepared[branch]);
+                    if preparing || state.rollback.is_none() && state.budget.rollbacks > 0 {
+                        actions.push(Action::RollbackPrepare(branch));
+                    }
                     for snapshot in &state.snapshots {
-                        if snapshot.answers[branch].is_none() && !snapshot.asked[branch] {
+                        if snapshot.answers[branch].is_none()
+                            && !snapshot.asked[branch]
+                            && !snapshot.abandoned
+                        {
                             actions.push(Action::Retrieve {
                                 branch,
                                 id: snapshot.id,
@@ -768,7 +847,14 @@ impl Model for Bank {
                         }
                     }
                 }
-                None => actions.push(Action::Restart(branch)),
+                None => match &state.rollback {
+                    Some(rollback) if rollback.prepared[branch] => {
+                        if rollback.prepared.iter().all(|&p| p) && !rollback.committed[branch] {
+                            actions.push(Action::RollbackCommit(branch));
+                        }
+                    }
+                    _ => actions.push(Action::Restart(branch)),
+                },
             }
         }
         if self.reduce && self.calm(state) {
@@ -913,6 +999,8 @@ impl Model for Bank {
                     asked: vec![false; n],
                     across_fault: false,
                     after_restart: state.restarted,
+                    after_rollback: state.epoch > 0,
+                    abandoned: false,
                 });
                 self.feed(
                     &mut state,
@@ -931,6 +1019,40 @@ impl Model for Bank {
                 }
             }
             Action::Retrieve { branch, id } => self.retrieve(&mut state, branch, id),
+            Action::RollbackPrepare(branch) => {
+                if state.rollback.is_none() {
+                    state.budget.rollbacks = state.budget.rollbacks.checked_sub(1)?;
+                    let n = self.bounds.branches;
+                    state.rollback = Some(RollbackState {
+                        balances: self.checkpoint(&state),
+                        prepared: vec![false; n],
+                        committed: vec![false; n],
+                    });
+                    // As the controller does: the snapshots in flight are given up.
+                    for snapshot in &mut state.snapshots {
+                        if !concluded(snapshot) {
+                            snapshot.abandoned = true;
+                            snapshot.asked.fill(false);
+                        }
+                    }
+                }
+                self.take_down(&mut state, branch);
+                state.rollback.as_mut()?.prepared[branch] = true;
+            }
+            Action::RollbackCommit(branch) => {
+                let rollback = state.rollback.as_mut()?;
+                rollback.committed[branch] = true;
+                let balance = rollback.balances[branch];
+                let over = rollback.committed.iter().all(|&c| c);
+                let mut config = self.config_in(&state, branch);
+                config.epoch = state.epoch + 1;
+                state.nodes[branch] = Some(Arc::new(BranchNode::new(config, balance)));
+                self.carry(&mut state, branch, None);
+                if over {
+                    state.epoch += 1;
+                    state.rollback = None;
+                }
+            }
         }
         Some(state)
     }
@@ -940,9 +1062,10 @@ impl Model for Bank {
     }
 }
 
-/// Whether every branch has answered for `snapshot` (with a final record or not).
+/// Whether every branch has answered for `snapshot` (with a final record or not), or the
+/// controller gave it up for a rollback.
 pub fn concluded(snapshot: &SnapshotState) -> bool {
-    snapshot.answers.iter().all(Option::is_some)
+    snapshot.abandoned || snapshot.answers.iter().all(Option::is_some)
 }
 
 /// Whether every answer of `snapshot` is a complete record (the snapshot can be judged ok).
@@ -973,6 +1096,9 @@ fn applies(bounds: &Bounds, name: &str) -> bool {
         "a snapshot completes after a crash and restart" => {
             bounds.crashes > 0 && bounds.snapshots > 0
         }
+        "a snapshot completes after a rollback" => {
+            bounds.rollbacks > 0 && bounds.snapshots > 0 && bounds.crashes == 0 && bounds.wipes == 0
+        }
         "a snapshot finds money in transit" => bounds.transfers > 0 && bounds.snapshots > 0,
         _ => true,
     }
@@ -984,13 +1110,14 @@ pub fn report(checker: &impl stateright::Checker<Bank>, took: Duration) -> Outco
     let bank = checker.model();
     let bounds = bank.bounds;
     let mut text = format!(
-        "bank: {} branches of {} each, {} transfer(s) per branch, {} snapshot(s), {} cut(s), {} crash(es)\n",
+        "bank: {} branches of {} each, {} transfer(s) per branch, {} snapshot(s), {} cut(s), {} crash(es), {} rollback(s)\n",
         bounds.branches,
         bounds.balance,
         bounds.transfers,
         bounds.snapshots,
         bounds.cuts,
-        bounds.crashes
+        bounds.crashes,
+        bank.rollbacks()
     );
     let _ = writeln!(
         text,

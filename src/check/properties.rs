@@ -13,8 +13,15 @@
 //!   not checked: the wiped branch's money is gone by definition);
 //! - *always* `no snapshot is judged wrong`: every snapshot all of whose records are complete
 //!   is a proven consistent cut ([`crate::core::Audit`]) that sums to the total;
+//! - *always* `a rollback neither creates nor destroys money`: the balances a rollback gives
+//!   sum to the total, and once it is over the bank holds the total again (while one is under
+//!   way, `money is conserved` and `each transfer is delivered once, in order` wait for it:
+//!   the old epoch's money is being replaced);
+//! - *always* `no channel joins two epochs`: every connection both ends use joins nodes of one
+//!   bank epoch, and outside a rollback every node is in the bank's epoch;
 //! - *sometimes* `a snapshot finds money in transit`, `a snapshot completes across a cut`,
-//!   `a snapshot completes after a crash and restart`: the model is not vacuous;
+//!   `a snapshot completes after a crash and restart`, `a snapshot completes after a
+//!   rollback`: the model is not vacuous;
 //! - *eventually* `every started snapshot concludes`: every branch answers for every snapshot
 //!   (complete, cut short, or not finished when the deadline passed). Fairness: see the module
 //!   doc of [`super`].
@@ -38,12 +45,18 @@ pub fn all() -> Vec<Property<Bank>> {
             "a branch that lost its state is refused by its peers",
             wiped_refused,
         ),
+        Property::always(
+            "a rollback neither creates nor destroys money",
+            rollback_keeps_money,
+        ),
+        Property::always("no channel joins two epochs", one_epoch_per_channel),
         Property::sometimes("a snapshot finds money in transit", money_in_transit),
         Property::sometimes("a snapshot completes across a cut", ok_across_cut),
         Property::sometimes(
             "a snapshot completes after a crash and restart",
             ok_after_restart,
         ),
+        Property::sometimes("a snapshot completes after a rollback", ok_after_rollback),
         Property::eventually("every started snapshot concludes", all_concluded),
     ]
 }
@@ -73,8 +86,45 @@ fn wiped_refused(bank: &Bank, state: &BankState) -> bool {
     })
 }
 
+/// A rollback is under way: the old epoch's nodes are being replaced.
+fn rolling_back(state: &BankState) -> bool {
+    state.rollback.is_some()
+}
+
+fn rollback_keeps_money(bank: &Bank, state: &BankState) -> bool {
+    match &state.rollback {
+        Some(rollback) => rollback.balances.iter().sum::<u64>() == bank.total(),
+        None => state.epoch == 0 || money_is_conserved(bank, state),
+    }
+}
+
+fn one_epoch_per_channel(bank: &Bank, state: &BankState) -> bool {
+    let epoch = |b: usize| state.nodes[b].as_ref().map(|node| node.config().epoch);
+    let joined = bank.pairs.iter().enumerate().all(|(pair, &(a, b))| {
+        let Some(conn) = &state.connections[pair] else {
+            return true;
+        };
+        let uses = |x: usize, y: usize| {
+            state.nodes[x]
+                .as_ref()
+                .is_some_and(|node| node.link_of(bank.channel(x, y)) == Some(conn.id))
+        };
+        !(uses(a, b) && uses(b, a)) || epoch(a) == epoch(b)
+    });
+    joined
+        && (rolling_back(state)
+            || (0..bank.bounds.branches).all(|b| epoch(b).is_none_or(|e| e == state.epoch)))
+}
+
+fn ok_after_rollback(bank: &Bank, state: &BankState) -> bool {
+    state
+        .snapshots
+        .iter()
+        .any(|s| s.after_rollback && is_ok(bank, s))
+}
+
 fn money_is_conserved(bank: &Bank, state: &BankState) -> bool {
-    if wiped(state) {
+    if wiped(state) || rolling_back(state) {
         return true;
     }
     let Some(nodes) = nodes(bank, state) else {
@@ -98,7 +148,7 @@ fn money_is_conserved(bank: &Bank, state: &BankState) -> bool {
 }
 
 fn exactly_once(bank: &Bank, state: &BankState) -> bool {
-    if wiped(state) {
+    if wiped(state) || rolling_back(state) {
         return true;
     }
     let Some(nodes) = nodes(bank, state) else {

@@ -15,6 +15,7 @@
 //! cuts 1
 //! crashes 1
 //! wipes 0
+//! rollbacks 0
 //! may-crash b1          # the branch that may crash (only with crashes)
 //! send b0 b1 1          # b0 sends 1 to b1 (the only amount the model sends)
 //! connect b0 b1         # b0's dial of b1 succeeds
@@ -22,6 +23,8 @@
 //! cut b0 b1             # their connection fails: what is in flight on it is lost
 //! crash b1 / restart b1 / wipe b0
 //! commit b1             # b1's commit being written becomes durable
+//! rollback-prepare b0   # phase one of a rollback at b0 (the first one starts it)
+//! rollback-commit b0    # phase two at b0, once every branch is prepared
 //! fire b0 ack           # a timer fires: ack, grace <peer>, deadline <id> <token>
 //! snapshot b0           # the controller starts the next snapshot (ids 0, 1, ...) at b0
 //! retrieve b1 0         # the controller asks b1 again for snapshot 0's record
@@ -142,6 +145,7 @@ impl Scenario {
         let _ = writeln!(text, "cuts {}", bounds.cuts);
         let _ = writeln!(text, "crashes {}", bounds.crashes);
         let _ = writeln!(text, "wipes {}", bounds.wipes);
+        let _ = writeln!(text, "rollbacks {}", bounds.rollbacks);
         if let Some(branch) = self.may_crash {
             let _ = writeln!(text, "may-crash {}", self.bank.names[branch]);
         }
@@ -179,6 +183,8 @@ impl Scenario {
             Action::Transfer { from, to } => format!("send {} {} 1", name(from), name(to)),
             Action::Snapshot { initiator } => format!("snapshot {}", name(initiator)),
             Action::Retrieve { branch, id } => format!("retrieve {} {id}", name(branch)),
+            Action::RollbackPrepare(b) => format!("rollback-prepare {}", name(b)),
+            Action::RollbackCommit(b) => format!("rollback-commit {}", name(b)),
         }
     }
 
@@ -222,6 +228,7 @@ impl Scenario {
             cuts: 0,
             crashes: 0,
             wipes: 0,
+            rollbacks: 0,
         };
         let mut may_crash = None;
         let mut steps = Vec::new();
@@ -258,7 +265,13 @@ impl Scenario {
             }
             let setting = matches!(
                 fields[0],
-                "transfers" | "snapshots" | "cuts" | "crashes" | "wipes" | "may-crash"
+                "transfers"
+                    | "snapshots"
+                    | "cuts"
+                    | "crashes"
+                    | "wipes"
+                    | "rollbacks"
+                    | "may-crash"
             );
             if setting && !steps.is_empty() {
                 return Err(error(format!(
@@ -268,7 +281,8 @@ impl Scenario {
             }
             let action = match fields[..] {
                 [
-                    budget @ ("transfers" | "snapshots" | "cuts" | "crashes" | "wipes"),
+                    budget @ ("transfers" | "snapshots" | "cuts" | "crashes" | "wipes"
+                    | "rollbacks"),
                     k,
                 ] => {
                     let field = match budget {
@@ -276,6 +290,7 @@ impl Scenario {
                         "snapshots" => &mut bounds.snapshots,
                         "cuts" => &mut bounds.cuts,
                         "crashes" => &mut bounds.crashes,
+                        "rollbacks" => &mut bounds.rollbacks,
                         _ => &mut bounds.wipes,
                     };
                     *field = count(k)?;
@@ -301,6 +316,8 @@ impl Scenario {
                 ["restart", b] => Action::Restart(branch(b)?),
                 ["wipe", b] => Action::Wipe(branch(b)?),
                 ["commit", b] => Action::Commit(branch(b)?),
+                ["rollback-prepare", b] => Action::RollbackPrepare(branch(b)?),
+                ["rollback-commit", b] => Action::RollbackCommit(branch(b)?),
                 ["send", a, b, "1"] => Action::Transfer {
                     from: branch(a)?,
                     to: branch(b)?,

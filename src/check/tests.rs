@@ -17,6 +17,7 @@ fn bounds(cuts: u8, crashes: u8, wipes: u8, snapshots: u8) -> Bounds {
         cuts,
         crashes,
         wipes,
+        rollbacks: 0,
     }
 }
 
@@ -190,6 +191,24 @@ fn every_property_holds_for_two_branches_with_a_transfer_each_a_snapshot_and_a_c
 #[test]
 fn every_property_holds_for_two_durable_branches_one_of_which_crashes_and_restarts() {
     passes(Bank::new(bounds(0, 1, 0, 1)));
+}
+
+#[test]
+fn every_property_holds_across_a_rollback_of_the_whole_bank_with_a_cut() {
+    let bank = Bank::new(Bounds {
+        rollbacks: 1,
+        ..bounds(1, 0, 0, 1)
+    });
+    let checker = bank.checker().threads(2).spawn_bfs().join();
+    let outcome = report(&checker, std::time::Duration::ZERO);
+    assert!(!outcome.failed, "{}", outcome.text);
+    assert!(
+        checker
+            .discovery("a snapshot completes after a rollback")
+            .is_some(),
+        "{}",
+        outcome.text
+    );
 }
 
 #[test]
