@@ -43,6 +43,9 @@
 //! - [`controller::checkpoint`]: ok snapshots as sealed, self-describing files written
 //!   atomically (`controller --checkpoint-dir`), and read back and checked to start a fresh
 //!   bank from one (`controller --restore`).
+//! - [`controller::rollback`]: rolling a running in-memory bank back to its latest ok snapshot
+//!   in a new epoch when a branch comes back empty (`controller --on-branch-loss rollback`), the
+//!   two phases with no I/O; the branch's side is `branch::actor`'s `rollback`.
 //! - [`controller::compat`]: `CompatController` (`controller --compat`) drives branches that
 //!   speak only the exercise's original schema, one connection per branch or per command.
 //! - [`local_bank`]: starts real `branch` processes on free loopback ports and kills them on drop;

@@ -32,6 +32,11 @@
 //! - `Snapshot` and `Retrieve`: the controller starts a snapshot at an initiator, and asks a
 //!   branch for its record, waiting until it is finished (the retrieve's own deadline is not
 //!   modelled: the controller waits as long as it takes).
+//! - `RollbackPrepare` / `RollbackCommit`: a rollback of the whole in-memory bank to the
+//!   latest ok snapshot (`--rollbacks`): each branch's phase one drops its node (its
+//!   connections go down, the snapshots in flight are given up); once every branch is
+//!   prepared, each branch's phase two builds its node of the next epoch holding the balance
+//!   the controller gives it.
 //!
 //! The bounds (branches, balance, transfers per branch, snapshots, cuts, crashes) make the
 //! state space finite. The properties are in [`properties`]; [`Bank`] is the model; a path of
