@@ -83,22 +83,27 @@ fn every_example_the_checker_writes_replays_in_the_simulator_and_draws() {
     assert_eq!(written.len(), 2, "{stdout}");
     for (index, line) in written.iter().enumerate() {
         let property = line.split('"').nth(1).expect("the line names the property");
-        let base = scratch.0.join((index + 1).to_string());
-        let svg = base.with_extension("svg");
-        let (code, out, err) = replay(
-            &base.with_extension("topology"),
-            &base.with_extension("events"),
-            &svg,
-        );
-        assert_eq!(code, Some(0), "{line}\n{out}\n{err}");
-        assert!(
-            out.lines()
-                .any(|l| l.trim_start() == format!("sometimes {property}: happens")),
-            "{property} does not happen on its own example:\n{out}"
-        );
-        assert!(!out.contains("FAILED"), "{out}");
-        assert_drawn(&svg, 2);
+        assert_example_replays(&scratch.0.join((index + 1).to_string()), property, 2);
     }
+}
+
+/// Replays the example at `base` (`.topology`, `.events`) in the simulator: it exits 0, with
+/// `property` happening and nothing failing, and draws at least `arrows` messages.
+fn assert_example_replays(base: &Path, property: &str, arrows: usize) {
+    let svg = base.with_extension("svg");
+    let (code, out, err) = replay(
+        &base.with_extension("topology"),
+        &base.with_extension("events"),
+        &svg,
+    );
+    assert_eq!(code, Some(0), "{property}\n{out}\n{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start() == format!("sometimes {property}: happens")),
+        "{property} does not happen on its own example:\n{out}"
+    );
+    assert!(!out.contains("FAILED"), "{out}");
+    assert_drawn(&svg, arrows);
 }
 
 #[test]
@@ -127,20 +132,7 @@ fn the_checkers_example_of_a_snapshot_after_a_rollback_replays_in_the_simulator_
     let base = scratch.0.join((index + 1).to_string());
     let events = std::fs::read_to_string(base.with_extension("events")).expect("the events");
     assert!(events.contains("rollback-commit"), "{events}");
-    let svg = base.with_extension("svg");
-    let (code, out, err) = replay(
-        &base.with_extension("topology"),
-        &base.with_extension("events"),
-        &svg,
-    );
-    assert_eq!(code, Some(0), "{out}\n{err}");
-    assert!(
-        out.lines()
-            .any(|l| l.trim_start() == format!("sometimes {property}: happens")),
-        "{out}"
-    );
-    assert!(!out.contains("FAILED"), "{out}");
-    assert_drawn(&svg, 1);
+    assert_example_replays(&base, property, 1);
 }
 
 #[test]

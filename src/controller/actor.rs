@@ -273,42 +273,44 @@ impl ControllerActor {
         let now = Instant::now();
         self.init_sent[index] = false;
         if let Some(rollback) = self.rollback.as_mut() {
-            if rollback.came_back_empty(index) {
-                let next = rollback.next(index, now);
-                warn!(
-                    "branch {name} came back empty during the rollback to epoch {}: starting over in epoch {}",
-                    rollback.epoch, next.epoch
-                );
-                self.init_sent.fill(false);
-                self.rollback = Some(next);
+            if !rollback.came_back_empty(index) {
+                // Phase one: it counts as prepared.
+                return self.push_rollback(ctx);
             }
-        } else {
-            let Some(latest) = &self.latest_ok else {
-                warn!(
-                    "branch {name} came back empty (restarted without its state), and no snapshot has been ok yet: there is nothing to roll the bank back to; trying it again in {} ms",
-                    MAX_REDIAL_DELAY.as_millis()
-                );
-                ctx.run_later(MAX_REDIAL_DELAY, move |controller, ctx| {
-                    controller.redial(index, ctx)
-                });
-                return;
-            };
-            let epoch = self.epoch + 1;
+            let next = rollback.next(index, now);
             warn!(
-                "branch {name} came back empty (restarted without its state): rolling the bank back to snapshot {} in epoch {epoch}",
-                latest.id
+                "branch {name} came back empty during the rollback to epoch {}: starting over in epoch {}",
+                rollback.epoch, next.epoch
             );
-            self.rollback = Some(Rollback::new(
-                epoch,
-                latest.id,
-                latest.balances.clone(),
-                index,
-                now,
-            ));
+            return self.begin_rollback(next, ctx);
         }
-        if let Some(rollback) = &self.rollback {
-            self.run.collector.pause_for_rollback(rollback.epoch, now);
-        }
+        let Some(latest) = &self.latest_ok else {
+            warn!(
+                "branch {name} came back empty (restarted without its state), and no snapshot has been ok yet: there is nothing to roll the bank back to; trying it again in {} ms",
+                MAX_REDIAL_DELAY.as_millis()
+            );
+            ctx.run_later(MAX_REDIAL_DELAY, move |controller, ctx| {
+                controller.redial(index, ctx)
+            });
+            return;
+        };
+        let epoch = self.epoch + 1;
+        warn!(
+            "branch {name} came back empty (restarted without its state): rolling the bank back to snapshot {} in epoch {epoch}",
+            latest.id
+        );
+        let rollback = Rollback::new(epoch, latest.id, latest.balances.clone(), index, now);
+        self.begin_rollback(rollback, ctx);
+    }
+
+    /// Makes `rollback` the one under way: the snapshots in flight are given up, none starts
+    /// until it is over, and every branch is sent what it owes.
+    fn begin_rollback(&mut self, rollback: Rollback, ctx: &mut Context<Self>) {
+        self.run
+            .collector
+            .pause_for_rollback(rollback.epoch, Instant::now());
+        self.rollback = Some(rollback);
+        self.init_sent.fill(false);
         self.carry(ctx);
         self.push_rollback(ctx);
     }
@@ -603,14 +605,8 @@ impl Actor for ControllerActor {
                 "rolling the bank back to snapshot {} in epoch {epoch}, as asked",
                 to.checkpoint
             );
-            self.rollback = Some(Rollback::requested(
-                epoch,
-                to.checkpoint,
-                to.balances,
-                Instant::now(),
-            ));
-            self.run.collector.pause_for_rollback(epoch, Instant::now());
-            self.push_rollback(ctx);
+            let rollback = Rollback::requested(epoch, to.checkpoint, to.balances, Instant::now());
+            self.begin_rollback(rollback, ctx);
         }
         if self.run.config.heartbeats {
             let every = (self.run.config.link_timeout / 6).max(Duration::from_millis(1));
