@@ -46,6 +46,18 @@ pub enum HandshakeError {
     LeaseHeld { holder: String, expires_in_ms: u32 },
 }
 
+/// A controller connection that proved the secret and holds the branch's controller lease,
+/// with what the branch told it.
+pub struct Attached {
+    pub link: Authenticated,
+    /// Every snapshot id the branch has seen is below this one.
+    pub next_snapshot_id: u32,
+    /// The bank epoch the branch is in.
+    pub epoch: u64,
+    /// The branch holds no bank (it restarted without its state).
+    pub uninitialised: bool,
+}
+
 /// What an attaching controller claims in its `ControllerHello`: who it is, and whether it
 /// ends the current holder's controller lease. Both are covered by its `Auth` proof, so no one
 /// without the secret can depose a controller or pass for one.
@@ -267,7 +279,7 @@ pub async fn attach_to_branch(
     claim: ControllerClaim,
     max_frame: usize,
     deadline: Duration,
-) -> Result<(Authenticated, u32, u64), HandshakeError> {
+) -> Result<Attached, HandshakeError> {
     let nonce = auth::nonce();
     let hello = Body::ControllerHello(pb::ControllerHello {
         nonce: nonce.clone(),
@@ -304,11 +316,12 @@ pub async fn attach_to_branch(
         }
     };
     match pb::controller_lease::Outcome::try_from(lease.outcome) {
-        Ok(pb::controller_lease::Outcome::Granted) => Ok((
-            Authenticated { reader, writer },
-            welcome.next_snapshot_id.max(lease.next_snapshot_id),
-            lease.epoch,
-        )),
+        Ok(pb::controller_lease::Outcome::Granted) => Ok(Attached {
+            link: Authenticated { reader, writer },
+            next_snapshot_id: welcome.next_snapshot_id.max(lease.next_snapshot_id),
+            epoch: lease.epoch,
+            uninitialised: lease.uninitialised,
+        }),
         Ok(pb::controller_lease::Outcome::Held) => Err(HandshakeError::LeaseHeld {
             holder: lease.holder,
             expires_in_ms: lease.expires_in_ms,

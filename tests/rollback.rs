@@ -295,3 +295,44 @@ fn an_operator_rolls_a_running_bank_back_to_a_chosen_checkpoint() {
     assert_eq!(code, Some(0), "{log}");
     drop(driving);
 }
+
+#[test]
+fn a_bank_with_a_secret_file_rolls_back_when_a_branch_comes_back_empty() {
+    let secret = common::SecretDir::new("rollback-secret-file");
+    let args = ["--secret-file", secret.path(), "--max-interval-ms", "0"].map(String::from);
+    let mut bank = LocalBank::start(env!("CARGO_BIN_EXE_branch").as_ref(), 3, &args)
+        .expect("start the branches");
+    let controller = ControllerProcess::start(
+        &bank,
+        "3000",
+        &[
+            "--secret-file",
+            secret.path(),
+            "--interval-ms",
+            "50",
+            "--on-branch-loss",
+            "rollback",
+        ],
+    );
+    wait_for(&controller, 0, 3, Duration::from_secs(30));
+    // It comes back with the secret but without its bank: it proves the secret to the
+    // controller, and says it holds no bank.
+    bank.kill(1);
+    bank.restart(1, &[]).expect("restart branch2 empty");
+    let (reports, rollbacks) = wait_for(&controller, 1, 10, Duration::from_secs(30));
+    assert_eq!(
+        rollbacks[0]["rollback"]["lost"],
+        serde_json::json!(["branch2"])
+    );
+    for report in reports.iter().rev().take(10) {
+        assert_eq!(report["verdict"].as_str(), Some("ok"), "{report}");
+        assert_eq!(report["total"].as_u64(), Some(3000));
+        assert_eq!(report["epoch"].as_u64(), Some(1));
+    }
+    for report in &reports {
+        assert!(
+            matches!(report["verdict"].as_str(), Some("ok" | "incomplete")),
+            "{report}"
+        );
+    }
+}

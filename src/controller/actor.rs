@@ -86,6 +86,9 @@ enum Redialled {
     Attached(Authenticated),
     /// The branch holds no bank: it came back empty.
     Empty,
+    /// It came back empty, but with the secret (`--secret-file`): the connection is
+    /// authenticated and can carry its `InitBranch`.
+    EmptyAttached(Authenticated),
 }
 
 /// Who a run's controller is towards the branches, and where it starts.
@@ -201,7 +204,13 @@ impl ControllerActor {
                 async move {
                     handshake::attach_to_branch(stream, secret, name, claim, max_frame, timeout)
                         .await
-                        .map(|(authenticated, ..)| Redialled::Attached(authenticated))
+                        .map(|attached| {
+                            if attached.uninitialised && roll_back {
+                                Redialled::EmptyAttached(attached.link)
+                            } else {
+                                Redialled::Attached(attached.link)
+                            }
+                        })
                         .or_else(|err| match err {
                             HandshakeError::Uninitialised(_) if roll_back => Ok(Redialled::Empty),
                             err => Err(err),
@@ -230,6 +239,11 @@ impl ControllerActor {
                     controller.reconnected(index, authenticated, ctx)
                 }
                 Ok(Redialled::Empty) => controller.came_back_empty(index, ctx),
+                Ok(Redialled::EmptyAttached(link)) => {
+                    if controller.relink(index, link, ctx).is_some() {
+                        controller.came_back_empty(index, ctx);
+                    }
+                }
                 Err(lost) => controller.fail(lost, ctx),
             },
         ));
@@ -337,12 +351,18 @@ impl ControllerActor {
                         outbox.push(rollback_commit(epoch, balance));
                     }
                 }
-                Owed::Init { epoch, balance } => {
-                    if !self.init_sent[index] && outbox.is_none() {
-                        self.init_sent[index] = true;
-                        self.init_empty(index, epoch, balance, ctx);
+                Owed::Init { epoch, balance } if !self.init_sent[index] => {
+                    self.init_sent[index] = true;
+                    match outbox {
+                        // Attached with the secret: the InitBranch goes on that connection.
+                        Some(outbox) => {
+                            outbox.push(Body::InitBranch(self.init_branch(balance, epoch)));
+                            outbox.push(rollback_commit(epoch, balance));
+                        }
+                        None => self.init_empty(index, epoch, balance, ctx),
                     }
                 }
+                Owed::Init { .. } => {}
             }
         }
     }

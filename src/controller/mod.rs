@@ -340,7 +340,7 @@ async fn connect_and_attach(
     };
     for (stream, branch) in streams.into_iter().zip(&config.branches) {
         if authenticate {
-            let (link, next_id, branch_epoch) = handshake::attach_to_branch(
+            let attached = handshake::attach_to_branch(
                 stream,
                 secret,
                 &branch.name,
@@ -354,9 +354,9 @@ async fn connect_and_attach(
                 addr: branch.addr,
                 reason: err.to_string(),
             })?;
-            first_id = first_id.max(next_id);
-            epoch = epoch.max(branch_epoch);
-            links.push(link);
+            first_id = first_id.max(attached.next_snapshot_id);
+            epoch = epoch.max(attached.epoch);
+            links.push(attached.link);
         } else {
             links.push(carrier::plain(stream, config.max_frame));
         }

@@ -316,6 +316,7 @@ impl BranchActor {
                     expires_in_ms,
                     next_snapshot_id: 0,
                     epoch: 0,
+                    uninitialised: false,
                 });
                 ctx.spawn(actix::fut::wrap_future(send_then_close(writer, answer)));
             }
@@ -339,6 +340,7 @@ impl BranchActor {
                     expires_in_ms: 0,
                     next_snapshot_id,
                     epoch: self.prepared.unwrap_or(self.epoch),
+                    uninitialised: self.bank.is_none() && self.prepared.is_none(),
                 }));
             }
         }
@@ -378,6 +380,7 @@ impl BranchActor {
                     expires_in_ms: 0,
                     next_snapshot_id: 0,
                     epoch: 0,
+                    uninitialised: false,
                 }));
             }
         }
