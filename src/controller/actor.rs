@@ -397,6 +397,9 @@ impl ControllerActor {
                     outbox.push(init);
                     outbox.push(rollback_commit(epoch, balance));
                 }
+                // A rollback that started over while this connection was being made owes it
+                // its first phase now.
+                controller.push_rollback(ctx);
             },
         ));
     }
