@@ -19,6 +19,14 @@ fn flat_out_bank() -> LocalBank {
     LocalBank::start(env!("CARGO_BIN_EXE_branch").as_ref(), 4, &args).expect("start the branches")
 }
 
+/// A controller of `bank` (holding `total`) that rolls it back when a branch comes back empty,
+/// a snapshot every 50 ms, with `extra` arguments.
+fn rolling_back(bank: &LocalBank, total: &str, extra: &[&str]) -> ControllerProcess {
+    let mut args = vec!["--interval-ms", "50", "--on-branch-loss", "rollback"];
+    args.extend_from_slice(extra);
+    ControllerProcess::start(bank, total, &args)
+}
+
 /// The controller's output split into snapshot reports and rollback lines.
 fn split(lines: Vec<serde_json::Value>) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
     lines
@@ -76,18 +84,7 @@ fn signal(pid: u32, signal: &str) {
 #[test]
 fn a_flat_out_bank_rolls_back_after_each_of_ten_empty_restarts_and_keeps_the_exact_total() {
     let mut bank = flat_out_bank();
-    let controller = ControllerProcess::start(
-        &bank,
-        "4000",
-        &[
-            "--interval-ms",
-            "50",
-            "--on-branch-loss",
-            "rollback",
-            "--retrieve-timeout-ms",
-            "2000",
-        ],
-    );
+    let controller = rolling_back(&bank, "4000", &["--retrieve-timeout-ms", "2000"]);
     wait_for(&controller, 0, 5, Duration::from_secs(30));
     for kill in 0..10 {
         // Every branch in turn, the dialling and the dialled ends alike.
@@ -120,11 +117,7 @@ fn a_flat_out_bank_rolls_back_after_each_of_ten_empty_restarts_and_keeps_the_exa
 #[test]
 fn a_branch_that_comes_back_empty_while_a_rollback_waits_for_another_joins_that_rollback() {
     let mut bank = flat_out_bank();
-    let controller = ControllerProcess::start(
-        &bank,
-        "4000",
-        &["--interval-ms", "50", "--on-branch-loss", "rollback"],
-    );
+    let controller = rolling_back(&bank, "4000", &[]);
     wait_for(&controller, 0, 3, Duration::from_secs(30));
     let stopped = bank.pids()[3];
     // branch4 cannot answer the rollback's first phase while it is stopped.
@@ -168,11 +161,7 @@ fn scopeguard(pid: u32) -> impl Drop {
 #[test]
 fn a_rollback_command_from_a_stranger_is_refused_and_changes_nothing() {
     let bank = flat_out_bank();
-    let controller = ControllerProcess::start(
-        &bank,
-        "4000",
-        &["--interval-ms", "50", "--on-branch-loss", "rollback"],
-    );
+    let controller = rolling_back(&bank, "4000", &[]);
     wait_for(&controller, 0, 3, Duration::from_secs(30));
     let addr = bank.entries()[2].addr;
     for forged in [
@@ -302,18 +291,7 @@ fn a_bank_with_a_secret_file_rolls_back_when_a_branch_comes_back_empty() {
     let args = ["--secret-file", secret.path(), "--max-interval-ms", "0"].map(String::from);
     let mut bank = LocalBank::start(env!("CARGO_BIN_EXE_branch").as_ref(), 3, &args)
         .expect("start the branches");
-    let controller = ControllerProcess::start(
-        &bank,
-        "3000",
-        &[
-            "--secret-file",
-            secret.path(),
-            "--interval-ms",
-            "50",
-            "--on-branch-loss",
-            "rollback",
-        ],
-    );
+    let controller = rolling_back(&bank, "3000", &["--secret-file", secret.path()]);
     wait_for(&controller, 0, 3, Duration::from_secs(30));
     // It comes back with the secret but without its bank: it proves the secret to the
     // controller, and says it holds no bank.

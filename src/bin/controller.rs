@@ -229,18 +229,7 @@ fn main() -> ExitCode {
         on_rollback: Some(RollbackSink(Arc::new(move |done: &RollbackDone| {
             let line = match args.format {
                 Format::Text => format!("{done}\n"),
-                Format::Json => format!(
-                    "{{\"rollback\":{{\"epoch\":{},\"checkpoint\":{},\"lost\":[{}],\"undone\":{},\"took_ms\":{}}}}}\n",
-                    done.epoch,
-                    done.checkpoint,
-                    done.lost
-                        .iter()
-                        .map(|name| format!("{name:?}"))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    done.undone.map_or("null".to_string(), |n| n.to_string()),
-                    done.took.as_millis()
-                ),
+                Format::Json => format!("{}\n", serde_json::json!({"rollback": done.json()})),
             };
             let mut stdout = std::io::stdout().lock();
             let _ = stdout

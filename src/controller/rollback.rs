@@ -231,6 +231,20 @@ pub struct RollbackDone {
     pub took: Duration,
 }
 
+impl RollbackDone {
+    /// Its JSON form, as `controller --format json` prints it (inside `{"rollback": ...}`)
+    /// and the web view lists it.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "epoch": self.epoch,
+            "checkpoint": self.checkpoint,
+            "lost": self.lost,
+            "undone": self.undone,
+            "took_ms": self.took.as_secs_f64() * 1000.0,
+        })
+    }
+}
+
 impl std::fmt::Display for RollbackDone {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let why = if self.lost.is_empty() {

@@ -233,14 +233,9 @@ impl ViewState {
         if self.rollbacks.len() == KEPT_ROLLBACKS {
             self.rollbacks.pop_front();
         }
-        self.rollbacks.push_back(json!({
-            "at_ms": now_ms,
-            "epoch": done.epoch,
-            "checkpoint": done.checkpoint,
-            "lost": done.lost,
-            "undone": done.undone,
-            "took_ms": done.took.as_secs_f64() * 1000.0,
-        }));
+        let mut entry = done.json();
+        entry["at_ms"] = json!(now_ms);
+        self.rollbacks.push_back(entry);
     }
 
     /// Rollbacks of the bank so far.

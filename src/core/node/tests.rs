@@ -107,10 +107,15 @@ fn go_live(node: &mut BranchNode, peer: Channel, conn: ConnId, incarnation: u64)
 }
 
 fn resume(incarnation: u64, received: Position) -> PeerMsg {
+    resume_in(0, incarnation, received)
+}
+
+/// A `Resume` of bank epoch `epoch`.
+fn resume_in(epoch: u64, incarnation: u64, received: Position) -> PeerMsg {
     PeerMsg::Resume {
         incarnation,
         received,
-        epoch: 0,
+        epoch,
     }
 }
 
@@ -610,11 +615,7 @@ fn a_resume_of_another_bank_epoch_is_refused_for_a_retry_and_nothing_of_it_is_ap
     b.step(Input::Peer {
         peer: 0,
         conn: 1,
-        msg: PeerMsg::Resume {
-            incarnation: 5,
-            received: 0,
-            epoch: 1,
-        },
+        msg: resume_in(1, 5, 0),
     });
     let ready = b.take_ready();
     assert!(ready.messages.is_empty(), "no Resume back to another epoch");
@@ -634,11 +635,7 @@ fn a_resume_of_another_bank_epoch_is_refused_for_a_retry_and_nothing_of_it_is_ap
     b.step(Input::Peer {
         peer: 0,
         conn: 2,
-        msg: PeerMsg::Resume {
-            incarnation: 5,
-            received: 0,
-            epoch: 2,
-        },
+        msg: resume_in(2, 5, 0),
     });
     settle(&mut b);
     assert!(b.is_live(0));
