@@ -390,6 +390,7 @@ impl Bank {
                 .collect(),
             secret: Secret::none(),
             incarnation: branch as u64 + 1,
+            epoch: 0,
         }
     }
 

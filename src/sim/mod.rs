@@ -460,6 +460,7 @@ impl Simulator {
                             .collect(),
                         secret: Secret::none(),
                         incarnation: config.incarnation,
+                        epoch: config.epoch,
                     },
                     bank_written: false,
                     commit: None,

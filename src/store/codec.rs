@@ -193,6 +193,7 @@ impl From<&BankMeta> for pb::Meta {
                 .collect(),
             secret: bank.secret.as_bytes().to_vec(),
             incarnation: bank.incarnation,
+            epoch: bank.epoch,
         }
     }
 }
@@ -223,6 +224,7 @@ impl TryFrom<pb::Meta> for BankMeta {
             members,
             secret,
             incarnation: meta.incarnation,
+            epoch: meta.epoch,
         })
     }
 }
@@ -367,6 +369,7 @@ mod tests {
             }],
             secret: Secret::from_bytes(vec![7; 32], "test").unwrap(),
             incarnation: 42,
+            epoch: 3,
         };
         let expected = pb::Meta {
             format: 1,
@@ -378,6 +381,7 @@ mod tests {
             }],
             secret: vec![7; 32],
             incarnation: 42,
+            epoch: 3,
         };
         assert_eq!(encode_bank(&bank), expected.encode_to_vec());
         assert_eq!(BankMeta::try_from(expected), Ok(bank));

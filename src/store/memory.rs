@@ -28,11 +28,15 @@ pub struct StoreImage {
 
 impl StoreImage {
     /// The image after a commit of `changes` (with `bank`, the bank's description, at the
-    /// first), in the order [`Changes`] documents.
+    /// first of a bank epoch, which starts the image over), in the order [`Changes`] documents.
     pub fn apply(&self, bank: Option<&BankMeta>, changes: &Changes) -> Self {
         let mut next = self.clone();
         if let Some(bank) = bank {
+            // A new bank epoch: nothing of the one before stays.
             next.bank = Some(bank.clone());
+            next.frames.clear();
+            next.records.clear();
+            next.transit.clear();
         }
         if let Some(core) = &changes.core {
             next.core = Some(core.clone());

@@ -11,8 +11,9 @@
 //!   and the reopened store holds exactly the last commit.
 //!
 //! What a commit changes, and so what a store holds:
-//! - the bank ([`BankMeta`]): the members, the cluster secret, this branch's incarnation;
-//!   written once, at `InitBranch`;
+//! - the bank ([`BankMeta`]): the members, the cluster secret, this branch's incarnation and
+//!   bank epoch; written at `InitBranch`, and again by a rollback's commit, which starts the
+//!   store over (every frame and record of the old epoch dropped in the same transaction);
 //! - the core ([`StoredCore`]): the balance, per peer the channel counters and positions,
 //!   snapshots recording, finished snapshot ids. Small, so rewritten whole at every commit;
 //! - frames: every frame sent and not yet acknowledged, in one [`FrameBatch`] per commit and
@@ -55,7 +56,10 @@ pub const FORMAT: u32 = 1;
 pub trait BranchStore: Send + Sync {
     /// Makes `changes` durable, all of them or none (one transaction, one fsync for the redb
     /// store). Blocking: never called on the branch's event loop.
-    /// `bank` is the bank's description, given with the first commit (at `InitBranch`).
+    /// `bank` is the bank's description, given with the first commit of a bank epoch (at
+    /// `InitBranch`, and at a rollback's commit). A commit that carries it starts the store
+    /// over: every frame and record kept before is dropped in the same transaction, so a
+    /// crash leaves either the whole old epoch or the whole new one.
     fn commit(&self, bank: Option<&BankMeta>, changes: &Changes) -> Result<(), StoreError>;
 
     /// The state as of the last commit; `None` while no commit has held a bank (a new branch,
@@ -75,6 +79,9 @@ pub struct BankMeta {
     pub secret: Secret,
     /// This branch's incarnation: kept, so its peers see a restart, not a stranger.
     pub incarnation: u64,
+    /// The bank epoch the stored state belongs to (0 until a rollback), so a restarted branch
+    /// rejoins its bank in the epoch it committed, never an older one.
+    pub epoch: u64,
 }
 
 /// A branch's state as its store held it at the last commit.

@@ -182,6 +182,15 @@ impl Store {
             meta.insert("meta", codec::encode_bank(bank).as_slice())
                 .map_err(|err| failed(&err))?;
         }
+        if bank.is_some() {
+            // A new bank epoch: nothing of the one before stays.
+            let mut frames = txn.open_table(FRAMES).map_err(|err| failed(&err))?;
+            frames.retain(|_, _| false).map_err(|err| failed(&err))?;
+            let mut records = txn.open_table(RECORDS).map_err(|err| failed(&err))?;
+            records.retain(|_, _| false).map_err(|err| failed(&err))?;
+            let mut transit = txn.open_table(TRANSIT).map_err(|err| failed(&err))?;
+            transit.retain(|_, _| false).map_err(|err| failed(&err))?;
+        }
         let mut core = txn.open_table(CORE).map_err(|err| failed(&err))?;
         if let Some(state) = &changes.core {
             core.insert("core", codec::encode_core(state).as_slice())
@@ -586,6 +595,7 @@ mod tests {
             ],
             secret: vec![7; 32],
             incarnation: 42,
+            epoch: 0,
         }
     }
 

@@ -85,6 +85,7 @@ fn bank() -> BankMeta {
         members: vec![member("a", 4001), member("b", 4002), member("c", 4003)],
         secret: crate::auth::Secret::from_bytes(vec![7; 32], "test").unwrap(),
         incarnation: 0x1234_5678_9abc_def0,
+        epoch: 0,
     }
 }
 
@@ -433,6 +434,41 @@ fn a_frame_batch_without_frames_is_refused_not_a_panic(harness: &mut impl Harnes
 }
 
 /// Instantiates every check of the suite for one implementation (`$harness` makes it).
+fn a_commit_of_a_new_bank_epoch_starts_the_store_over(harness: &mut impl Harness) {
+    let (store, _) = harness.open().unwrap();
+    let mut first = init();
+    first.frame_batches = vec![batch(0, 1, &[transfer(1)])];
+    first.records = vec![header(5)];
+    first.transit = vec![TransitBatch {
+        id: 5,
+        index: 0,
+        transfers: vec![in_transit(0, 1)],
+    }];
+    commit_with_bank(&store, first);
+    let next = BankMeta { epoch: 1, ..bank() };
+    let fresh = core(40, [0, 0]);
+    let rollback = Changes {
+        core: Some(fresh.clone()),
+        ..Default::default()
+    };
+    // A crash in the middle of the rollback's commit leaves the old epoch whole.
+    harness.crash_mid_commit(store, Some(&next), &rollback);
+    let before = restored(harness);
+    assert_eq!(before.bank, bank());
+    assert_eq!(before.records.len(), 1);
+    assert_eq!(before.channels[0].unacked, vec![(1, transfer(1))]);
+    // The commit itself leaves the new epoch alone: its bank and core, no frame or record of
+    // the epoch before.
+    let (store, _) = harness.open().unwrap();
+    store.commit(Some(&next), &rollback).unwrap();
+    drop(store);
+    let after = restored(harness);
+    assert_eq!(after.bank, next);
+    assert_eq!(after.core, fresh);
+    assert_eq!(after.channels, vec![RestoredChannel::default(); 2]);
+    assert_eq!(after.records, vec![]);
+}
+
 macro_rules! suite {
     ($module:ident, $harness:expr) => {
         mod $module {
@@ -481,6 +517,13 @@ macro_rules! suite {
             fn a_frame_batch_without_frames_is_refused_not_a_panic() {
                 super::a_frame_batch_without_frames_is_refused_not_a_panic(&mut $harness(
                     "empty-batch",
+                ));
+            }
+
+            #[test]
+            fn a_commit_of_a_new_bank_epoch_starts_the_store_over() {
+                super::a_commit_of_a_new_bank_epoch_starts_the_store_over(&mut $harness(
+                    "new-epoch",
                 ));
             }
 

@@ -112,6 +112,7 @@ impl BranchActor {
                 members: members.clone(),
                 secret: secret.clone(),
                 incarnation: self.incarnation,
+                epoch: init.epoch,
             });
         }
         let balance = init.balance;

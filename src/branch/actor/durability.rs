@@ -126,6 +126,8 @@ impl BranchActor {
             );
         }
         self.incarnation = stored_bank.incarnation;
+        // The bank epoch it committed: its peers refuse a channel of any other.
+        self.epoch = stored_bank.epoch;
         let kept = records.len();
         let bank = self.bank_of(stored_bank.members, !secret.is_empty(), |config| {
             BranchNode::restore(config, core, channels, records)

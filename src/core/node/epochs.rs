@@ -336,6 +336,7 @@ mod tests {
             members: vec![member("a", 4001), member("b", 4002)],
             secret: crate::auth::Secret::none(),
             incarnation: 9,
+            epoch: 0,
         }
     }
 

@@ -1626,6 +1626,7 @@ fn bank_meta(incarnation: u64) -> BankMeta {
         members: vec![member("a", 4001), member("b", 4002)],
         secret: Secret::none(),
         incarnation,
+        epoch: 0,
     }
 }
 
@@ -2173,6 +2174,7 @@ fn member_meta(n: usize, i: usize, incarnation: u64) -> BankMeta {
             .collect(),
         secret: Secret::none(),
         incarnation,
+        epoch: 0,
     }
 }
 
