@@ -67,6 +67,9 @@ pub struct ControllerClaim {
     pub controller: u64,
     /// `--take-over`: end the holder's lease instead of being refused.
     pub take_over: bool,
+    /// `--on-branch-loss rollback`: a durable branch that finds its store lost a commit waits
+    /// for this controller's rollback rather than stopping.
+    pub rolls_back: bool,
 }
 
 impl ControllerClaim {
@@ -75,18 +78,20 @@ impl ControllerClaim {
         Self {
             controller: hello.controller,
             take_over: hello.take_over,
+            rolls_back: hello.rolls_back,
         }
     }
 
     /// What the controller's proof is bound to besides the branch's name: empty for an
     /// anonymous claim without take-over (the proof of the first controller handshake), else
-    /// the id and the take-over flag, so neither can be changed on the way.
+    /// the id and the two flags, so none can be changed on the way.
     pub fn proof_context(&self) -> String {
         if *self == Self::default() {
             return String::new();
         }
         let take_over = if self.take_over { " take-over" } else { "" };
-        format!("controller {:016x}{take_over}", self.controller)
+        let rolls_back = if self.rolls_back { " rolls-back" } else { "" };
+        format!("controller {:016x}{take_over}{rolls_back}", self.controller)
     }
 }
 
@@ -285,6 +290,7 @@ pub async fn attach_to_branch(
         nonce: nonce.clone(),
         take_over: claim.take_over,
         controller: claim.controller,
+        rolls_back: claim.rolls_back,
     });
     let context = claim.proof_context();
     // The branch's proof covers the next free snapshot id it announces, so it cannot be forged.

@@ -421,6 +421,8 @@ pub struct InitBank {
     /// The bank epoch to start in (0: a new bank; above it: a rollback re-initialising a
     /// branch that came back empty).
     pub epoch: u64,
+    /// The controller rolls the bank back when a branch loses its state.
+    pub rolls_back: bool,
 }
 
 impl From<pb::InitBranch> for InitBank {
@@ -431,6 +433,7 @@ impl From<pb::InitBranch> for InitBank {
             secret: init.secret,
             controller: init.controller,
             epoch: init.epoch,
+            rolls_back: init.rolls_back,
         }
     }
 }
@@ -651,6 +654,7 @@ mod tests {
                 all_branches,
                 secret: b"s".to_vec(),
                 controller: 9,
+                rolls_back: false,
             }))
         };
         let ControllerCmd::InitBranch(bank) = init(vec![branch("a", 1), branch("b", 2)]) else {

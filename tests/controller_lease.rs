@@ -246,6 +246,7 @@ fn a_take_over_without_the_secret_or_with_a_proof_for_another_claim_deposes_no_o
     let take_over = ControllerClaim {
         controller: 5,
         take_over: true,
+        rolls_back: false,
     };
     // The right secret, but a proof for the claim without take-over (as if the flag had been
     // set on the way); then a proof for the take-over under a wrong secret.
@@ -257,6 +258,7 @@ fn a_take_over_without_the_secret_or_with_a_proof_for_another_claim_deposes_no_o
             nonce,
             take_over: true,
             controller: 5,
+            rolls_back: false,
         }));
         let Body::Welcome(welcome) = raw.receive() else {
             panic!("expected Welcome");

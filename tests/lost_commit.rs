@@ -5,32 +5,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::{SecretDir, verdicts};
-
-/// Sends `signal` (`STOP`, `CONT`) to process `pid`.
-fn signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{signal} {pid}");
-}
-
-/// Copies the files of directory `from` into `to` (created private, as a store's directory
-/// must be), one level deep.
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(to).unwrap();
-    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700)).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-    }
-}
+use common::{SecretDir, copy_dir, signal, verdicts};
 
 #[test]
 fn a_branch_restarted_on_an_older_commit_says_its_state_regressed_and_stops() {

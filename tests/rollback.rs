@@ -1,13 +1,16 @@
 //! Rollback of a running in-memory bank (`controller --on-branch-loss rollback`), with real
 //! processes: branches are killed with SIGKILL (and stopped with SIGSTOP) from outside and
 //! started again empty; the bank rolls back to its latest ok snapshot each time and goes on
-//! with the exact total. Rollback commands from anyone but the bank's controller are refused.
+//! with the exact total. Durable branches take part too: one whose store lost a commit is
+//! rolled back with the bank rather than stopping, and a rolled-back durable bank keeps its new
+//! epoch and balances across SIGKILL. Rollback commands from anyone but the bank's controller
+//! are refused.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ControllerProcess, closed_within, write_frame};
+use common::{ControllerProcess, closed_within, copy_dir, signal, write_frame};
 use snapbank::local_bank::LocalBank;
 use snapbank::wire::{Body, pb};
 
@@ -62,23 +65,20 @@ fn wait_for(
     }
 }
 
-/// Asserts that no report is wrong: every one is ok (summing to the total) or incomplete.
+/// Asserts that no report of the bank of [`TOTAL`] is wrong.
 fn assert_none_wrong(reports: &[serde_json::Value]) {
+    assert_none_wrong_of(reports, TOTAL);
+}
+
+/// Asserts that no report is wrong: every one is ok (summing to `total`) or incomplete.
+fn assert_none_wrong_of(reports: &[serde_json::Value], total: u64) {
     for report in reports {
         match report["verdict"].as_str() {
-            Some("ok") => assert_eq!(report["total"].as_u64(), Some(TOTAL), "{report}"),
+            Some("ok") => assert_eq!(report["total"].as_u64(), Some(total), "{report}"),
             Some("incomplete") => {}
             _ => panic!("a snapshot judged wrong: {report}"),
         }
     }
-}
-
-fn signal(pid: u32, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill {signal} {pid}");
 }
 
 #[test]
@@ -121,7 +121,7 @@ fn a_branch_that_comes_back_empty_while_a_rollback_waits_for_another_joins_that_
     wait_for(&controller, 0, 3, Duration::from_secs(30));
     let stopped = bank.pids()[3];
     // branch4 cannot answer the rollback's first phase while it is stopped.
-    signal(stopped, "-STOP");
+    signal(stopped, "STOP");
     let resume = scopeguard(stopped);
     bank.kill(0);
     bank.restart(0, &[]).expect("restart branch1 empty");
@@ -152,7 +152,7 @@ fn scopeguard(pid: u32) -> impl Drop {
     struct Continue(u32);
     impl Drop for Continue {
         fn drop(&mut self) {
-            signal(self.0, "-CONT");
+            signal(self.0, "CONT");
         }
     }
     Continue(pid)
@@ -188,11 +188,10 @@ fn a_rollback_command_from_a_stranger_is_refused_and_changes_nothing() {
     }
 }
 
-#[test]
-fn an_operator_rolls_a_running_bank_back_to_a_chosen_checkpoint() {
-    let secret = common::SecretDir::new("rollback-to");
-    // Branches that send nothing during the test, so a snapshot shows exactly their balances.
-    let args = [
+/// Branch arguments for a bank with `secret` whose branches send nothing during a test, so a
+/// snapshot shows exactly their balances.
+fn quiet(secret: &common::SecretDir) -> [String; 6] {
+    [
         "--secret-file",
         secret.path(),
         "--min-interval-ms",
@@ -200,39 +199,32 @@ fn an_operator_rolls_a_running_bank_back_to_a_chosen_checkpoint() {
         "--max-interval-ms",
         "600000",
     ]
-    .map(String::from);
-    let bank = LocalBank::start(env!("CARGO_BIN_EXE_branch").as_ref(), 3, &args)
-        .expect("start the branches");
-    let driving = ControllerProcess::start_named(
-        &bank,
-        "first",
-        "900",
-        &["--secret-file", secret.path(), "--interval-ms", "50"],
-    );
-    wait_for(&driving, 0, 2, Duration::from_secs(30));
-    // A checkpoint of this bank with other balances (and money in transit to branch3).
-    let dir = secret.dir.join("checkpoints");
-    std::fs::create_dir_all(&dir).expect("create the checkpoint directory");
+    .map(String::from)
+}
+
+/// Writes into `dir` an ok checkpoint, snapshot 5, of the three-branch `bank` holding 900:
+/// balances 100, 200 and 500, with 60 and 40 in transit to the third.
+fn write_checkpoint(bank: &LocalBank, dir: &std::path::Path) {
+    use snapbank::controller::checkpoint::{Checkpoint, InTransit, Member};
+    std::fs::create_dir_all(dir).expect("create the checkpoint directory");
     let member = |index: usize, balance: u64, incoming: Vec<u64>| {
         let entries = bank.entries();
-        snapbank::controller::checkpoint::Member {
+        Member {
             name: entries[index].name.clone(),
             addr: entries[index].addr,
             balance,
             incoming: (0..3)
                 .filter(|&other| other != index)
                 .zip(incoming)
-                .map(
-                    |(other, amount)| snapbank::controller::checkpoint::InTransit {
-                        from: entries[other].name.clone(),
-                        amount,
-                        transfers: None,
-                    },
-                )
+                .map(|(other, amount)| InTransit {
+                    from: entries[other].name.clone(),
+                    amount,
+                    transfers: None,
+                })
                 .collect(),
         }
     };
-    let checkpoint = snapbank::controller::checkpoint::Checkpoint {
+    let checkpoint = Checkpoint {
         snapshot_id: 5,
         total: 900,
         verdict: "ok".into(),
@@ -243,10 +235,30 @@ fn an_operator_rolls_a_running_bank_back_to_a_chosen_checkpoint() {
             member(2, 500, vec![60, 40]),
         ],
     };
-    snapbank::controller::checkpoint::dir::write_atomically(&dir, &checkpoint)
+    snapbank::controller::checkpoint::dir::write_atomically(dir, &checkpoint)
         .expect("write the checkpoint");
-    let operator = ControllerProcess::start_named(
-        &bank,
+}
+
+/// Each branch's balance in `report`.
+fn balances(report: &serde_json::Value) -> Vec<u64> {
+    report["branches"]
+        .as_array()
+        .expect("branches")
+        .iter()
+        .filter_map(|branch| branch["balance"].as_u64())
+        .collect()
+}
+
+/// Starts a controller that attaches to `bank` (with `secret`), takes the lease over, rolls
+/// the bank back to the checkpoint [`write_checkpoint`] writes, and takes 3 snapshots.
+fn start_rolling_back_to_the_checkpoint(
+    bank: &LocalBank,
+    secret: &common::SecretDir,
+) -> ControllerProcess {
+    let dir = secret.dir.join("checkpoints");
+    write_checkpoint(bank, &dir);
+    ControllerProcess::start_named(
+        bank,
         "operator",
         "900",
         &[
@@ -263,7 +275,12 @@ fn an_operator_rolls_a_running_bank_back_to_a_chosen_checkpoint() {
             "--snapshots",
             "3",
         ],
-    );
+    )
+}
+
+/// Asserts that `operator` ([`start_rolling_back_to_the_checkpoint`]) rolled the bank back
+/// once and left it holding the checkpoint's balances in epoch 1.
+fn assert_rolled_back_to_the_checkpoint(operator: ControllerProcess) {
     let (code, lines, log) = operator.finish(Duration::from_secs(30));
     let (reports, rollbacks) = split(lines);
     assert_eq!(rollbacks.len(), 1, "{log}");
@@ -272,17 +289,153 @@ fn an_operator_rolls_a_running_bank_back_to_a_chosen_checkpoint() {
     let last = reports.last().expect("a report after the rollback");
     assert_eq!(last["verdict"].as_str(), Some("ok"), "{last}");
     assert_eq!(last["epoch"].as_u64(), Some(1));
-    let balances: Vec<u64> = last["branches"]
-        .as_array()
-        .expect("branches")
-        .iter()
-        .filter_map(|branch| branch["balance"].as_u64())
-        .collect();
-    assert_eq!(balances, [100, 200, 600], "in-transit money credited");
+    assert_eq!(balances(last), [100, 200, 600], "in-transit money credited");
     // The rollback came first: every snapshot of this run is of the new epoch, and ok.
     assert_eq!(reports.len(), 3);
     assert_eq!(code, Some(0), "{log}");
+}
+
+/// Rolls `bank` back to the checkpoint and asserts that it did.
+fn roll_back_to_the_checkpoint(bank: &LocalBank, secret: &common::SecretDir) {
+    assert_rolled_back_to_the_checkpoint(start_rolling_back_to_the_checkpoint(bank, secret));
+}
+
+/// A durable bank of three quiet branches with `secret`, driven by a controller that has
+/// taken two snapshots.
+fn quiet_durable_bank(secret: &common::SecretDir) -> (LocalBank, ControllerProcess) {
+    let bank = LocalBank::start_durable(env!("CARGO_BIN_EXE_branch").as_ref(), 3, &quiet(secret))
+        .expect("start the branches");
+    let driving = ControllerProcess::start_named(
+        &bank,
+        "first",
+        "900",
+        &["--secret-file", secret.path(), "--interval-ms", "50"],
+    );
+    wait_for(&driving, 0, 2, Duration::from_secs(30));
+    (bank, driving)
+}
+
+#[test]
+fn an_operator_rolls_a_running_bank_back_to_a_chosen_checkpoint() {
+    let secret = common::SecretDir::new("rollback-to");
+    let bank = LocalBank::start(env!("CARGO_BIN_EXE_branch").as_ref(), 3, &quiet(&secret))
+        .expect("start the branches");
+    let driving = ControllerProcess::start_named(
+        &bank,
+        "first",
+        "900",
+        &["--secret-file", secret.path(), "--interval-ms", "50"],
+    );
+    wait_for(&driving, 0, 2, Duration::from_secs(30));
+    roll_back_to_the_checkpoint(&bank, &secret);
     drop(driving);
+}
+
+#[test]
+fn a_durable_bank_rolled_back_holds_the_new_epoch_and_balances_after_every_branch_is_killed() {
+    let secret = common::SecretDir::new("durable-rollback-to");
+    let (mut bank, driving) = quiet_durable_bank(&secret);
+    roll_back_to_the_checkpoint(&bank, &secret);
+    drop(driving);
+    // Each branch acknowledged the rollback once its store held the new epoch and balance: a
+    // SIGKILL of every branch at once loses neither.
+    for index in 0..3 {
+        bank.kill(index);
+    }
+    for index in 0..3 {
+        bank.restart(index, &[])
+            .expect("restart the branch from its store");
+    }
+    let after = ControllerProcess::start_named(
+        &bank,
+        "after",
+        "900",
+        &[
+            "--secret-file",
+            secret.path(),
+            "--attach",
+            "--interval-ms",
+            "50",
+            "--snapshots",
+            "3",
+        ],
+    );
+    let (code, lines, log) = after.finish(Duration::from_secs(30));
+    let (reports, rollbacks) = split(lines);
+    assert!(rollbacks.is_empty(), "{log}");
+    assert_eq!(reports.len(), 3, "{log}");
+    for report in &reports {
+        assert_eq!(report["verdict"].as_str(), Some("ok"), "{report}");
+        assert_eq!(report["epoch"].as_u64(), Some(1), "{report}");
+        assert_eq!(balances(report), [100, 200, 600], "{report}");
+    }
+    assert_eq!(code, Some(0), "{log}");
+}
+
+#[test]
+fn a_durable_branch_killed_between_the_two_phases_is_rolled_back_from_its_older_epoch() {
+    let secret = common::SecretDir::new("durable-rollback-crash");
+    let (mut bank, driving) = quiet_durable_bank(&secret);
+    // branch2 dies as the second phase reaches it: it prepared (dropped its state in memory),
+    // but its store still holds the epoch before.
+    bank.kill(1);
+    bank.restart_with_env(1, &[], &[("SNAPBANK_FAILPOINT", "rollback-commit")])
+        .expect("restart branch2 with the failpoint");
+    let operator = start_rolling_back_to_the_checkpoint(&bank, &secret);
+    let died = bank.wait_for_exit(1, Duration::from_secs(20));
+    if died.is_none() {
+        let log = std::fs::read_to_string(bank.log_path("branch2")).unwrap_or_default();
+        let (_, _, operator_log) = operator.finish(Duration::from_secs(5));
+        panic!(
+            "branch2 did not reach the rollback's second phase; its log ends: {}\nthe operator's: {operator_log}",
+            &log[log.len().saturating_sub(3000)..]
+        );
+    }
+    bank.restart(1, &[])
+        .expect("restart branch2 from its store");
+    assert_rolled_back_to_the_checkpoint(operator);
+    drop(driving);
+}
+
+#[test]
+fn a_durable_branch_whose_store_lost_a_commit_is_rolled_back_with_the_bank_and_trades_on() {
+    let secret = common::SecretDir::new("rollback-lost-commit");
+    let args = ["--secret-file", secret.path(), "--max-interval-ms", "5"].map(String::from);
+    let mut bank = LocalBank::start_durable(env!("CARGO_BIN_EXE_branch").as_ref(), 3, &args)
+        .expect("start the branches");
+    let controller = rolling_back(&bank, "3000", &["--secret-file", secret.path()]);
+    wait_for(&controller, 0, 3, Duration::from_secs(30));
+    // A copy of branch1's store as it was at one instant (the process is stopped meanwhile, so
+    // the copy is what a crash at that instant would have left); more trading; a crash; and
+    // the store comes back one or more commits older.
+    let store = bank.data_dir("branch1");
+    let older = secret.dir.join("branch1.older");
+    let pid = bank.pids()[0];
+    signal(pid, "STOP");
+    copy_dir(&store, &older);
+    signal(pid, "CONT");
+    std::thread::sleep(Duration::from_millis(1500));
+    bank.kill(0);
+    std::fs::remove_dir_all(&store).expect("remove the store");
+    copy_dir(&older, &store);
+    bank.restart(0, &[])
+        .expect("restart branch1 on its older store");
+    let (reports, rollbacks) = wait_for(&controller, 1, 10, Duration::from_secs(30));
+    assert_eq!(
+        rollbacks[0]["rollback"]["lost"],
+        serde_json::json!(["branch1"])
+    );
+    assert_none_wrong_of(&reports, 3000);
+    let last_10 = &reports[reports.len() - 10..];
+    for report in last_10 {
+        assert_eq!(report["verdict"].as_str(), Some("ok"), "{report}");
+        assert_eq!(report["total"].as_u64(), Some(3000));
+        assert_eq!(report["epoch"].as_u64(), Some(1));
+    }
+    // branch1 did not stop: all three are alive, and money moves.
+    assert!(bank.exited().is_empty(), "exited: {:?}", bank.exited());
+    let sent = |report: &serde_json::Value| common::transfers_sent(report);
+    assert!(sent(&last_10[9]) > sent(&last_10[0]), "money moves");
 }
 
 #[test]
@@ -307,10 +460,5 @@ fn a_bank_with_a_secret_file_rolls_back_when_a_branch_comes_back_empty() {
         assert_eq!(report["total"].as_u64(), Some(3000));
         assert_eq!(report["epoch"].as_u64(), Some(1));
     }
-    for report in &reports {
-        assert!(
-            matches!(report["verdict"].as_str(), Some("ok" | "incomplete")),
-            "{report}"
-        );
-    }
+    assert_none_wrong_of(&reports, 3000);
 }

@@ -127,6 +127,8 @@ pub(super) fn start(
             init_sent: vec![false; branches],
             latest_ok: None,
         };
+        // An attached controller's snapshots are of the epoch the branches said they are in.
+        controller.run.collector.resume(epoch);
         for (index, stream) in streams.into_iter().enumerate() {
             controller.install(index, stream, ctx);
             let name = controller.run.name(index);
@@ -191,6 +193,7 @@ impl ControllerActor {
         let claim = handshake::ControllerClaim {
             controller: self.controller_id,
             take_over: false,
+            rolls_back: self.run.config.on_branch_loss == BranchLoss::Rollback,
         };
         let dialer = Dialer::new(
             branch.addr,
@@ -486,6 +489,7 @@ impl ControllerActor {
         pb::InitBranch {
             epoch,
             controller: self.controller_id,
+            rolls_back: config.on_branch_loss == BranchLoss::Rollback,
             secret,
             balance: wire::to_wire_amount(balance),
             all_branches: wire::branch_list(&config.branches),

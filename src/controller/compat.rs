@@ -114,6 +114,7 @@ pub async fn run_compat_controller(
                 all_branches: all_branches.clone(),
                 secret: Vec::new(),
                 controller: 0,
+                rolls_back: false,
             })
         })
         .collect();

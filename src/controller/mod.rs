@@ -337,6 +337,7 @@ async fn connect_and_attach(
     let claim = handshake::ControllerClaim {
         controller: controller_id,
         take_over: config.take_over,
+        rolls_back: config.on_branch_loss == BranchLoss::Rollback,
     };
     for (stream, branch) in streams.into_iter().zip(&config.branches) {
         if authenticate {

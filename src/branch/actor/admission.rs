@@ -105,6 +105,22 @@ impl BranchActor {
             }
             Body::Hello(pb::Hello {
                 known_incarnation, ..
+            }) if self.bank.is_none()
+                && known_incarnation != 0
+                && (self.prepared.is_some() || self.regressed.is_some()) =>
+            {
+                let reason = format!(
+                    "this branch ({}) dropped its state for a rollback of the bank: the channels start over in the new epoch once the rollback's second phase reaches both ends",
+                    self.name
+                );
+                info!(
+                    "{}: a peer connecting from {remote} is turned away until the rollback ends",
+                    self.name
+                );
+                ctx.spawn(actix::fut::wrap_future(refuse(writer, reason)));
+            }
+            Body::Hello(pb::Hello {
+                known_incarnation, ..
             }) if self.bank.is_none() && known_incarnation != 0 => {
                 let reason = format!(
                     "this branch ({}) has no bank state: it was restarted without its data (no --data-dir, or a wiped one), so it cannot resume the channels of its earlier incarnation {known_incarnation:016x}",
@@ -148,6 +164,7 @@ impl BranchActor {
                 let claim = ControllerClaim {
                     controller: init.controller,
                     take_over: false,
+                    rolls_back: init.rolls_back,
                 };
                 let result = self
                     .secret_for(&init, false)
@@ -342,6 +359,15 @@ impl BranchActor {
                     epoch: self.prepared.unwrap_or(self.epoch),
                     uninitialised: self.bank.is_none() && self.prepared.is_none(),
                 }));
+                // A branch whose store lost a commit waits only for a controller that rolls
+                // the bank back.
+                if !claim.rolls_back
+                    && let Some(reason) = self.regressed.take()
+                {
+                    self.stop_regressed(format!(
+                        "{reason}, and the bank's controller (at {remote}) does not roll banks back (--on-branch-loss)"
+                    ));
+                }
             }
         }
     }

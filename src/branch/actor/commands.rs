@@ -134,6 +134,8 @@ impl BranchActor {
         );
         self.secret = Some(secret);
         self.bank = Some(bank);
+        // A branch that waited for a rollback after its store lost a commit starts over here.
+        self.regressed = None;
         self.after_bank_created(balance, ctx);
         Ok(())
     }

@@ -62,11 +62,34 @@ impl CommitStats {
 
 impl BranchActor {
     /// Writes the node's next commit on a blocking thread; tells the node when it is durable.
+    ///
+    /// One commit is written at a time, in the order the nodes asked: after a rollback
+    /// replaced the node, the new node's first commit (which starts the store over in the new
+    /// epoch) waits for the old node's commit still being written, so nothing of the old epoch
+    /// lands after it. A commit of a node since dropped is not reported to the node that
+    /// replaced it.
     pub(super) fn commit(&mut self, persist: Persist, ctx: &mut Context<Self>) {
+        if self.store_handle.is_none() {
+            return;
+        }
+        if self.commit_in_flight {
+            // At most one node's commit waits: a node asks for its next only once its last is
+            // durable, so one waiting here is of a node dropped since, and is dropped with it.
+            self.queued_commit = Some((self.generation, persist));
+            return;
+        }
+        self.write_commit(persist, ctx);
+    }
+
+    fn write_commit(&mut self, persist: Persist, ctx: &mut Context<Self>) {
         let Some(store) = self.store_handle.clone() else {
             return;
         };
-        let bank = self.unwritten_bank.take();
+        // The bank's description stays unwritten until this commit is durable: until then a
+        // rollback's commit is not acknowledged.
+        let bank = self.unwritten_bank.clone();
+        let carries_bank = bank.is_some();
+        let generation = self.generation;
         let started = Instant::now();
         let Persist {
             epoch,
@@ -74,23 +97,44 @@ impl BranchActor {
             frames,
             unfinished_record,
         } = persist;
+        self.commit_in_flight = true;
         let writing = tokio::task::spawn_blocking(move || store.commit(bank.as_ref(), &changes));
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(writing).map(
                 move |result, branch, ctx| match result {
                     Ok(Ok(())) => {
+                        branch.commit_in_flight = false;
                         branch.commits.add(frames, started.elapsed());
                         crate::failpoint::hit("commit-durable");
                         if unfinished_record {
                             crate::failpoint::hit("mid-record");
                         }
-                        branch.step(Input::CommitDone { epoch }, ctx);
+                        if branch.generation == generation {
+                            if carries_bank {
+                                branch.bank_durable();
+                            }
+                            branch.step(Input::CommitDone { epoch }, ctx);
+                        }
+                        if let Some((queued, persist)) = branch.queued_commit.take()
+                            && queued == branch.generation
+                        {
+                            branch.write_commit(persist, ctx);
+                        }
                     }
                     Ok(Err(err)) => branch.store_failed(&err.to_string()),
                     Err(err) => branch.store_failed(&format!("the commit thread failed: {err}")),
                 },
             ),
         );
+    }
+
+    /// The commit carrying the bank's description (a new bank, or a rollback's new epoch) is
+    /// durable: the rollback answers that waited for it go out.
+    fn bank_durable(&mut self) {
+        self.unwritten_bank = None;
+        for (conn, epoch) in std::mem::take(&mut self.awaiting_durable_bank) {
+            self.answer_committed(conn, epoch);
+        }
     }
 
     /// A branch that cannot make its state durable must not go on: it stops at once, as a
@@ -129,6 +173,8 @@ impl BranchActor {
         // The bank epoch it committed: its peers refuse a channel of any other.
         self.epoch = stored_bank.epoch;
         let kept = records.len();
+        // Kept for a rollback's second phase, which rebuilds the bank of the same members.
+        self.members = Some((stored_bank.members.clone(), !secret.is_empty()));
         let bank = self.bank_of(stored_bank.members, !secret.is_empty(), |config| {
             BranchNode::restore(config, core, channels, records)
         })?;

@@ -15,6 +15,9 @@
 //!   replaces its older connection. A claim with take-over ends the holder's lease. Any other
 //!   claim is refused while the lease lasts, told who holds it and for how long at most.
 //! - Commands from a connection that does not hold the lease are not applied.
+//! - Whether the latest holder rolls the bank back on a branch's loss outlasts its lease: a
+//!   durable branch that finds its store lost a commit closes its controller connections and
+//!   waits for that controller's rollback.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -66,6 +69,9 @@ pub(super) struct ControllerLease {
     /// How long the lease lasts without a frame from its holder.
     timeout: Duration,
     holder: Option<Holder>,
+    /// Whether the latest controller granted the lease rolls the bank back on a branch's loss
+    /// (`None`: none has been granted it since the branch started).
+    rolls_back: Option<bool>,
 }
 
 impl ControllerLease {
@@ -74,6 +80,7 @@ impl ControllerLease {
         Self {
             timeout,
             holder: None,
+            rolls_back: None,
         }
     }
 
@@ -105,6 +112,7 @@ impl ControllerLease {
                 Some((holder.conn, why))
             }
         };
+        self.rolls_back = Some(claim.rolls_back);
         self.holder = Some(Holder {
             conn,
             controller: claim.controller,
@@ -131,6 +139,13 @@ impl ControllerLease {
         false
     }
 
+    /// Whether the latest controller granted the lease (holding it still or not) rolls the bank
+    /// back when a branch loses its state; `None` if no controller has been granted it since
+    /// the branch started.
+    pub(super) fn rolls_back(&self) -> Option<bool> {
+        self.rolls_back
+    }
+
     /// Whether connection `conn` holds the lease.
     pub(super) fn holds(&self, conn: ConnId) -> bool {
         self.holder
@@ -153,7 +168,40 @@ mod tests {
         ControllerClaim {
             controller,
             take_over,
+            rolls_back: false,
         }
+    }
+
+    #[test]
+    fn whether_the_latest_holder_rolls_back_outlasts_its_lease_and_a_refused_claim_changes_nothing()
+    {
+        let start = Instant::now();
+        let mut lease = ControllerLease::new(TIMEOUT);
+        assert_eq!(lease.rolls_back(), None, "no controller yet");
+        let rolling = ControllerClaim {
+            rolls_back: true,
+            ..claim(7, false)
+        };
+        assert!(matches!(
+            lease.claim(1, rolling, addr(1), start),
+            Claim::Granted { .. }
+        ));
+        assert_eq!(lease.rolls_back(), Some(true));
+        // Another controller that does not roll back is refused while the lease lasts.
+        assert!(matches!(
+            lease.claim(2, claim(8, false), addr(2), start),
+            Claim::Refused { .. }
+        ));
+        assert_eq!(lease.rolls_back(), Some(true), "a refused claim changed it");
+        // The holder's connection closes: its policy is still what the branch goes by.
+        assert!(lease.release(1));
+        assert_eq!(lease.rolls_back(), Some(true));
+        // The next controller granted the lease sets it.
+        assert!(matches!(
+            lease.claim(3, claim(8, false), addr(2), start),
+            Claim::Granted { .. }
+        ));
+        assert_eq!(lease.rolls_back(), Some(false));
     }
 
     #[test]

@@ -246,8 +246,18 @@ pub struct BranchActor {
     store: Option<crate::store::Store>,
     /// The store as the commit thread uses it.
     store_handle: Option<Arc<dyn BranchStore>>,
-    /// The bank's description, written with the first commit.
+    /// The bank's description (a new bank, or a rollback's new epoch), until the commit that
+    /// carries it is durable.
     unwritten_bank: Option<BankMeta>,
+    /// Counts the banks dropped (by a rollback, or a halt that waits for one): a commit
+    /// written for a dropped bank's node is not reported to the node that replaced it.
+    generation: u64,
+    /// A commit is being written: the next waits for it.
+    commit_in_flight: bool,
+    /// The commit waiting for the one being written, with the generation of its node.
+    queued_commit: Option<(u64, crate::core::node::Persist)>,
+    /// `RollbackCommit`s answered once the new epoch's bank is durable: (connection, epoch).
+    awaiting_durable_bank: Vec<(ConnId, u64)>,
     /// The state read from the store at start, restored when the actor starts.
     restored: Option<crate::store::Restored>,
     /// The store's figures, logged now and then.
@@ -257,6 +267,9 @@ pub struct BranchActor {
     /// Set (with the reason) when the branch cannot go on with its state: the `branch` command
     /// watches it and exits.
     halted: tokio::sync::watch::Sender<Option<String>>,
+    /// Why this branch dropped its state and waits for a rollback: its store lost a commit.
+    /// A controller that does not roll banks back, claiming the lease, makes it stop instead.
+    regressed: Option<String>,
     /// Which controller connection may command this branch (in a bank with a secret), so two
     /// controllers never number snapshots from the same free id.
     lease: lease::ControllerLease,
@@ -297,10 +310,15 @@ impl BranchActor {
             store_handle: store.as_ref().map(crate::store::Store::handle),
             store,
             unwritten_bank: None,
+            generation: 0,
+            commit_in_flight: false,
+            queued_commit: None,
+            awaiting_durable_bank: Vec::new(),
             restored,
             commits: durability::CommitStats::default(),
             shutting_down: false,
             halted: tokio::sync::watch::Sender::new(None),
+            regressed: None,
         }
     }
 

@@ -59,7 +59,11 @@ impl BranchActor {
             }
             self.carry_note(note, ctx);
         }
-        if let Some(persist) = ready.persist.take() {
+        // A node dropped by what the notes carried (a halt that waits for a rollback) commits
+        // nothing more.
+        if let Some(persist) = ready.persist.take()
+            && self.bank.is_some()
+        {
             self.commit(persist, ctx);
         }
         let Some(bank) = self.bank.as_mut() else {
@@ -133,7 +137,7 @@ impl BranchActor {
                     crate::failpoint::hit("before-ack");
                 }
             }
-            Note::Halt(detail) => self.halt_regressed(detail),
+            Note::Halt(detail) => self.halt_regressed(detail, ctx),
         }
     }
 
@@ -169,9 +173,14 @@ impl BranchActor {
     }
 
     /// This branch's store lost a commit (`detail` says how that showed): it cannot go on
-    /// with the state it has, so it stops trading and closes every connection, and the
-    /// `branch` command exits with the reason.
-    fn halt_regressed(&mut self, detail: String) {
+    /// with the state it has, so it stops trading. If the bank's controller rolls the bank back
+    /// on a branch's loss, the branch drops its state and closes its controller connections:
+    /// the controller's reconnection finds it empty, and the rollback initialises it (starting
+    /// its store over) in the bank's next epoch. If it does not, the branch closes every
+    /// connection and the `branch` command exits with the reason. A branch that halts before
+    /// any controller has claimed its lease since it started waits, for its peer timeout, for
+    /// the first one to say which.
+    fn halt_regressed(&mut self, detail: String, ctx: &mut Context<Self>) {
         let dir = self
             .settings
             .data_dir
@@ -180,7 +189,39 @@ impl BranchActor {
         let reason = format!(
             "state regressed: a commit was lost, the disk may be corrupt: the store in {dir} is older than what its peers know ({detail}); this branch stops trading"
         );
+        let rolls_back = self.lease.rolls_back();
+        if !self.lease_applies() || rolls_back == Some(false) {
+            return self.stop_regressed(reason);
+        }
+        error!(
+            "{}: {reason}, drops its state and waits for the bank's controller to roll the bank back",
+            self.name
+        );
+        self.drop_bank(ctx);
+        for link in self.controllers.values() {
+            link.outbox.close();
+        }
+        self.regressed = Some(reason);
+        if rolls_back.is_none() {
+            let wait = self.settings.peer_timeout;
+            ctx.run_later(wait, move |branch, _ctx| {
+                if branch.lease.rolls_back().is_none()
+                    && let Some(reason) = branch.regressed.take()
+                {
+                    branch.stop_regressed(format!(
+                        "{reason}, and no controller came to roll the bank back within {} ms",
+                        wait.as_millis()
+                    ));
+                }
+            });
+        }
+    }
+
+    /// A branch whose store lost a commit, and which no rollback will bring back, stops: it
+    /// closes every connection, and the `branch` command exits with `reason`.
+    pub(super) fn stop_regressed(&mut self, reason: String) {
         error!("{}: {reason}", self.name);
+        self.regressed = None;
         self.shut_down();
         self.halted.send_replace(Some(reason));
     }

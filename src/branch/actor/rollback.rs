@@ -12,8 +12,11 @@
 //!   the lease); in a bank without one the command is refused and logged.
 //! - Epochs only go up: a prepare for an epoch not above the branch's own is refused; repeating
 //!   the current prepare or commit answers again and changes nothing.
-//! - A commit for an epoch not prepared here is refused.
-//! - A durable branch refuses both: rolling back its store is not supported.
+//! - A commit for an epoch not prepared here is refused, except on a durable branch back from
+//!   its store in an epoch before (it crashed between the two phases): it runs phase one then.
+//! - A durable branch persists the new epoch and its balance, and starts its store over, in
+//!   one commit before it answers phase two; that commit waits for any commit of the dropped
+//!   node still being written ([`BranchActor::commit`]).
 //!
 //! That no frame of an older epoch is applied in a newer one is the node's rule: `Resume`
 //! carries the epoch and a connection of another epoch is refused
@@ -24,6 +27,7 @@ use log::{info, warn};
 
 use super::{BranchActor, ConnId};
 use crate::core::node::BranchNode;
+use crate::store::BankMeta;
 use crate::wire::{self, Body, pb};
 
 /// Which phase an answer is for.
@@ -67,7 +71,20 @@ impl BranchActor {
             return self.refuse_rollback(conn, "RollbackCommit", &reason);
         }
         if self.prepared.is_none() && self.epoch == epoch && self.bank.is_some() {
-            return self.answer_rollback(conn, epoch, COMMITTED, 0);
+            return self.answer_committed(conn, epoch);
+        }
+        if self.store.is_some() {
+            crate::failpoint::hit("rollback-commit");
+        }
+        if self.prepared.is_none() && epoch > self.epoch && self.store.is_some() {
+            // A durable branch that restarted from its store between the two phases is back in
+            // the epoch before: phase one again, here.
+            let sent = self.drop_bank(ctx);
+            self.prepared = Some(epoch);
+            info!(
+                "{}: rollback to epoch {epoch}: back from its store in epoch {}, so phase one again: dropped its state ({sent} transfer(s) sent in it)",
+                self.name, self.epoch
+            );
         }
         if self.prepared != Some(epoch) {
             let reason = format!("epoch {epoch} was not prepared here");
@@ -75,6 +92,19 @@ impl BranchActor {
         }
         let Some((members, authenticated)) = self.members.clone() else {
             return self.refuse_rollback(conn, "RollbackCommit", "this branch has no bank");
+        };
+        let unwritten = match (&self.store, &self.secret) {
+            (None, _) => None,
+            (Some(_), Some(secret)) => Some(BankMeta {
+                name: self.name.to_string(),
+                members: members.clone(),
+                secret: secret.clone(),
+                incarnation: self.incarnation,
+                epoch,
+            }),
+            (Some(_), None) => {
+                return self.refuse_rollback(conn, "RollbackCommit", "this branch has no secret");
+            }
         };
         self.epoch = epoch;
         let bank = match self.bank_of(members, authenticated, |config| {
@@ -84,6 +114,10 @@ impl BranchActor {
             Err(reason) => return self.refuse_rollback(conn, "RollbackCommit", &reason),
         };
         self.prepared = None;
+        self.regressed = None;
+        // A durable branch's first commit in the new epoch carries the epoch and the balance
+        // and starts its store over; the commit is acknowledged once that is durable.
+        self.unwritten_bank = unwritten;
         self.bank = Some(bank);
         info!(
             "{}: rollback to epoch {epoch}, phase two: trading again with balance {balance}",
@@ -99,6 +133,16 @@ impl BranchActor {
         if self.traffic.flat_out() {
             self.generate(ctx);
         }
+        self.answer_committed(conn, epoch);
+    }
+
+    /// Answers phase two of the rollback to `epoch` on `conn`: at once in memory, and for a
+    /// durable branch once the bank of that epoch is in its store.
+    pub(super) fn answer_committed(&mut self, conn: ConnId, epoch: u64) {
+        if self.unwritten_bank.is_some() {
+            self.awaiting_durable_bank.push((conn, epoch));
+            return;
+        }
         self.answer_rollback(conn, epoch, COMMITTED, 0);
     }
 
@@ -110,9 +154,6 @@ impl BranchActor {
                     .to_string(),
             );
         }
-        if self.store.is_some() {
-            return Err("rolling back a durable branch (--data-dir) is not supported".to_string());
-        }
         if self.members.is_none() {
             return Err("this branch has no bank".to_string());
         }
@@ -120,7 +161,12 @@ impl BranchActor {
     }
 
     /// Drops the bank of the ending epoch, returning how many transfers it had sent.
-    fn drop_bank(&mut self, ctx: &mut Context<Self>) -> u64 {
+    pub(super) fn drop_bank(&mut self, ctx: &mut Context<Self>) -> u64 {
+        // A commit still being written for the node dropped here must not reach the next.
+        self.generation += 1;
+        self.queued_commit = None;
+        self.unwritten_bank = None;
+        self.awaiting_durable_bank.clear();
         for (_, handle) in self.dials.drain() {
             ctx.cancel_future(handle);
         }
