@@ -363,6 +363,42 @@ fn chromium_renders_the_live_bank_and_its_snapshots() {
     }
 }
 
+/// A rollback is an event of the history: a row among the snapshots, saying why it happened
+/// and to which checkpoint the bank went back.
+#[test]
+fn chromium_shows_a_rollback_among_the_snapshots_of_the_history() {
+    let dir = scratch("rollback");
+    let mut web = WebBank::start(
+        3,
+        3000,
+        &["--interval-ms", "100", "--on-branch-loss", "rollback"],
+    );
+    let mut browser = Browser::open(&dir.0, &web.url());
+    browser.wait_until(
+        "document.querySelectorAll('#history tbody tr[data-id]').length >= 3",
+        Duration::from_secs(15),
+        PAGE_STATE,
+    );
+    web.bank.kill(1);
+    web.bank.restart(1, &[]).expect("restart branch2 empty");
+    // The rollback, then snapshots of the new epoch above it.
+    browser.wait_until(
+        "(() => { const rows = [...document.querySelectorAll('#history tbody tr')];          const at = rows.findIndex(r => r.classList.contains('rollback'));          return at >= 2 && rows.slice(0, at).every(r => r.dataset.id); })()",
+        Duration::from_secs(30),
+        PAGE_STATE,
+    );
+    let row = browser.eval("document.querySelector('#history tbody tr.rollback').textContent");
+    let row = row.as_str().expect("text").to_string();
+    let api = web.json("/api/overview");
+    let latest = &api["rollbacks"]["recent"][0];
+    let checkpoint = latest["checkpoint"].as_u64().expect("a checkpoint id");
+    assert!(
+        row.contains(&format!("rollback to #{checkpoint}, epoch 1")),
+        "{row}"
+    );
+    assert!(row.contains("branch2 lost its state"), "{row}");
+}
+
 /// Above 12 branches the graph becomes a matrix of channels; the page stays live.
 #[test]
 fn chromium_shows_a_big_bank_as_a_channel_matrix() {

@@ -32,11 +32,16 @@
 //! - `Snapshot` and `Retrieve`: the controller starts a snapshot at an initiator, and asks a
 //!   branch for its record, waiting until it is finished (the retrieve's own deadline is not
 //!   modelled: the controller waits as long as it takes).
-//! - `RollbackPrepare` / `RollbackCommit`: a rollback of the whole in-memory bank to the
-//!   latest ok snapshot (`--rollbacks`): each branch's phase one drops its node (its
-//!   connections go down, the snapshots in flight are given up); once every branch is
-//!   prepared, each branch's phase two builds its node of the next epoch holding the balance
-//!   the controller gives it.
+//! - `RollbackPrepare` / `RollbackCommit`: a rollback of the whole bank to the latest ok
+//!   snapshot (`--rollbacks`): each branch's phase one drops its node (its connections go
+//!   down, the snapshots in flight are given up); once every branch is prepared, each branch's
+//!   phase two builds its node of the next epoch holding the balance the controller gives it.
+//!   With durable branches, that node's first commit starts the store over in the new epoch,
+//!   and the rollback ends only once every store holds it. The branch that may crash can die
+//!   between its two phases (`Crash` of a dropped node): it comes back from its store in the
+//!   epoch before, and its phase two drops that node first. A commit of the old node still
+//!   being written at phase one is modelled as lost (the runtime lets it land before the new
+//!   node's first commit; either way the new epoch's first commit starts the store over).
 //!
 //! The bounds (branches, balance, transfers per branch, snapshots, cuts, crashes) make the
 //! state space finite. The properties are in [`properties`]; [`Bank`] is the model; a path of
@@ -184,6 +189,9 @@ pub struct RollbackState {
     pub prepared: Vec<bool>,
     /// Which branches hold their node of the new epoch.
     pub committed: Vec<bool>,
+    /// A connection between nodes of two epochs has been made (the refusal repeats the same
+    /// way each time it is redialled: one is explored, so the search stays finite).
+    pub crossed: bool,
 }
 
 /// What the budgets have left, and what has happened.
@@ -229,6 +237,8 @@ pub struct BankState {
     pub may_crash: Option<usize>,
     /// A crash was followed by a restart.
     pub restarted: bool,
+    /// Per branch: it crashed and has not restarted yet.
+    pub down: Vec<bool>,
     /// Per branch that lost its state: the incarnation it came back as, and the peers that
     /// knew its old incarnation then (only they can tell the new one is not it).
     pub wiped: Vec<Option<(u64, BTreeSet<usize>)>>,
@@ -284,10 +294,10 @@ impl Bank {
         self.bounds.balance * self.bounds.branches as u64
     }
 
-    /// The rollbacks the bounds allow: none with crashes or wipes (the rollback of a durable
-    /// branch is not built, and a wiped branch's money is gone by definition).
+    /// The rollbacks the bounds allow: none with wipes (a wiped branch's money is gone by
+    /// definition, which is what the checkpoint restores).
     fn rollbacks(&self) -> u8 {
-        if self.bounds.crashes > 0 || self.bounds.wipes > 0 {
+        if self.bounds.wipes > 0 {
             0
         } else {
             self.bounds.rollbacks
@@ -376,7 +386,7 @@ impl Bank {
     }
 
     /// The bank's description as branch `branch`'s store keeps it.
-    fn meta(&self, branch: usize) -> BankMeta {
+    fn meta(&self, branch: usize, epoch: u64) -> BankMeta {
         BankMeta {
             name: self.names[branch].clone(),
             members: self
@@ -390,7 +400,7 @@ impl Bank {
                 .collect(),
             secret: Secret::none(),
             incarnation: branch as u64 + 1,
-            epoch: 0,
+            epoch,
         }
     }
 
@@ -476,7 +486,15 @@ impl Bank {
                 }
             }
             for close in ready.closes {
-                if let Some(PeerMsg::Refusal { reason, .. }) = &close.refusal {
+                // A node of the epoch before (a durable branch back from its store during a
+                // rollback) and one of the new epoch refuse each other's connection: that is
+                // the epoch rule at work, not an error.
+                let epoch_of = |b: usize| state.nodes[b].as_ref().map(|n| n.config().epoch);
+                let across_epochs = state.rollback.is_some()
+                    && epoch_of(branch) != epoch_of(self.peer(branch, close.peer));
+                if let Some(PeerMsg::Refusal { reason, .. }) = &close.refusal
+                    && !across_epochs
+                {
                     state.errors.push(format!(
                         "{} closed a connection: {reason}",
                         self.names[branch]
@@ -656,7 +674,10 @@ impl Bank {
 
     /// Commit `persist` of `branch` lands in its store.
     fn land(&self, state: &mut BankState, branch: usize, persist: &Persist) {
-        let bank = (*state.stores[branch] == StoreImage::default()).then(|| self.meta(branch));
+        // The first commit of a node of a new bank epoch carries the bank, which starts the
+        // store over.
+        let epoch = state.nodes[branch].as_ref().map_or(0, |n| n.config().epoch);
+        let bank = (state.stores[branch].epoch() != Some(epoch)).then(|| self.meta(branch, epoch));
         state.stores[branch] =
             Arc::new(state.stores[branch].apply(bank.as_ref(), &persist.changes));
     }
@@ -722,12 +743,27 @@ impl Bank {
             .restored()
             .map_err(|err| err.to_string())?
             .ok_or("the store holds no bank")?;
-        BranchNode::restore(
-            self.config_in(state, branch),
-            restored.core,
-            restored.channels,
-            restored.records,
-        )
+        // It comes back in the epoch its store holds, which is the bank's, or during a rollback
+        // the one before.
+        let mut config = self.config_in(state, branch);
+        config.epoch = restored.bank.epoch;
+        BranchNode::restore(config, restored.core, restored.channels, restored.records)
+    }
+}
+
+impl Bank {
+    /// Ends the rollback under way once every branch holds its node of the new epoch, and
+    /// (durable) its store holds that epoch: the controller's phase two is answered only then.
+    fn end_rollback_if_done(&self, state: &mut BankState) {
+        let Some(rollback) = &state.rollback else {
+            return;
+        };
+        let next = state.epoch + 1;
+        let stored = |b: usize| !self.durable() || state.stores[b].epoch() == Some(next);
+        if rollback.committed.iter().all(|&c| c) && (0..self.bounds.branches).all(stored) {
+            state.epoch = next;
+            state.rollback = None;
+        }
     }
 }
 
@@ -764,6 +800,7 @@ impl Model for Bank {
             },
             may_crash: None,
             restarted: false,
+            down: vec![false; n],
             wiped: vec![None; n],
             errors: Vec::new(),
             epoch: 0,
@@ -801,10 +838,16 @@ impl Model for Bank {
                 }
             }
         }
+        let epoch_of = |b: usize| state.nodes[b].as_ref().map(|n| n.config().epoch);
+        let crossed = state.rollback.as_ref().is_some_and(|r| r.crossed);
         for dialler in 0..n {
             for &peer in &state.dials[dialler] {
                 let up = state.nodes[dialler].is_some() && state.nodes[peer].is_some();
-                if up && state.connections[self.pair(dialler, peer)].is_none() {
+                let across = epoch_of(dialler) != epoch_of(peer);
+                if up
+                    && !(across && crossed)
+                    && state.connections[self.pair(dialler, peer)].is_none()
+                {
                     actions.push(Action::Connect { dialler, peer });
                 }
             }
@@ -841,6 +884,14 @@ impl Model for Bank {
                     if preparing || state.rollback.is_none() && state.budget.rollbacks > 0 {
                         actions.push(Action::RollbackPrepare(branch));
                     }
+                    // Back from its store in the epoch before, after its phase one: its phase
+                    // two drops that node first.
+                    if let Some(rollback) = &state.rollback
+                        && rollback.prepared.iter().all(|&p| p)
+                        && node.config().epoch != state.epoch + 1
+                    {
+                        actions.push(Action::RollbackCommit(branch));
+                    }
                     for snapshot in &state.snapshots {
                         if snapshot.answers[branch].is_none()
                             && !snapshot.asked[branch]
@@ -853,14 +904,26 @@ impl Model for Bank {
                         }
                     }
                 }
-                None => match &state.rollback {
-                    Some(rollback) if rollback.prepared[branch] => {
-                        if rollback.prepared.iter().all(|&p| p) && !rollback.committed[branch] {
-                            actions.push(Action::RollbackCommit(branch));
-                        }
+                None => {
+                    let waiting = state
+                        .rollback
+                        .as_ref()
+                        .filter(|r| r.prepared[branch] && !r.committed[branch]);
+                    if waiting.is_some_and(|r| r.prepared.iter().all(|&p| p)) {
+                        actions.push(Action::RollbackCommit(branch));
                     }
-                    _ => actions.push(Action::Restart(branch)),
-                },
+                    if state.down[branch] {
+                        actions.push(Action::Restart(branch));
+                    } else if waiting.is_some()
+                        && state.budget.crashes > 0
+                        && state.may_crash == Some(branch)
+                        && *state.stores[branch] != StoreImage::default()
+                    {
+                        // A durable branch dies between its two phases: it comes back from its
+                        // store in the epoch before.
+                        actions.push(Action::Crash(branch));
+                    }
+                }
             }
         }
         if self.reduce && self.calm(state) {
@@ -901,6 +964,12 @@ impl Model for Bank {
                 );
             }
             Action::Connect { dialler, peer } => {
+                let epoch_of = |b: usize| state.nodes[b].as_ref().map(|n| n.config().epoch);
+                if epoch_of(dialler) != epoch_of(peer)
+                    && let Some(rollback) = state.rollback.as_mut()
+                {
+                    rollback.crossed = true;
+                }
                 state.dials[dialler].remove(&peer);
                 let pair = self.pair(dialler, peer);
                 state.generations[pair] += 1;
@@ -931,6 +1000,14 @@ impl Model for Bank {
             Action::Crash(branch) => {
                 state.budget.crashes = state.budget.crashes.checked_sub(1)?;
                 self.take_down(&mut state, branch);
+                state.down[branch] = true;
+                // Its phase two is not done if its store does not hold the new epoch yet.
+                let landed = state.stores[branch].epoch() == Some(state.epoch + 1);
+                if let Some(rollback) = state.rollback.as_mut()
+                    && !landed
+                {
+                    rollback.committed[branch] = false;
+                }
             }
             Action::Wipe(branch) => {
                 state.budget.wipes = state.budget.wipes.checked_sub(1)?;
@@ -951,6 +1028,7 @@ impl Model for Bank {
                 self.carry(&mut state, branch, None);
             }
             Action::Restart(branch) => {
+                state.down[branch] = false;
                 match self.restore(&state, branch) {
                     Ok(node) => state.nodes[branch] = Some(Arc::new(node)),
                     Err(err) => {
@@ -980,6 +1058,7 @@ impl Model for Bank {
                         epoch: persist.epoch,
                     },
                 );
+                self.end_rollback_if_done(&mut state);
             }
             Action::Transfer { from, to } => {
                 state.budget.transfers[from] = state.budget.transfers[from].checked_sub(1)?;
@@ -1033,6 +1112,7 @@ impl Model for Bank {
                         balances: self.checkpoint(&state),
                         prepared: vec![false; n],
                         committed: vec![false; n],
+                        crossed: false,
                     });
                     // As the controller does: the snapshots in flight are given up.
                     for snapshot in &mut state.snapshots {
@@ -1046,18 +1126,17 @@ impl Model for Bank {
                 state.rollback.as_mut()?.prepared[branch] = true;
             }
             Action::RollbackCommit(branch) => {
+                if state.nodes[branch].is_some() {
+                    self.take_down(&mut state, branch);
+                }
                 let rollback = state.rollback.as_mut()?;
                 rollback.committed[branch] = true;
                 let balance = rollback.balances[branch];
-                let over = rollback.committed.iter().all(|&c| c);
                 let mut config = self.config_in(&state, branch);
                 config.epoch = state.epoch + 1;
                 state.nodes[branch] = Some(Arc::new(BranchNode::new(config, balance)));
                 self.carry(&mut state, branch, None);
-                if over {
-                    state.epoch += 1;
-                    state.rollback = None;
-                }
+                self.end_rollback_if_done(&mut state);
             }
         }
         Some(state)

@@ -104,10 +104,12 @@ fn one_epoch_per_channel(bank: &Bank, state: &BankState) -> bool {
         let Some(conn) = &state.connections[pair] else {
             return true;
         };
+        // Joined: each end has taken the connection for its channels and resumed them on it.
         let uses = |x: usize, y: usize| {
-            state.nodes[x]
-                .as_ref()
-                .is_some_and(|node| node.link_of(bank.channel(x, y)) == Some(conn.id))
+            state.nodes[x].as_ref().is_some_and(|node| {
+                let channel = bank.channel(x, y);
+                node.link_of(channel) == Some(conn.id) && node.is_live(channel)
+            })
         };
         !(uses(a, b) && uses(b, a)) || epoch(a) == epoch(b)
     });

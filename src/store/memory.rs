@@ -72,6 +72,11 @@ impl StoreImage {
 }
 
 impl StoreImage {
+    /// The bank epoch of the bank it holds, if it holds one.
+    pub fn epoch(&self) -> Option<u64> {
+        self.bank.as_ref().map(|bank| bank.epoch)
+    }
+
     /// The state a branch restarted from this image gets; `None` before a commit held a bank.
     pub fn restored(self) -> Result<Option<Restored>, StoreError> {
         let tables = self;

@@ -136,9 +136,13 @@ impl BranchNode {
         let Some(link) = peer.link.filter(|link| link.conn == conn) else {
             return; // a message from a connection that has since been replaced
         };
+        #[cfg(test)]
+        let epoch_checked = self.config.mutation != super::Mutation::IgnoreEpoch;
+        #[cfg(not(test))]
+        let epoch_checked = true;
         if !link.resumed {
             match msg {
-                PeerMsg::Resume { epoch, .. } if epoch != self.config.epoch => {
+                PeerMsg::Resume { epoch, .. } if epoch != self.config.epoch && epoch_checked => {
                     self.other_epoch(channel, epoch)
                 }
                 PeerMsg::Resume {

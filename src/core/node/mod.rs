@@ -95,6 +95,8 @@ pub enum Mutation {
     AckBeforeDurable,
     /// The incarnation check accepts a peer that restarted without its state.
     AcceptNewIncarnation,
+    /// The epoch check accepts a peer's `Resume` of another bank epoch.
+    IgnoreEpoch,
 }
 
 /// The directed channels between this branch and one peer.

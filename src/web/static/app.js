@@ -201,7 +201,7 @@ function renderOverview() {
   const latestRb = rb && rb.recent.length ? rb.recent[rb.recent.length - 1] : null;
   const rollbacks = !latestRb ? null
     : h('span', {}, h('b', {}, fmt(rb.total)),
-      ` (epoch ${rb.epoch}); latest at ${clock(latestRb.at_ms)}: ${latestRb.lost.join(', ')} came back empty, `
+      ` (epoch ${rb.epoch}); latest at ${clock(latestRb.at_ms)}: ${rollbackCause(latestRb)}, `
       + `rolled back to #${latestRb.checkpoint} in ${ms(latestRb.took_ms)}`
       + (latestRb.undone === null ? '' : `, at least ${fmt(latestRb.undone)} transfers undone`));
   $('overview').replaceChildren(
@@ -392,6 +392,22 @@ function recordTimes(entry, names) {
   return `median ${ms(sorted[Math.floor(sorted.length / 2)])} · slowest ${slowest[0]} ${ms(slowest[1])}`;
 }
 
+/** What started a rollback, for the page. */
+function rollbackCause(rb) {
+  return rb.lost.length ? `${rb.lost.join(', ')} lost its state` : 'asked for by an operator';
+}
+
+/** A rollback as a row of the history: when, why, to which checkpoint, and what it cost. */
+function rollbackRow(rb) {
+  return h('tr', { class: 'rollback' },
+    h('td', { class: 'num id' }, '↺'),
+    h('td', { colspan: 2 }, `rollback to #${rb.checkpoint}, epoch ${rb.epoch}`),
+    h('td', {}, clock(rb.at_ms)),
+    h('td', { class: 'num' }, ms(rb.took_ms)),
+    h('td', { colspan: 2 }, rollbackCause(rb)
+      + (rb.undone === null ? '' : `; at least ${fmt(rb.undone)} transfers undone`)));
+}
+
 function renderHistory() {
   const names = S.bank.branches.map((b) => b.name);
   const o = S.overview;
@@ -411,7 +427,19 @@ function renderHistory() {
   h('td', { class: 'num' }, ms(e.elapsed_ms)),
   h('td', { class: 'times' }, recordTimes(e, names)),
   h('td', { class: 'num total' }, e.total === null ? 'unknown' : fmt(e.total))));
-  $('history').tBodies[0].replaceChildren(...rows);
+  // Rollbacks are events of the history too, in time order among the snapshots (newest
+  // first); only those since the oldest snapshot shown (all of them before any snapshot).
+  const rollbacks = (o.rollbacks ? o.rollbacks.recent : []).slice().reverse();
+  const merged = [];
+  let next = 0;
+  S.history.forEach((e, i) => {
+    while (next < rollbacks.length && rollbacks[next].at_ms >= e.view.started_at_ms) {
+      merged.push(rollbackRow(rollbacks[next++]));
+    }
+    merged.push(rows[i]);
+  });
+  if (S.history.length === 0) merged.push(...rollbacks.map(rollbackRow));
+  $('history').tBodies[0].replaceChildren(...merged);
 }
 
 async function showDetail(id) {
