@@ -84,12 +84,14 @@ struct Args {
     #[arg(long, default_value_t = snapbank::web::DEFAULT_KEEP, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     web_history: usize,
     /// Drive branches that speak only the exercise's original schema, with the connection
-    /// pattern they expect: no handshake, no heartbeats, no wait_ms; retrieve after
-    /// --retrieve-delay-ms.
+    /// pattern they expect: no handshake, no heartbeats, no wait_ms; each branch is asked for
+    /// its record --retrieve-delay-ms after InitSnapshot, and again with capped backoff while
+    /// its answer falls short, until --retrieve-timeout-ms.
     #[arg(long, value_enum, conflicts_with_all = ["secret_file", "attach"])]
     compat: Option<Compat>,
-    /// With --compat: milliseconds between InitSnapshot and RetrieveSnapshot (such branches
-    /// answer at once, with whatever they hold).
+    /// With --compat: milliseconds between InitSnapshot and the first RetrieveSnapshot. A
+    /// branch that answers nothing, another snapshot's record, a channel_state of the wrong
+    /// length, or records that do not add up, is asked again (no tuning needed).
     #[arg(long, requires = "compat",
           default_value_t = snapbank::controller::compat::DEFAULT_RETRIEVE_DELAY.as_millis() as u64)]
     retrieve_delay_ms: u64,

@@ -5,6 +5,8 @@
 //!   the exercise's original schema, as the exercise's own controllers do.
 //! - [`report`]: [`SnapshotReport`], assembled from the branches' records, with its verdict and
 //!   text/JSON forms.
+//! - `asking`: how the compat driver asks original-schema branches again, with capped backoff,
+//!   until their answers will do, with no I/O.
 //! - `collector`: what both controllers decide, with no I/O: in-flight snapshots, deadlines,
 //!   answers, initiators, the words for a status that is no record, reports in id order.
 //! - `carrier`: the actix glue both controllers share to carry those decisions: the schedule,
@@ -21,6 +23,7 @@
 //! knows the original schema ignores `wait_ms` and answers at once.
 
 pub mod actor;
+mod asking;
 mod carrier;
 pub mod checkpoint;
 mod collector;
@@ -41,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 pub use actor::ControllerActor;
 pub use compat::{CompatConfig, CompatMode, run_compat_controller};
 pub use observer::ControllerObserver;
-pub use report::{BranchRecord, BranchState, SnapshotReport, Verdict};
+pub use report::{AskNotes, BranchRecord, BranchState, SnapshotReport, Verdict};
 pub use schedule::UnfinishedSnapshot;
 
 use crate::auth::Secret;
