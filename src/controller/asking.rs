@@ -18,10 +18,14 @@
 //! - A snapbank status other than `COMPLETE` or `RECORDING` is that branch's final word.
 //! - At the deadline, each branch has its latest record, or its last shortfall and the number
 //!   of asks it was given.
+//! - Confirming (the report card's `--grade`): once the records add up, each branch that has
+//!   given one record only is asked once more, so that every record is asked for twice; a
+//!   snapbank branch's second answer may say its record was already retrieved.
 
 use std::time::Duration;
 
 use super::collector::reason_for;
+use super::report::{Shortfall, ShortfallKind};
 use crate::wire::pb;
 use crate::wire::pb::return_snapshot::LocalSnapshot;
 
@@ -51,6 +55,8 @@ struct Asked {
     last_word: Option<Result<LocalSnapshot, String>>,
     /// Why the latest answer fell short.
     shortfall: Option<String>,
+    /// Records (or confirmations of a final one) given so far.
+    records: u32,
 }
 
 impl Asked {
@@ -81,6 +87,10 @@ pub(super) struct Asking {
     branches: Vec<Asked>,
     /// Records that changed between asks, in words.
     findings: Vec<String>,
+    /// Answers that fell short, once per branch and kind.
+    shortfalls: Vec<Shortfall>,
+    /// Ask every record twice (see the module doc).
+    confirm: bool,
 }
 
 impl Asking {
@@ -93,6 +103,29 @@ impl Asking {
             total,
             branches: names.iter().map(|_| Asked::default()).collect(),
             findings: Vec::new(),
+            shortfalls: Vec::new(),
+            confirm: false,
+        }
+    }
+
+    /// The same, asking every record twice.
+    pub(super) fn confirming(mut self) -> Self {
+        self.confirm = true;
+        self
+    }
+
+    /// Notes that branch `index` fell short in this `kind` of way (once per kind).
+    fn note(&mut self, index: usize, kind: ShortfallKind, detail: &str) {
+        let noted = self
+            .shortfalls
+            .iter()
+            .any(|s| s.branch == index && s.kind == kind);
+        if !noted {
+            self.shortfalls.push(Shortfall {
+                branch: index,
+                kind,
+                detail: detail.to_string(),
+            });
         }
     }
 
@@ -114,7 +147,8 @@ impl Asking {
             return;
         }
         asked.waiting = false;
-        asked.shortfall = Some(reason);
+        self.note(index, ShortfallKind::NoAnswer, &reason);
+        self.branches[index].shortfall = Some(reason);
     }
 
     /// Branch `index` answered `local`, `elapsed` after the snapshot started. `ask` is the number
@@ -130,44 +164,74 @@ impl Asking {
         let others = self.names.len().saturating_sub(1);
         let name = self.names[index].clone();
         let id = self.id;
+        let latest = {
+            let asked = &self.branches[index];
+            ask.is_none_or(|ask| ask == asked.asks) && asked.waiting
+        };
+        let status = pb::SnapshotStatus::try_from(local.status);
         let asked = &mut self.branches[index];
-        if asked.last_word.is_some() {
-            return;
+        match &asked.last_word {
+            Some(Ok(before)) => {
+                // A final record asked for again: the same, or released once retrieved.
+                asked.waiting = false;
+                let same = (before.balance, &before.channel_state)
+                    == (local.balance, &local.channel_state);
+                if same || status == Ok(pb::SnapshotStatus::AlreadyRetrieved) {
+                    asked.records += 1;
+                } else if local.snapshot_id == id {
+                    self.findings.push(format!(
+                        "{name} changed its record of snapshot {id} between asks: {}, then {}",
+                        describe(before),
+                        describe(&local)
+                    ));
+                }
+                return;
+            }
+            Some(Err(_)) => {
+                asked.waiting = false;
+                return;
+            }
+            None => {}
         }
-        let latest = ask.is_none_or(|ask| ask == asked.asks);
-        let fell_short = |asked: &mut Asked, reason: String| {
-            if latest && asked.waiting {
+        let shortfall = if local.snapshot_id != id {
+            Some((
+                ShortfallKind::OtherSnapshot,
+                format!("answered with its record of snapshot {}", local.snapshot_id),
+            ))
+        } else {
+            match status {
+                Ok(pb::SnapshotStatus::Complete) if local.channel_state.len() != others => Some((
+                    ShortfallKind::ChannelCount,
+                    format!(
+                        "returned {} channel states for {others} incoming channels",
+                        local.channel_state.len()
+                    ),
+                )),
+                Ok(pb::SnapshotStatus::Complete) => None,
+                Ok(pb::SnapshotStatus::Recording) => {
+                    Some((ShortfallKind::StillRecording, reason_for(&local, elapsed)))
+                }
+                _ => {
+                    asked.waiting = false;
+                    asked.last_word = Some(Err(reason_for(&local, elapsed)));
+                    return;
+                }
+            }
+        };
+        if let Some((kind, reason)) = shortfall {
+            self.note(index, kind, &reason);
+            if latest {
+                let asked = &mut self.branches[index];
                 asked.waiting = false;
                 asked.shortfall = Some(reason);
             }
-        };
-        if local.snapshot_id != id {
-            let reason = format!("answered with its record of snapshot {}", local.snapshot_id);
-            return fell_short(asked, reason);
-        }
-        let snapbank = !local.branch_name.is_empty();
-        match pb::SnapshotStatus::try_from(local.status) {
-            Ok(pb::SnapshotStatus::Complete) => {}
-            Ok(pb::SnapshotStatus::Recording) => {
-                return fell_short(asked, reason_for(&local, elapsed));
-            }
-            _ => {
-                asked.waiting = false;
-                asked.last_word = Some(Err(reason_for(&local, elapsed)));
-                return;
-            }
-        }
-        if local.channel_state.len() != others {
-            let reason = format!(
-                "returned {} channel states for {others} incoming channels",
-                local.channel_state.len()
-            );
-            return fell_short(asked, reason);
+            return;
         }
         // A record settles the branch whichever ask it answers.
         asked.waiting = false;
         asked.shortfall = None;
-        if snapbank {
+        asked.records += 1;
+        if !local.branch_name.is_empty() {
             asked.last_word = Some(Ok(local));
             return;
         }
@@ -175,8 +239,9 @@ impl Asking {
             && (before.balance, &before.channel_state) != (local.balance, &local.channel_state)
         {
             self.findings.push(format!(
-                "{name} changed its record of snapshot {id} between asks: balance {} channel_state {:?}, then balance {} channel_state {:?}",
-                before.balance, before.channel_state, local.balance, local.channel_state
+                "{name} changed its record of snapshot {id} between asks: {}, then {}",
+                describe(before),
+                describe(&local)
             ));
         }
         asked.held = Some(local);
@@ -201,7 +266,13 @@ impl Asking {
             return Next::Done(self.answers());
         }
         if self.sum() == self.total {
-            return Next::Done(self.answers());
+            let unconfirmed: Vec<usize> = (0..self.branches.len())
+                .filter(|&i| self.confirm && self.branches[i].records < 2)
+                .collect();
+            if unconfirmed.is_empty() {
+                return Next::Done(self.answers());
+            }
+            return self.ask_again(unconfirmed);
         }
         let revisable: Vec<usize> = (0..self.branches.len())
             .filter(|&i| self.branches[i].held.is_some())
@@ -279,6 +350,19 @@ impl Asking {
     pub(super) fn findings(&self) -> &[String] {
         &self.findings
     }
+
+    /// Answers that fell short, once per branch and kind.
+    pub(super) fn shortfalls(&self) -> &[Shortfall] {
+        &self.shortfalls
+    }
+}
+
+/// A record in words, for a finding.
+fn describe(local: &LocalSnapshot) -> String {
+    format!(
+        "balance {} channel_state {:?}",
+        local.balance, local.channel_state
+    )
 }
 
 /// `count` and `word`, pluralised.
@@ -406,6 +490,60 @@ mod tests {
         asking.answered(0, Some(first), record(1, 10, &[0]), Duration::ZERO);
         assert!(matches!(asking.next(), Next::Done(_)));
         assert_eq!(second, 2);
+    }
+
+    #[test]
+    fn confirming_asks_every_record_twice_and_takes_a_released_one_as_the_same() {
+        let mut asking = Asking::new(3, &names(2), 20).confirming();
+        asked_all(&mut asking);
+        let snapbank = LocalSnapshot {
+            branch_name: "b1".into(),
+            ..record(3, 10, &[0])
+        };
+        asking.answered(0, Some(1), snapbank, Duration::ZERO);
+        asking.answered(1, Some(1), record(3, 10, &[0]), Duration::ZERO);
+        let Next::AskAgain(again) = asking.next() else {
+            panic!("each record is asked for again");
+        };
+        assert_eq!(again.len(), 2);
+        asking.asking(0);
+        asking.asking(1);
+        let released = LocalSnapshot {
+            branch_name: "b1".into(),
+            status: pb::SnapshotStatus::AlreadyRetrieved as i32,
+            ..record(3, 0, &[])
+        };
+        asking.answered(0, Some(2), released, Duration::ZERO);
+        asking.answered(1, Some(2), record(3, 10, &[0]), Duration::ZERO);
+        let Next::Done(answers) = asking.next() else {
+            panic!("both records confirmed");
+        };
+        assert!(answers.iter().all(Result::is_ok));
+        assert!(asking.findings().is_empty());
+        assert_eq!(asking.asks(), [2, 2]);
+    }
+
+    #[test]
+    fn each_kind_of_shortfall_is_noted_once_per_branch() {
+        let mut asking = Asking::new(5, &names(2), 20);
+        for _ in 0..2 {
+            let ask = asking.asking(0);
+            asking.answered(0, Some(ask), record(4, 10, &[0]), Duration::ZERO);
+            let ask = asking.asking(1);
+            asking.answered(1, Some(ask), record(5, 10, &[0, 0]), Duration::ZERO);
+        }
+        let kinds: Vec<(usize, ShortfallKind)> = asking
+            .shortfalls()
+            .iter()
+            .map(|s| (s.branch, s.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (0, ShortfallKind::OtherSnapshot),
+                (1, ShortfallKind::ChannelCount)
+            ]
+        );
     }
 
     #[test]

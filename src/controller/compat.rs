@@ -46,6 +46,7 @@ use tokio_util::codec::FramedRead;
 
 use super::asking::{ANSWER_PATIENCE, Asking, Next};
 use super::carrier::{Carrier, LinkEvent, Run, plain, warn_unreachable};
+use super::grade;
 use super::{AskNotes, ControllerConfig, ControllerError, RunSummary, SnapshotReport};
 use crate::backoff::Backoff;
 use crate::dial::{Dialer, Never, Step};
@@ -85,6 +86,9 @@ pub struct CompatConfig {
     /// Pause between `InitSnapshot` and the first `RetrieveSnapshot`. A branch whose answer
     /// falls short then is asked again, with capped backoff, until the retrieve timeout.
     pub retrieve_delay: Duration,
+    /// Grade the branches (`--grade`): probe each with bad frames before the snapshots, and
+    /// ask for every record twice.
+    pub grade: bool,
 }
 
 impl CompatConfig {
@@ -93,6 +97,7 @@ impl CompatConfig {
         Self {
             mode,
             retrieve_delay: DEFAULT_RETRIEVE_DELAY,
+            grade: false,
         }
     }
 }
@@ -333,8 +338,11 @@ impl CompatController {
         }
         self.open_retrieval(id, ctx);
         let names = self.run.collector.names().to_vec();
-        self.asking
-            .insert(id, Asking::new(id, &names, self.run.config.total));
+        let mut asking = Asking::new(id, &names, self.run.config.total);
+        if self.compat.grade {
+            asking = asking.confirming();
+        }
+        self.asking.insert(id, asking);
         for index in 0..names.len() {
             self.request_record(index, id, ctx);
         }
@@ -454,6 +462,7 @@ impl CompatController {
             AskNotes {
                 asks: asking.asks(),
                 findings: asking.findings().to_vec(),
+                shortfalls: asking.shortfalls().to_vec(),
             },
         );
         let now = Instant::now();
@@ -551,8 +560,25 @@ impl Carrier for CompatController {
 impl Actor for CompatController {
     type Context = Context<Self>;
 
+    /// Begins the run; when grading, first probes every branch with bad frames (after the
+    /// `InitBranch` already sent) and keeps how each went for the summary.
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.begin_run(ctx);
+        if !self.compat.grade {
+            return self.begin_run(ctx);
+        }
+        let probing = futures_util::future::join_all(
+            self.run
+                .config
+                .branches
+                .iter()
+                .map(|branch| grade::probe_branch(branch.name.clone(), branch.addr)),
+        );
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(probing).map(|probes, controller, ctx| {
+                controller.run.collector.summary.probes = probes.into_iter().flatten().collect();
+                controller.begin_run(ctx);
+            }),
+        );
     }
 }
 

@@ -73,6 +73,33 @@ pub struct AskNotes {
     /// Records that changed between asks, in words: an implementation's defect worth naming,
     /// since a controller that asks once would have taken the first.
     pub findings: Vec<String>,
+    /// The answers that fell short, once per branch and kind, for the report card.
+    pub shortfalls: Vec<Shortfall>,
+}
+
+/// One way a branch's answer fell short, once per snapshot (`controller --compat --grade`
+/// names the rule each breaks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shortfall {
+    /// The branch's index in branches-file order.
+    pub branch: usize,
+    /// What kind of shortfall.
+    pub kind: ShortfallKind,
+    /// In words.
+    pub detail: String,
+}
+
+/// The kinds of answer that fall short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShortfallKind {
+    /// The connection closed unanswered, or nothing came in time.
+    NoAnswer,
+    /// A record of another snapshot id.
+    OtherSnapshot,
+    /// A `channel_state` of the wrong length.
+    ChannelCount,
+    /// A snapbank branch still recording.
+    StillRecording,
 }
 
 /// One global snapshot.

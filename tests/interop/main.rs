@@ -9,10 +9,13 @@
 //!   connection; and the wrong mode failing, as it must;
 //! - `--compat` with its default settings driving slow branches (markers after a pause, records
 //!   answered only once finished, the connection closed unanswered before), in both modes;
-//! - `--compat` driving our own branches too.
+//! - `--compat` driving our own branches too;
+//! - the report card (`--grade`, in `grading`): our branches pass every rule, and each broken
+//!   branch is caught with its rule named.
 
 #[path = "../common/mod.rs"]
 mod common;
+mod grading;
 mod original_branch;
 mod original_controller;
 mod v1;

@@ -16,6 +16,8 @@
 //!   the lock across a sleep, and a `RetrieveSnapshot` answered only once the record is
 //!   finished ([`Answer::OnceRecorded`]: before that the connection is closed unanswered, or,
 //!   on the persistent controller connection, the request goes unanswered);
+//! - broken in one way ([`Flaw`]), for the report card to catch: `channel_state` in reverse
+//!   order, one channel missing, balances let go negative.
 //!
 //! Peer identification, which the original schema does not provide, is this test's own and
 //! uses v1 messages only: a branch opens one connection to every other branch after its
@@ -55,6 +57,18 @@ pub enum Answer {
     OnceRecorded,
 }
 
+/// A defect of the exercise seen in implementations, for the report card to name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flaw {
+    /// `channel_state` lists the other branches in reverse `all_branches` order.
+    ReversedChannels,
+    /// `channel_state` leaves out the last other branch.
+    MissingChannel,
+    /// Transfers go out whether or not the money is there, so balances go negative (sent as a
+    /// 32-bit int, as Java's `int` is: a negative one reads as a number of 2^31 or more).
+    Overdraws,
+}
+
 /// How an original-schema branch behaves.
 #[derive(Debug, Clone, Copy)]
 pub struct Behaviour {
@@ -64,8 +78,13 @@ pub struct Behaviour {
     pub answer: Answer,
     /// Pause between recording its state and sending its markers, the lock held.
     pub marker_pause: Duration,
+    /// Pause before each marker after the first, the lock held: a branch's peers record one
+    /// after another, so channels between them carry money in transit.
+    pub marker_spacing: Duration,
     /// How long a transfer holds the lock (sleeping) before it goes out.
     pub transfer_hold: Duration,
+    /// A defect, or none.
+    pub flaw: Option<Flaw>,
 }
 
 impl Behaviour {
@@ -75,7 +94,23 @@ impl Behaviour {
             pattern,
             answer: Answer::AtOnce,
             marker_pause: Duration::ZERO,
+            marker_spacing: Duration::ZERO,
             transfer_hold: Duration::ZERO,
+            flaw: None,
+        }
+    }
+
+    /// A quick branch with `flaw`, whose snapshots take long enough (markers after 300 ms,
+    /// 60 ms apart) for an early ask to come before the record is finished and for channels
+    /// between non-initiators to carry money; serving one frame per connection.
+    pub fn flawed(flaw: Option<Flaw>, answer: Answer) -> Self {
+        Self {
+            pattern: ControllerPattern::OneFramePerConnection,
+            answer,
+            marker_pause: Duration::from_millis(300),
+            marker_spacing: Duration::from_millis(60),
+            transfer_hold: Duration::ZERO,
+            flaw,
         }
     }
 
@@ -86,7 +121,9 @@ impl Behaviour {
             pattern,
             answer: Answer::OnceRecorded,
             marker_pause: Duration::from_secs(1),
+            marker_spacing: Duration::ZERO,
             transfer_hold: Duration::from_millis(400),
+            flaw: None,
         }
     }
 }
@@ -141,7 +178,10 @@ impl Bank {
             },
         );
         std::thread::sleep(self.behaviour.marker_pause);
-        for stream in self.out.iter_mut().flatten() {
+        for (k, stream) in self.out.iter_mut().flatten().enumerate() {
+            if k > 0 {
+                std::thread::sleep(self.behaviour.marker_spacing);
+            }
             let _ = v1::write(stream, Msg::Marker(v1::Marker { snapshot_id: id }));
         }
     }
@@ -163,8 +203,8 @@ impl Bank {
     }
 
     /// The answer to `RetrieveSnapshot(id)`: `channel_state` has one entry per other branch,
-    /// in all_branches order. `None` when the branch answers only finished records and this
-    /// one is not.
+    /// in all_branches order (unless the branch's flaw says otherwise). `None` when the branch
+    /// answers only finished records and this one is not.
     fn answer(&self, id: u32) -> Option<v1::LocalSnapshot> {
         let others = (0..self.names.len()).filter(|&k| k != self.me);
         let finished = self
@@ -174,16 +214,24 @@ impl Bank {
         if self.behaviour.answer == Answer::OnceRecorded && !finished {
             return None;
         }
-        let (balance, channel_state): (i64, Vec<u32>) = match self.snapshots.get(&id) {
+        let (balance, mut channel_state): (i64, Vec<u32>) = match self.snapshots.get(&id) {
             Some(snap) => (
                 snap.balance,
                 others.map(|k| snap.channel[k] as u32).collect(),
             ),
             None => (0, others.map(|_| 0).collect()),
         };
+        match self.behaviour.flaw {
+            Some(Flaw::ReversedChannels) => channel_state.reverse(),
+            Some(Flaw::MissingChannel) => {
+                channel_state.pop();
+            }
+            Some(Flaw::Overdraws) | None => {}
+        }
         Some(v1::LocalSnapshot {
             snapshot_id: id,
-            balance: balance as u32,
+            // A 32-bit int, as Java's: a negative balance wraps.
+            balance: balance as i32 as u32,
             channel_state,
         })
     }
@@ -469,7 +517,7 @@ fn connect_peers(shared: &Arc<Shared>, branches: Vec<v1::Branch>, me: usize) {
 }
 
 /// Sends 1-5 % of the initial balance to a random peer every 1-5 ms (plus the behaviour's hold,
-/// the lock held), while it has the money.
+/// the lock held), while it has the money; a branch that overdraws sends 40-80 % whether or not.
 fn generate(shared: &Arc<Shared>) {
     let mut rng = shared.seed | 1;
     let mut next = move || {
@@ -485,9 +533,14 @@ fn generate(shared: &Arc<Shared>) {
             continue;
         };
         std::thread::sleep(bank.behaviour.transfer_hold);
-        let percent = 1 + next() % 5;
+        let overdraws = bank.behaviour.flaw == Some(Flaw::Overdraws);
+        let percent = if overdraws {
+            40 + next() % 41
+        } else {
+            1 + next() % 5
+        };
         let amount = (bank.initial * percent / 100).max(1);
-        if bank.balance < amount as i64 {
+        if bank.balance < amount as i64 && !overdraws {
             continue;
         }
         let peers: Vec<usize> = (0..bank.names.len()).filter(|&k| k != bank.me).collect();
