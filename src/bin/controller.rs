@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 when every snapshot was complete and summed to the total, 1 otherwise (or when
 //! the branches cannot be reached, another controller holds the bank's controller lease or took
-//! it over, or `--web` cannot bind its address), 2 for bad input.
+//! it over, or `--web` cannot bind its address), 2 for bad input. With `--grade`: 0 when every
+//! rule of the report card passed, 1 otherwise.
 //!
 //! Ctrl-C (SIGINT) and SIGTERM both stop it the same way: the reports finished so far are
 //! printed, the snapshots still in flight are listed on stderr, and it exits with the code
@@ -21,6 +22,7 @@ use snapbank::auth::Secret;
 use snapbank::config::load_branches;
 use snapbank::controller::checkpoint::dir::{CheckpointWriter, now_unix_ms};
 use snapbank::controller::checkpoint::{self, Checkpoint};
+use snapbank::controller::grade::ReportCard;
 use snapbank::controller::rollback::RollbackDone;
 use snapbank::controller::{
     BranchLoss, CompatConfig, CompatMode, ControllerConfig, ControllerError, Restore, RollbackSink,
@@ -84,15 +86,23 @@ struct Args {
     #[arg(long, default_value_t = snapbank::web::DEFAULT_KEEP, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     web_history: usize,
     /// Drive branches that speak only the exercise's original schema, with the connection
-    /// pattern they expect: no handshake, no heartbeats, no wait_ms; retrieve after
-    /// --retrieve-delay-ms.
+    /// pattern they expect: no handshake, no heartbeats, no wait_ms; each branch is asked for
+    /// its record --retrieve-delay-ms after InitSnapshot, and again with capped backoff while
+    /// its answer falls short, until --retrieve-timeout-ms.
     #[arg(long, value_enum, conflicts_with_all = ["secret_file", "attach"])]
     compat: Option<Compat>,
-    /// With --compat: milliseconds between InitSnapshot and RetrieveSnapshot (such branches
-    /// answer at once, with whatever they hold).
+    /// With --compat: milliseconds between InitSnapshot and the first RetrieveSnapshot. A
+    /// branch that answers nothing, another snapshot's record, a channel_state of the wrong
+    /// length, or records that do not add up, is asked again (no tuning needed).
     #[arg(long, requires = "compat",
           default_value_t = snapbank::controller::compat::DEFAULT_RETRIEVE_DELAY.as_millis() as u64)]
     retrieve_delay_ms: u64,
+    /// With --compat: grade the branches' implementation of the exercise instead of printing
+    /// snapshots: probe each with bad frames, ask for every record from right after
+    /// InitSnapshot and twice, then print one line per rule, pass or fail, with the evidence
+    /// (--format json: one JSON object). Exit 0 when every rule passed, 1 otherwise.
+    #[arg(long, requires = "compat", conflicts_with_all = ["web", "checkpoint_dir"])]
+    grade: bool,
     /// Write every ok snapshot to this directory (created if missing) as a checkpoint file a
     /// bank can be restored from.
     #[arg(long, value_name = "DIR")]
@@ -239,6 +249,9 @@ fn main() -> ExitCode {
         ..ControllerConfig::new(args.total, branches.clone())
     };
     let format = args.format;
+    let grading = args.grade;
+    let graded: Rc<std::cell::RefCell<Vec<SnapshotReport>>> = Rc::default();
+    let grade_reports = graded.clone();
     let report_view = web_view.clone();
     let checkpoints = Rc::new(std::cell::RefCell::new(checkpoints));
     let checkpoint_writer = checkpoints.clone();
@@ -250,6 +263,10 @@ fn main() -> ExitCode {
         }
         if let Some(view) = &report_view {
             view.add_report(report);
+        }
+        if grading {
+            grade_reports.borrow_mut().push(report.clone());
+            return;
         }
         let text = match format {
             Format::Text => report.to_text(),
@@ -266,8 +283,17 @@ fn main() -> ExitCode {
             Compat::Persistent => CompatMode::Persistent,
             Compat::PerCommand => CompatMode::PerCommand,
         },
-        retrieve_delay: Duration::from_millis(args.retrieve_delay_ms),
+        // Grading asks right after InitSnapshot: an answer before the record is finished shows.
+        retrieve_delay: if args.grade {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(args.retrieve_delay_ms)
+        },
+        grade: args.grade,
     });
+    let grade_mode = compat.as_ref().map(|compat| compat.mode);
+    let names: Vec<String> = config.branches.iter().map(|b| b.name.clone()).collect();
+    let total = args.total;
     let system = actix_rt::System::new();
     // Bind the web view before reaching the branches, so a bad address fails at once.
     let _web_server = match web_view.zip(args.web) {
@@ -300,6 +326,22 @@ fn main() -> ExitCode {
     // The checkpoints still queued are written before the controller exits.
     if let Some(writer) = checkpoints.borrow_mut().take() {
         writer.finish();
+    }
+    if let (true, Some(mode), Ok(summary)) = (grading, grade_mode, &outcome) {
+        let card = ReportCard::grade(&names, total, mode, &graded.borrow(), &summary.probes);
+        let text = match format {
+            Format::Text => card.to_text(),
+            Format::Json => card.to_json() + "\n",
+        };
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush());
+        return if card.all_pass() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
     }
     match outcome {
         Ok(summary) if summary.all_ok() => ExitCode::SUCCESS,

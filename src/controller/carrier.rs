@@ -167,6 +167,10 @@ pub(super) trait Carrier: Actor<Context = Context<Self>> + StreamHandler<LinkEve
     /// Branch `index`'s current link went down, for `reason`: bring it back.
     fn on_link_down(&mut self, index: usize, reason: String, ctx: &mut Context<Self>);
 
+    /// Snapshot `id`'s retrieve deadline has passed and its empty slots are about to say so: a
+    /// controller holding answers it has not filed yet (the compat driver's) files them now.
+    fn before_expiry(&mut self, _id: u32) {}
+
     /// `report` was handed out (a controller that rolls banks back keeps the latest ok one).
     fn reported(&mut self, _report: &SnapshotReport) {}
 
@@ -247,6 +251,7 @@ pub(super) trait Carrier: Actor<Context = Context<Self>> + StreamHandler<LinkEve
         let run = self.run();
         run.collector.open(id, Instant::now());
         let expiring = ctx.run_later(run.config.retrieve_timeout, move |controller, ctx| {
+            controller.before_expiry(id);
             controller.run().collector.expire(id, Instant::now());
             controller.carry(ctx);
         });

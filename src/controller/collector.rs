@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use log::warn;
 
+use super::report::AskNotes;
 use super::schedule::UnfinishedSnapshot;
 use super::{ControllerConfig, RunSummary, SnapshotReport};
 use crate::wire::pb;
@@ -90,6 +91,8 @@ struct InFlight {
     answers: Vec<Slot>,
     /// The bank epoch it was started in.
     epoch: u64,
+    /// The compat driver's asks, for the report.
+    notes: Option<AskNotes>,
 }
 
 /// What became of a branch's answer.
@@ -255,6 +258,7 @@ impl Collector {
                 deadline: None,
                 answers: vec![None; self.names.len()],
                 epoch: self.epoch,
+                notes: None,
             },
         );
         let summary = &mut self.summary;
@@ -277,6 +281,11 @@ impl Collector {
         let left = deadline.saturating_duration_since(now);
         let wait = left.saturating_sub(answer_margin(self.retrieve_timeout));
         Some(u32::try_from(wait.as_millis()).unwrap_or(u32::MAX))
+    }
+
+    /// How long ago snapshot `id` started; `None` when it is not in flight.
+    pub(super) fn elapsed(&self, id: u32, now: Instant) -> Option<Duration> {
+        Some(now.saturating_duration_since(self.in_flight.get(&id)?.started))
     }
 
     /// When snapshot `id`'s retrieval ends; `None` when it is not open (or it is over).
@@ -311,6 +320,13 @@ impl Collector {
         snapshot.answers[index] = Some(answer);
         self.try_finish(id, now);
         Answer::Filed { elapsed }
+    }
+
+    /// The compat driver's asks for snapshot `id`, for its report (given before its last answer).
+    pub(super) fn note(&mut self, id: u32, notes: AskNotes) {
+        if let Some(snapshot) = self.in_flight.get_mut(&id) {
+            snapshot.notes = Some(notes);
+        }
     }
 
     /// A request for snapshot `id` to branch `index` got no record, for `reason`.
@@ -446,6 +462,7 @@ impl Collector {
             now.saturating_duration_since(snapshot.started),
         );
         report.epoch = snapshot.epoch;
+        report.asking = snapshot.notes;
         self.progress.finished.push(id);
         self.held.insert(id, report);
         while let Some(report) = self.held.remove(&self.next_to_emit) {

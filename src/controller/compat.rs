@@ -3,10 +3,13 @@
 //!
 //! What the normal [`super::ControllerActor`] relies on and such branches lack:
 //! - `RetrieveSnapshot.wait_ms`: they answer at once with whatever they hold (a partial record,
-//!   an empty one, or nothing for a snapshot they have not seen). So this driver waits
-//!   [`CompatConfig::retrieve_delay`] after `InitSnapshot` before it retrieves, and sends no
-//!   `wait_ms` (a snapbank branch in a bank without a secret then holds its answer until the
-//!   record is finished).
+//!   an empty one), or not at all for a snapshot they have not recorded (closing the
+//!   connection, or saying nothing). So this driver first asks
+//!   [`CompatConfig::retrieve_delay`] after `InitSnapshot`, without `wait_ms` (a snapbank branch
+//!   in a bank without a secret then holds its answer until the record is finished), and asks
+//!   again, with capped backoff until the retrieve timeout, every branch whose answer fell
+//!   short: the `asking` module's rules. The report says how many asks each branch needed,
+//!   and names a record that changed between asks.
 //! - Heartbeats and handshakes: none are sent. `InitBranch` goes without a secret.
 //! - One connection pattern: they disagree, and the two patterns conflict, so [`CompatMode`]
 //!   picks one. [`CompatMode::Persistent`]: one connection per branch carries every command
@@ -23,12 +26,13 @@
 //!
 //! Lost connections: in persistent mode a lost connection is redialled plainly (no handshake:
 //! the branches know none) with capped, jittered backoff, and the retrievals still unanswered on
-//! it are sent again. `InitSnapshot` is not sent again (an original branch may start a snapshot
+//! it are asked again. `InitSnapshot` is not sent again (an original branch may start a snapshot
 //! it is told twice over again), and a branch that serves only the first connection it accepted
 //! will not serve the new one: its snapshots end incomplete. Per-command mode has no connection
 //! to lose between commands; a command whose connection fails is retried until the snapshot's
 //! deadline.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -40,16 +44,19 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_util::codec::FramedRead;
 
+use super::asking::{ANSWER_PATIENCE, Asking, Next};
 use super::carrier::{Carrier, LinkEvent, Run, plain, warn_unreachable};
-use super::{ControllerConfig, ControllerError, RunSummary, SnapshotReport};
+use super::grade;
+use super::{AskNotes, ControllerConfig, ControllerError, RunSummary, SnapshotReport};
 use crate::backoff::Backoff;
 use crate::dial::{Dialer, Never, Step};
 use crate::wire::pb::return_snapshot::LocalSnapshot;
 use crate::wire::{self, Body, FrameCodec, pb};
 
-/// Default of [`CompatConfig::retrieve_delay`]: far longer than a snapshot takes on any bank
-/// that is not broken, as the exercise's own controllers wait.
-pub const DEFAULT_RETRIEVE_DELAY: Duration = Duration::from_secs(3);
+/// Default of [`CompatConfig::retrieve_delay`]: longer than a snapshot takes on a bank whose
+/// branches send their markers at once (milliseconds), so such a bank is answered at the first
+/// ask. Slower branches are asked again until the retrieve timeout, so this needs no tuning.
+pub const DEFAULT_RETRIEVE_DELAY: Duration = Duration::from_millis(100);
 
 /// First pause between two attempts to reach a branch; doubles up to [`MAX_RETRY_DELAY`].
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(10);
@@ -76,9 +83,12 @@ pub enum CompatMode {
 pub struct CompatConfig {
     /// The connection pattern.
     pub mode: CompatMode,
-    /// Pause between `InitSnapshot` and `RetrieveSnapshot`: the branches answer at once, so
-    /// the snapshot must be finished everywhere by then.
+    /// Pause between `InitSnapshot` and the first `RetrieveSnapshot`. A branch whose answer
+    /// falls short then is asked again, with capped backoff, until the retrieve timeout.
     pub retrieve_delay: Duration,
+    /// Grade the branches (`--grade`): probe each with bad frames before the snapshots, and
+    /// ask for every record twice.
+    pub grade: bool,
 }
 
 impl CompatConfig {
@@ -87,6 +97,7 @@ impl CompatConfig {
         Self {
             mode,
             retrieve_delay: DEFAULT_RETRIEVE_DELAY,
+            grade: false,
         }
     }
 }
@@ -204,7 +215,7 @@ async fn send_one(
 /// Asks the branch at `addr` for its record of snapshot `id` on a connection of its own, and
 /// reads the answer from it. The write side stays open while waiting: a branch holding the
 /// request until its record is finished must be able to answer.
-async fn ask(
+async fn ask_once(
     addr: SocketAddr,
     id: u32,
     deadline: Instant,
@@ -266,6 +277,8 @@ fn retry_backoff() -> Backoff {
 pub struct CompatController {
     run: Run,
     compat: CompatConfig,
+    /// The asks of each snapshot whose retrieval is open, until its answers are filed.
+    asking: HashMap<u32, Asking>,
 }
 
 impl CompatController {
@@ -284,6 +297,7 @@ impl CompatController {
             let mut controller = CompatController {
                 run: Run::new(config, first_id, false, on_report, done),
                 compat,
+                asking: HashMap::new(),
             };
             for (index, (stream, init)) in links.into_iter().enumerate() {
                 controller.install(index, plain(stream, max_frame), ctx);
@@ -318,56 +332,149 @@ impl CompatController {
         ));
     }
 
-    /// The retrieve delay is over: asks every branch for its record of snapshot `id`.
+    /// The first ask's delay is over: asks every branch for its record of snapshot `id`.
     fn retrieve(&mut self, id: u32, ctx: &mut Context<Self>) {
         if !self.run.collector.in_flight(id) {
             return;
         }
         self.open_retrieval(id, ctx);
-        for index in 0..self.run.collector.names().len() {
+        let names = self.run.collector.names().to_vec();
+        let mut asking = Asking::new(id, &names, self.run.config.total);
+        if self.compat.grade {
+            asking = asking.confirming();
+        }
+        self.asking.insert(id, asking);
+        for index in 0..names.len() {
             self.request_record(index, id, ctx);
         }
     }
 
     /// Sends `RetrieveSnapshot(id)`, without `wait_ms`, to branch `index`: on its persistent
-    /// connection if it is up (else it goes when the connection is back), or on a new one.
+    /// connection (an ask while it is down falls short at once), or on a new one, whose answer
+    /// is read until the deadline. Either way the branch is asked again if no answer comes
+    /// within [`ANSWER_PATIENCE`].
     fn request_record(&mut self, index: usize, id: u32, ctx: &mut Context<Self>) {
         let Some(deadline) = self.run.collector.deadline(id) else {
             return;
         };
+        let Some(asking) = self.asking.get_mut(&id) else {
+            return;
+        };
+        let ask = asking.asking(index);
         let request = Body::RetrieveSnapshot(pb::RetrieveSnapshot {
             snapshot_id: id,
             wait_ms: 0,
         });
+        ctx.run_later(ANSWER_PATIENCE, move |controller, ctx| {
+            let reason = format!("said nothing within {} ms", ANSWER_PATIENCE.as_millis());
+            controller.no_answer(index, id, ask, reason, ctx);
+        });
         if let Some(link) = self.run.links.get(index) {
-            if let Some(outbox) = &link.outbox {
-                outbox.push(request);
+            match &link.outbox {
+                Some(outbox) => {
+                    outbox.push(request);
+                }
+                None => {
+                    let reason = "its connection was down".to_string();
+                    self.no_answer(index, id, ask, reason, ctx);
+                }
             }
             return;
         }
         let addr = self.run.config.branches[index].addr;
-        let asking = ask(addr, id, deadline, self.run.config.max_frame);
-        ctx.spawn(
-            actix::fut::wrap_future::<_, Self>(asking).map(
-                move |result, controller, ctx| match result {
-                    Ok(local) => {
-                        if local.snapshot_id != id {
-                            warn!(
-                                "branch {} answered for snapshot {} on the connection that asked for snapshot {id}",
-                                controller.run.name(index), local.snapshot_id
-                            );
-                        }
-                        controller.file_answer(index, local);
-                        controller.carry(ctx);
-                    }
-                    Err(reason) => {
-                        let collector = &mut controller.run.collector;
-                        collector.on_failure(index, id, reason, Instant::now());
-                        controller.carry(ctx);
-                    }
-                },
+        let asking = ask_once(addr, id, deadline, self.run.config.max_frame);
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(asking).map(
+            move |result, controller, ctx| match result {
+                Ok(local) => controller.answered(index, id, Some(ask), local, ctx),
+                Err(reason) => controller.no_answer(index, id, ask, reason, ctx),
+            },
+        ));
+    }
+
+    /// Branch `index` answered `local` for snapshot `id` (on the connection of its ask number
+    /// `ask`, or on its persistent connection when `None`).
+    fn answered(
+        &mut self,
+        index: usize,
+        id: u32,
+        ask: Option<u32>,
+        local: LocalSnapshot,
+        ctx: &mut Context<Self>,
+    ) {
+        let elapsed = self.run.collector.elapsed(id, Instant::now());
+        match (self.asking.get_mut(&id), elapsed) {
+            (Some(asking), Some(elapsed)) => {
+                asking.answered(index, ask, local, elapsed);
+                self.decide(id, ctx);
+            }
+            _ => debug!(
+                "branch {} answered for snapshot {id}, which is not being asked for; ignored",
+                self.run.name(index)
             ),
+        }
+    }
+
+    /// Ask number `ask` of branch `index` for snapshot `id` got no record, for `reason`.
+    fn no_answer(
+        &mut self,
+        index: usize,
+        id: u32,
+        ask: u32,
+        reason: String,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Some(asking) = self.asking.get_mut(&id) {
+            asking.no_answer(index, ask, reason);
+            self.decide(id, ctx);
+        }
+    }
+
+    /// Acts on what snapshot `id`'s asks say to do next.
+    fn decide(&mut self, id: u32, ctx: &mut Context<Self>) {
+        let Some(asking) = self.asking.get_mut(&id) else {
+            return;
+        };
+        match asking.next() {
+            Next::Wait => {}
+            Next::AskAgain(again) => {
+                for (index, pause) in again {
+                    ctx.run_later(pause, move |controller, ctx| {
+                        controller.request_record(index, id, ctx)
+                    });
+                }
+            }
+            Next::Done(answers) => {
+                if let Some(asking) = self.asking.remove(&id) {
+                    self.file(id, &asking, answers);
+                    self.carry(ctx);
+                }
+            }
+        }
+    }
+
+    /// Files `answers` (one per branch) for snapshot `id`, with what `asking` noted.
+    fn file(&mut self, id: u32, asking: &Asking, answers: Vec<Result<LocalSnapshot, String>>) {
+        for finding in asking.findings() {
+            warn!("{finding}");
+        }
+        let collector = &mut self.run.collector;
+        collector.note(
+            id,
+            AskNotes {
+                asks: asking.asks(),
+                findings: asking.findings().to_vec(),
+                shortfalls: asking.shortfalls().to_vec(),
+            },
         );
+        let now = Instant::now();
+        for (index, answer) in answers.into_iter().enumerate() {
+            match answer {
+                Ok(local) => {
+                    collector.on_answer(index, local, now);
+                }
+                Err(reason) => collector.on_failure(index, id, reason, now),
+            }
+        }
     }
 
     /// Branch `index` is reachable again: re-sends the retrievals still unanswered by it.
@@ -392,6 +499,14 @@ impl Carrier for CompatController {
         &mut self.run
     }
 
+    /// Files each branch's latest record, or its last shortfall, before the deadline's words.
+    fn before_expiry(&mut self, id: u32) {
+        if let Some(asking) = self.asking.remove(&id) {
+            let answers = asking.conclude();
+            self.file(id, &asking, answers);
+        }
+    }
+
     /// Sends `InitSnapshot` to the initiator and schedules the retrieval after the delay.
     fn begin_snapshot(&mut self, id: u32, initiator: usize, ctx: &mut Context<Self>) {
         self.send(
@@ -408,8 +523,8 @@ impl Carrier for CompatController {
     fn on_body(&mut self, index: usize, body: Body, ctx: &mut Context<Self>) {
         match body {
             Body::ReturnSnapshot(pb::ReturnSnapshot { local_snapshot }) => {
-                self.file_answer(index, local_snapshot.unwrap_or_default());
-                self.carry(ctx);
+                let local = local_snapshot.unwrap_or_default();
+                self.answered(index, local.snapshot_id, None, local, ctx);
             }
             Body::Refusal(pb::Refusal { reason, .. }) => self.refused(index, reason, ctx),
             other => self.ignore(index, &other),
@@ -446,8 +561,25 @@ impl Carrier for CompatController {
 impl Actor for CompatController {
     type Context = Context<Self>;
 
+    /// Begins the run; when grading, first probes every branch with bad frames (after the
+    /// `InitBranch` already sent) and keeps how each went for the summary.
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.begin_run(ctx);
+        if !self.compat.grade {
+            return self.begin_run(ctx);
+        }
+        let probing = futures_util::future::join_all(
+            self.run
+                .config
+                .branches
+                .iter()
+                .map(|branch| grade::probe_branch(branch.name.clone(), branch.addr)),
+        );
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(probing).map(|probes, controller, ctx| {
+                controller.run.collector.summary.probes = probes.into_iter().flatten().collect();
+                controller.begin_run(ctx);
+            }),
+        );
     }
 }
 

@@ -5,10 +5,14 @@
 //!   the exercise's original schema, as the exercise's own controllers do.
 //! - [`report`]: [`SnapshotReport`], assembled from the branches' records, with its verdict and
 //!   text/JSON forms.
+//! - `asking`: how the compat driver asks original-schema branches again, with capped backoff,
+//!   until their answers will do, with no I/O.
 //! - `collector`: what both controllers decide, with no I/O: in-flight snapshots, deadlines,
 //!   answers, initiators, the words for a status that is no record, reports in id order.
 //! - `carrier`: the actix glue both controllers share to carry those decisions: the schedule,
 //!   timers, persistent links and the end of a run.
+//! - [`grade`]: the report card of an implementation's branches (`--compat MODE --grade`):
+//!   the probes with bad frames, and one verdict per rule with its evidence.
 //! - [`checkpoint`]: ok snapshots as self-describing files (`--checkpoint-dir`), written
 //!   atomically and pruned to the newest N, and read back to restore a bank (`--restore`).
 //! - `schedule`: the ticks (skipping those a stall missed) and what a run stopped early lists.
@@ -21,10 +25,12 @@
 //! knows the original schema ignores `wait_ms` and answers at once.
 
 pub mod actor;
+mod asking;
 mod carrier;
 pub mod checkpoint;
 mod collector;
 pub mod compat;
+pub mod grade;
 pub mod observer;
 pub mod report;
 pub mod rollback;
@@ -41,7 +47,9 @@ use tokio_util::sync::CancellationToken;
 pub use actor::ControllerActor;
 pub use compat::{CompatConfig, CompatMode, run_compat_controller};
 pub use observer::ControllerObserver;
-pub use report::{BranchRecord, BranchState, SnapshotReport, Verdict};
+pub use report::{
+    AskNotes, BranchRecord, BranchState, Shortfall, ShortfallKind, SnapshotReport, Verdict,
+};
 pub use schedule::UnfinishedSnapshot;
 
 use crate::auth::Secret;
@@ -214,6 +222,9 @@ pub struct RunSummary {
     /// When the run was stopped early ([`ControllerConfig::stop`]): the snapshots started and
     /// not reported, in id order.
     pub unfinished: Vec<UnfinishedSnapshot>,
+    /// With `--compat --grade`: the bad frames sent to each branch before the snapshots, and
+    /// how each went.
+    pub probes: Vec<grade::Probe>,
 }
 
 impl RunSummary {

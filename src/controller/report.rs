@@ -64,6 +64,44 @@ pub enum Verdict {
     Incomplete,
 }
 
+/// How the compat driver's asks for one snapshot went (`controller --compat`): original-schema
+/// branches answer at once or not at all, so each is asked until its answer will do.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AskNotes {
+    /// How many asks each branch was given, in branches-file order.
+    pub asks: Vec<u32>,
+    /// Records that changed between asks, in words: an implementation's defect worth naming,
+    /// since a controller that asks once would have taken the first.
+    pub findings: Vec<String>,
+    /// The answers that fell short, once per branch and kind, for the report card.
+    pub shortfalls: Vec<Shortfall>,
+}
+
+/// One way a branch's answer fell short, once per snapshot (`controller --compat --grade`
+/// names the rule each breaks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shortfall {
+    /// The branch's index in branches-file order.
+    pub branch: usize,
+    /// What kind of shortfall.
+    pub kind: ShortfallKind,
+    /// In words.
+    pub detail: String,
+}
+
+/// The kinds of answer that fall short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShortfallKind {
+    /// The connection closed unanswered, or nothing came in time.
+    NoAnswer,
+    /// A record of another snapshot id.
+    OtherSnapshot,
+    /// A `channel_state` of the wrong length.
+    ChannelCount,
+    /// A snapbank branch still recording.
+    StillRecording,
+}
+
 /// One global snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotReport {
@@ -85,6 +123,8 @@ pub struct SnapshotReport {
     pub verdict: Verdict,
     /// The bank epoch the snapshot was taken in: 0 until the bank's first rollback.
     pub epoch: u64,
+    /// With `--compat`: the asks each branch needed and what changed between them.
+    pub asking: Option<AskNotes>,
 }
 
 impl SnapshotReport {
@@ -123,6 +163,7 @@ impl SnapshotReport {
             epoch: 0,
             audit,
             verdict,
+            asking: None,
         }
     }
 
@@ -163,6 +204,18 @@ impl SnapshotReport {
             }
         }
         let _ = writeln!(out, "total: {}", self.verdict_text());
+        if let Some(notes) = &self.asking {
+            let asks: Vec<String> = self
+                .branches
+                .iter()
+                .zip(&notes.asks)
+                .map(|(branch, asks)| format!("{} {asks}", branch.name))
+                .collect();
+            let _ = writeln!(out, "asks: {}", asks.join(", "));
+            for finding in &notes.findings {
+                let _ = writeln!(out, "finding: {finding}");
+            }
+        }
         out
     }
 
@@ -241,7 +294,7 @@ impl SnapshotReport {
                     .collect::<Vec<_>>(),
             })
         });
-        json!({
+        let mut object = json!({
             "snapshot_id": self.id,
             "epoch": self.epoch,
             "initiator": self.initiator,
@@ -251,8 +304,18 @@ impl SnapshotReport {
             "expected_total": self.expected_total,
             "verdict": verdict,
             "consistency": consistency,
-        })
-        .to_string()
+        });
+        if let Some(notes) = &self.asking {
+            let asks: serde_json::Map<String, serde_json::Value> = self
+                .branches
+                .iter()
+                .zip(&notes.asks)
+                .map(|(branch, &asks)| (branch.name.clone(), asks.into()))
+                .collect();
+            object["asks"] = asks.into();
+            object["findings"] = notes.findings.clone().into();
+        }
+        object.to_string()
     }
 }
 

@@ -7,10 +7,15 @@
 //! - our `controller --compat` driving their branches: `per-command` against branches that
 //!   read one frame per connection, `persistent` against branches that serve only their first
 //!   connection; and the wrong mode failing, as it must;
-//! - `--compat` driving our own branches too.
+//! - `--compat` with its default settings driving slow branches (markers after a pause, records
+//!   answered only once finished, the connection closed unanswered before), in both modes;
+//! - `--compat` driving our own branches too;
+//! - the report card (`--grade`, in `grading`): our branches pass every rule, and each broken
+//!   branch is caught with its rule named.
 
 #[path = "../common/mod.rs"]
 mod common;
+mod grading;
 mod original_branch;
 mod original_controller;
 mod v1;
@@ -20,7 +25,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use original_branch::{ControllerPattern, OriginalBank};
+use original_branch::{Behaviour, ControllerPattern, OriginalBank};
 use original_controller::Pattern;
 use snapbank::local_bank::{LocalBank, output_within};
 
@@ -300,6 +305,75 @@ fn compat_persistent_drives_branches_that_serve_only_their_first_connection() {
         // InitBranch and three RetrieveSnapshot at least, all on that one connection.
         assert!(stats.commands.load(Ordering::Relaxed) >= 4);
     }
+}
+
+/// The asks each branch needed, per snapshot, from the `asks: b1 2, b2 3` lines of a report.
+fn asks_per_snapshot(stdout: &str) -> Vec<Vec<(String, u32)>> {
+    stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("asks: "))
+        .map(|asks| {
+            asks.split(", ")
+                .map(|entry| {
+                    let (name, count) = entry.split_once(' ').expect("`name count`");
+                    (name.to_string(), count.parse().expect("a count of asks"))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Four slow branches serving `pattern`, driven by `--compat mode` with the default retrieval
+/// settings: every snapshot ok, each branch asked more than once (no record can be finished
+/// at the first ask, which comes before the initiator's marker pause is over), the asks said
+/// in the report, and the branches having left asks unanswered.
+fn compat_defaults_drive_slow_branches(pattern: ControllerPattern, mode: &str) {
+    let bank = OriginalBank::start_with(4, Behaviour::slow(pattern));
+    let output = controller(
+        &bank.branches_file(),
+        &[
+            "--compat",
+            mode,
+            "--interval-ms",
+            "1000",
+            "--snapshots",
+            "3",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    print!("{stdout}");
+    assert_all_ok(
+        &output,
+        3,
+        "sum only, no channel counters from b1, b2, b3, b4",
+    );
+    let asks = asks_per_snapshot(&stdout);
+    assert_eq!(asks.len(), 3, "{stdout}");
+    for snapshot in &asks {
+        let names: Vec<&str> = snapshot.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["b1", "b2", "b3", "b4"], "{stdout}");
+        for (name, count) in snapshot {
+            assert!(*count >= 2, "{name} answered at its first ask: {stdout}");
+        }
+    }
+    assert!(!stdout.contains("finding:"), "{stdout}");
+    for branch in &bank.branches {
+        let unanswered = branch.stats().unanswered.load(Ordering::Relaxed);
+        assert!(
+            unanswered >= 1,
+            "a branch that never left an ask unanswered"
+        );
+    }
+}
+
+#[test]
+fn compat_per_command_defaults_drive_branches_that_close_until_recorded() {
+    compat_defaults_drive_slow_branches(ControllerPattern::OneFramePerConnection, "per-command");
+}
+
+#[test]
+fn compat_persistent_defaults_drive_branches_that_say_nothing_until_recorded() {
+    compat_defaults_drive_slow_branches(ControllerPattern::Persistent, "persistent");
 }
 
 #[test]

@@ -9,9 +9,15 @@
 //! - [`ControllerPattern::Persistent`]: the first connection it accepts (that is not a peer's)
 //!   is the controller's and is read until it closes; any later one is closed unread.
 //!
-//! Like them it ignores everything it does not know: `RetrieveSnapshot` is answered at once
-//! with whatever it holds (a partial record while still recording; zeros for a snapshot it has
-//! not seen).
+//! Like them it ignores everything it does not know. By default `RetrieveSnapshot` is answered
+//! at once with whatever it holds (a partial record while still recording; zeros for a
+//! snapshot it has not seen). A [`Behaviour`] makes it behave as other implementations do:
+//! - slow, as a public Java implementation is: markers sent after a pause, transfers holding
+//!   the lock across a sleep, and a `RetrieveSnapshot` answered only once the record is
+//!   finished ([`Answer::OnceRecorded`]: before that the connection is closed unanswered, or,
+//!   on the persistent controller connection, the request goes unanswered);
+//! - broken in one way ([`Flaw`]), for the report card to catch: `channel_state` in reverse
+//!   order, one channel missing, balances let go negative.
 //!
 //! Peer identification, which the original schema does not provide, is this test's own and
 //! uses v1 messages only: a branch opens one connection to every other branch after its
@@ -40,6 +46,88 @@ pub enum ControllerPattern {
     Persistent,
 }
 
+/// When a branch answers a `RetrieveSnapshot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// At once, with whatever it holds (partial, or zeros for a snapshot it has not seen).
+    AtOnce,
+    /// Only once its record is finished (every incoming channel's marker in); before that it
+    /// closes the connection unanswered (one frame per connection) or ignores the request (on
+    /// the persistent controller connection).
+    OnceRecorded,
+}
+
+/// A defect of the exercise seen in implementations, for the report card to name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flaw {
+    /// `channel_state` lists the other branches in reverse `all_branches` order.
+    ReversedChannels,
+    /// `channel_state` leaves out the last other branch.
+    MissingChannel,
+    /// Transfers go out whether or not the money is there, so balances go negative (sent as a
+    /// 32-bit int, as Java's `int` is: a negative one reads as a number of 2^31 or more).
+    Overdraws,
+}
+
+/// How an original-schema branch behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct Behaviour {
+    /// Which controller connections it serves.
+    pub pattern: ControllerPattern,
+    /// When it answers a `RetrieveSnapshot`.
+    pub answer: Answer,
+    /// Pause between recording its state and sending its markers, the lock held.
+    pub marker_pause: Duration,
+    /// Pause before each marker after the first, the lock held: a branch's peers record one
+    /// after another, so channels between them carry money in transit.
+    pub marker_spacing: Duration,
+    /// How long a transfer holds the lock (sleeping) before it goes out.
+    pub transfer_hold: Duration,
+    /// A defect, or none.
+    pub flaw: Option<Flaw>,
+}
+
+impl Behaviour {
+    /// A quick branch answering at once, serving `pattern`.
+    pub fn quick(pattern: ControllerPattern) -> Self {
+        Self {
+            pattern,
+            answer: Answer::AtOnce,
+            marker_pause: Duration::ZERO,
+            marker_spacing: Duration::ZERO,
+            transfer_hold: Duration::ZERO,
+            flaw: None,
+        }
+    }
+
+    /// A quick branch with `flaw`, whose snapshots take long enough (markers after 300 ms,
+    /// 60 ms apart) for an early ask to come before the record is finished and for channels
+    /// between non-initiators to carry money; serving one frame per connection.
+    pub fn flawed(flaw: Option<Flaw>, answer: Answer) -> Self {
+        Self {
+            pattern: ControllerPattern::OneFramePerConnection,
+            answer,
+            marker_pause: Duration::from_millis(300),
+            marker_spacing: Duration::from_millis(60),
+            transfer_hold: Duration::ZERO,
+            flaw,
+        }
+    }
+
+    /// A branch as a public Java implementation behaves, serving `pattern`: markers after a
+    /// 1 s pause, transfers holding the lock for 400 ms, records answered only once finished.
+    pub fn slow(pattern: ControllerPattern) -> Self {
+        Self {
+            pattern,
+            answer: Answer::OnceRecorded,
+            marker_pause: Duration::from_secs(1),
+            marker_spacing: Duration::ZERO,
+            transfer_hold: Duration::from_millis(400),
+            flaw: None,
+        }
+    }
+}
+
 /// What a branch did with the connections it accepted, for the tests to check.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -49,11 +137,13 @@ pub struct Stats {
     pub controller_connections: AtomicUsize,
     /// Non-peer connections closed unread (persistent pattern: not the first one).
     pub refused_connections: AtomicUsize,
+    /// `RetrieveSnapshot`s left unanswered because the record was not finished.
+    pub unanswered: AtomicUsize,
 }
 
 /// One snapshot's record at one branch.
 struct Snap {
-    balance: u64,
+    balance: i64,
     /// Money recorded in transit, per branch index (all_branches order).
     channel: Vec<u64>,
     /// Incoming channels still recording, per branch index.
@@ -65,11 +155,12 @@ struct Bank {
     names: Vec<String>,
     me: usize,
     initial: u64,
-    balance: u64,
+    balance: i64,
     /// The connection to every other branch, by index; all set once `ready`.
     out: Vec<Option<TcpStream>>,
     ready: bool,
     snapshots: HashMap<u32, Snap>,
+    behaviour: Behaviour,
 }
 
 impl Bank {
@@ -86,13 +177,17 @@ impl Bank {
                 recording,
             },
         );
-        for stream in self.out.iter_mut().flatten() {
+        std::thread::sleep(self.behaviour.marker_pause);
+        for (k, stream) in self.out.iter_mut().flatten().enumerate() {
+            if k > 0 {
+                std::thread::sleep(self.behaviour.marker_spacing);
+            }
             let _ = v1::write(stream, Msg::Marker(v1::Marker { snapshot_id: id }));
         }
     }
 
     fn on_transfer(&mut self, from: usize, money: u32) {
-        self.balance += u64::from(money);
+        self.balance += i64::from(money);
         for snap in self.snapshots.values_mut() {
             if snap.recording[from] {
                 snap.channel[from] += u64::from(money);
@@ -107,29 +202,45 @@ impl Bank {
         }
     }
 
-    /// The answer to `RetrieveSnapshot(id)`, at once, whatever the record's state:
-    /// `channel_state` has one entry per other branch, in all_branches order.
-    fn answer(&self, id: u32) -> v1::LocalSnapshot {
+    /// The answer to `RetrieveSnapshot(id)`: `channel_state` has one entry per other branch,
+    /// in all_branches order (unless the branch's flaw says otherwise). `None` when the branch
+    /// answers only finished records and this one is not.
+    fn answer(&self, id: u32) -> Option<v1::LocalSnapshot> {
         let others = (0..self.names.len()).filter(|&k| k != self.me);
-        match self.snapshots.get(&id) {
-            Some(snap) => v1::LocalSnapshot {
-                snapshot_id: id,
-                balance: snap.balance as u32,
-                channel_state: others.map(|k| snap.channel[k] as u32).collect(),
-            },
-            None => v1::LocalSnapshot {
-                snapshot_id: id,
-                balance: 0,
-                channel_state: others.map(|_| 0).collect(),
-            },
+        let finished = self
+            .snapshots
+            .get(&id)
+            .is_some_and(|snap| !snap.recording.iter().any(|&r| r));
+        if self.behaviour.answer == Answer::OnceRecorded && !finished {
+            return None;
         }
+        let (balance, mut channel_state): (i64, Vec<u32>) = match self.snapshots.get(&id) {
+            Some(snap) => (
+                snap.balance,
+                others.map(|k| snap.channel[k] as u32).collect(),
+            ),
+            None => (0, others.map(|_| 0).collect()),
+        };
+        match self.behaviour.flaw {
+            Some(Flaw::ReversedChannels) => channel_state.reverse(),
+            Some(Flaw::MissingChannel) => {
+                channel_state.pop();
+            }
+            Some(Flaw::Overdraws) | None => {}
+        }
+        Some(v1::LocalSnapshot {
+            snapshot_id: id,
+            // A 32-bit int, as Java's: a negative balance wraps.
+            balance: balance as i32 as u32,
+            channel_state,
+        })
     }
 }
 
 struct Shared {
     name: String,
     addr: SocketAddr,
-    pattern: ControllerPattern,
+    behaviour: Behaviour,
     bank: Mutex<Option<Bank>>,
     changed: Condvar,
     controller_taken: AtomicBool,
@@ -189,13 +300,13 @@ pub struct OriginalBranch {
 }
 
 impl OriginalBranch {
-    pub fn start(name: &str, pattern: ControllerPattern, seed: u64) -> Self {
+    pub fn start(name: &str, behaviour: Behaviour, seed: u64) -> Self {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         listener.set_nonblocking(true).unwrap();
         let shared = Arc::new(Shared {
             name: name.to_string(),
             addr: listener.local_addr().unwrap(),
-            pattern,
+            behaviour,
             bank: Mutex::new(None),
             changed: Condvar::new(),
             controller_taken: AtomicBool::new(false),
@@ -283,7 +394,7 @@ fn serve_connection(shared: &Arc<Shared>, stream: &TcpStream) {
         let peer = hello.all_branches[0].name.clone();
         return serve_peer(shared, stream, &peer);
     }
-    match shared.pattern {
+    match shared.behaviour.pattern {
         ControllerPattern::OneFramePerConnection => {
             shared
                 .stats
@@ -330,7 +441,10 @@ fn command(shared: &Arc<Shared>, msg: Msg, stream: &mut TcpStream) {
         }
         Msg::RetrieveSnapshot(v1::RetrieveSnapshot { snapshot_id }) => {
             let answer = shared.lock().as_ref().map(|bank| bank.answer(snapshot_id));
-            if let Some(local) = answer {
+            if answer.as_ref().is_some_and(Option::is_none) {
+                shared.stats.unanswered.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(Some(local)) = answer {
                 let _ = v1::write(
                     stream,
                     Msg::ReturnSnapshot(v1::ReturnSnapshot {
@@ -357,10 +471,11 @@ fn init_branch(shared: &Arc<Shared>, init: v1::InitBranch) {
         names,
         me,
         initial: u64::from(init.balance),
-        balance: u64::from(init.balance),
+        balance: i64::from(init.balance),
         out: (0..n).map(|_| None).collect(),
         ready: false,
         snapshots: HashMap::new(),
+        behaviour: shared.behaviour,
     });
     drop(guard);
     let branches = init.all_branches;
@@ -401,7 +516,8 @@ fn connect_peers(shared: &Arc<Shared>, branches: Vec<v1::Branch>, me: usize) {
     generate(shared);
 }
 
-/// Sends 1-5 % of the initial balance to a random peer every 1-5 ms, while it has the money.
+/// Sends 1-5 % of the initial balance to a random peer every 1-5 ms (plus the behaviour's hold,
+/// the lock held), while it has the money; a branch that overdraws sends 40-80 % whether or not.
 fn generate(shared: &Arc<Shared>) {
     let mut rng = shared.seed | 1;
     let mut next = move || {
@@ -416,14 +532,20 @@ fn generate(shared: &Arc<Shared>) {
         let Some(bank) = guard.as_mut() else {
             continue;
         };
-        let percent = 1 + next() % 5;
+        std::thread::sleep(bank.behaviour.transfer_hold);
+        let overdraws = bank.behaviour.flaw == Some(Flaw::Overdraws);
+        let percent = if overdraws {
+            40 + next() % 41
+        } else {
+            1 + next() % 5
+        };
         let amount = (bank.initial * percent / 100).max(1);
-        if bank.balance < amount {
+        if bank.balance < amount as i64 && !overdraws {
             continue;
         }
         let peers: Vec<usize> = (0..bank.names.len()).filter(|&k| k != bank.me).collect();
         let to = peers[(next() % peers.len() as u64) as usize];
-        bank.balance -= amount;
+        bank.balance -= amount as i64;
         if let Some(stream) = bank.out[to].as_mut()
             && v1::write(
                 stream,
@@ -468,6 +590,11 @@ pub struct OriginalBank {
 
 impl OriginalBank {
     pub fn start(count: usize, pattern: ControllerPattern) -> Self {
+        Self::start_with(count, Behaviour::quick(pattern))
+    }
+
+    /// A bank of `count` branches that all behave as `behaviour` says.
+    pub fn start_with(count: usize, behaviour: Behaviour) -> Self {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|elapsed| elapsed.subsec_nanos())
@@ -476,7 +603,7 @@ impl OriginalBank {
             std::env::temp_dir().join(format!("snapbank-interop-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let branches: Vec<OriginalBranch> = (1..=count)
-            .map(|i| OriginalBranch::start(&format!("b{i}"), pattern, 0x9e37_79b9 * i as u64))
+            .map(|i| OriginalBranch::start(&format!("b{i}"), behaviour, 0x9e37_79b9 * i as u64))
             .collect();
         let file: String = branches
             .iter()

@@ -1046,6 +1046,7 @@ mod tests {
             total: Some(5),
             audit: None,
             verdict: Verdict::Ok,
+            asking: None,
         };
         assert_eq!(CounterSample::from_report(&report, Duration::ZERO), None);
     }
