@@ -7,27 +7,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::{SecretDir, copy_dir, signal, verdicts};
+use common::{SecretDir, verdicts};
 
 #[test]
 fn a_branch_restarted_on_an_older_commit_says_its_state_regressed_and_stops() {
     let secret = SecretDir::new("lost-commit");
     let (mut bank, controller) = common::durable_pair_with_controller(&secret, "5", "50", "1000");
     std::thread::sleep(Duration::from_millis(1000));
-    // A copy of branch1's store as it was at one instant (the process is stopped meanwhile, so
-    // the copy is what a crash at that instant would have left).
-    let store = bank.data_dir("branch1");
-    let older = secret.dir.join("branch1.older");
-    let pid = bank.pids()[0];
-    signal(pid, "STOP");
-    copy_dir(&store, &older);
-    signal(pid, "CONT");
-    // More trading, then a crash, and the store comes back one or more commits older.
-    std::thread::sleep(Duration::from_millis(1500));
-    bank.kill(0);
-    std::fs::remove_dir_all(&store).unwrap();
-    copy_dir(&older, &store);
-    bank.restart(0, &[]).unwrap();
+    let store =
+        common::restart_on_an_older_store(&mut bank, 0, &secret.dir, Duration::from_millis(1500));
     let status = bank.wait_for_exit(0, Duration::from_secs(20));
     let log = std::fs::read_to_string(bank.log_path("branch1")).unwrap_or_default();
     let (_code, reports, _stderr) = controller.finish(Duration::from_secs(60));

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ControllerProcess, closed_within, copy_dir, signal, write_frame};
+use common::{ControllerProcess, closed_within, signal, write_frame};
 use snapbank::local_bank::LocalBank;
 use snapbank::wire::{Body, pb};
 
@@ -300,18 +300,24 @@ fn roll_back_to_the_checkpoint(bank: &LocalBank, secret: &common::SecretDir) {
     assert_rolled_back_to_the_checkpoint(start_rolling_back_to_the_checkpoint(bank, secret));
 }
 
-/// A durable bank of three quiet branches with `secret`, driven by a controller that has
-/// taken two snapshots.
-fn quiet_durable_bank(secret: &common::SecretDir) -> (LocalBank, ControllerProcess) {
-    let bank = LocalBank::start_durable(env!("CARGO_BIN_EXE_branch").as_ref(), 3, &quiet(secret))
-        .expect("start the branches");
+/// A controller driving the three-branch `bank` with `secret`, once it has taken two
+/// snapshots.
+fn driving(bank: &LocalBank, secret: &common::SecretDir) -> ControllerProcess {
     let driving = ControllerProcess::start_named(
-        &bank,
+        bank,
         "first",
         "900",
         &["--secret-file", secret.path(), "--interval-ms", "50"],
     );
     wait_for(&driving, 0, 2, Duration::from_secs(30));
+    driving
+}
+
+/// A durable bank of three quiet branches with `secret`, and its [`driving`] controller.
+fn quiet_durable_bank(secret: &common::SecretDir) -> (LocalBank, ControllerProcess) {
+    let bank = LocalBank::start_durable(env!("CARGO_BIN_EXE_branch").as_ref(), 3, &quiet(secret))
+        .expect("start the branches");
+    let driving = driving(&bank, secret);
     (bank, driving)
 }
 
@@ -320,13 +326,7 @@ fn an_operator_rolls_a_running_bank_back_to_a_chosen_checkpoint() {
     let secret = common::SecretDir::new("rollback-to");
     let bank = LocalBank::start(env!("CARGO_BIN_EXE_branch").as_ref(), 3, &quiet(&secret))
         .expect("start the branches");
-    let driving = ControllerProcess::start_named(
-        &bank,
-        "first",
-        "900",
-        &["--secret-file", secret.path(), "--interval-ms", "50"],
-    );
-    wait_for(&driving, 0, 2, Duration::from_secs(30));
+    let driving = driving(&bank, &secret);
     roll_back_to_the_checkpoint(&bank, &secret);
     drop(driving);
 }
@@ -405,21 +405,7 @@ fn a_durable_branch_whose_store_lost_a_commit_is_rolled_back_with_the_bank_and_t
         .expect("start the branches");
     let controller = rolling_back(&bank, "3000", &["--secret-file", secret.path()]);
     wait_for(&controller, 0, 3, Duration::from_secs(30));
-    // A copy of branch1's store as it was at one instant (the process is stopped meanwhile, so
-    // the copy is what a crash at that instant would have left); more trading; a crash; and
-    // the store comes back one or more commits older.
-    let store = bank.data_dir("branch1");
-    let older = secret.dir.join("branch1.older");
-    let pid = bank.pids()[0];
-    signal(pid, "STOP");
-    copy_dir(&store, &older);
-    signal(pid, "CONT");
-    std::thread::sleep(Duration::from_millis(1500));
-    bank.kill(0);
-    std::fs::remove_dir_all(&store).expect("remove the store");
-    copy_dir(&older, &store);
-    bank.restart(0, &[])
-        .expect("restart branch1 on its older store");
+    common::restart_on_an_older_store(&mut bank, 0, &secret.dir, Duration::from_millis(1500));
     let (reports, rollbacks) = wait_for(&controller, 1, 10, Duration::from_secs(30));
     assert_eq!(
         rollbacks[0]["rollback"]["lost"],

@@ -518,3 +518,30 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
 }
+
+/// Restarts branch `index` of the durable `bank` on a store one or more commits older than
+/// what its peers know, as a disk that drops or corrupts a write leaves it: a copy of its store
+/// taken at one instant (the process stopped meanwhile, so the copy is what a crash at that
+/// instant would have left, kept under `scratch`), `trade` of more trading, a SIGKILL, and the
+/// copy put back. Returns the store's directory.
+pub fn restart_on_an_older_store(
+    bank: &mut snapbank::local_bank::LocalBank,
+    index: usize,
+    scratch: &std::path::Path,
+    trade: Duration,
+) -> std::path::PathBuf {
+    let name = bank.entries()[index].name.clone();
+    let store = bank.data_dir(&name);
+    let older = scratch.join(format!("{name}.older"));
+    let pid = bank.pids()[index];
+    signal(pid, "STOP");
+    copy_dir(&store, &older);
+    signal(pid, "CONT");
+    std::thread::sleep(trade);
+    bank.kill(index);
+    std::fs::remove_dir_all(&store).expect("remove the store");
+    copy_dir(&older, &store);
+    bank.restart(index, &[])
+        .expect("restart the branch on its older store");
+    store
+}

@@ -103,19 +103,23 @@ fn the_card_names_a_channel_state_out_of_order() {
     );
 }
 
+/// Two snapshots half a second apart, each given up 1.5 s after it started: enough for a
+/// flaw that shows in every record.
+const TWO_QUICK_SNAPSHOTS: [&str; 6] = [
+    "--interval-ms",
+    "500",
+    "--snapshots",
+    "2",
+    "--retrieve-timeout-ms",
+    "1500",
+];
+
 #[test]
 fn the_card_names_a_missing_channel() {
     let behaviour = Behaviour::flawed(Some(Flaw::MissingChannel), Answer::OnceRecorded);
     caught(
         behaviour,
-        &[
-            "--interval-ms",
-            "500",
-            "--snapshots",
-            "2",
-            "--retrieve-timeout-ms",
-            "1500",
-        ],
+        &TWO_QUICK_SNAPSHOTS,
         "channel-state-layout",
         "returned 2 channel states for 3 incoming channels",
     );
@@ -126,14 +130,7 @@ fn the_card_names_a_negative_balance() {
     let behaviour = Behaviour::flawed(Some(Flaw::Overdraws), Answer::OnceRecorded);
     caught(
         behaviour,
-        &[
-            "--interval-ms",
-            "500",
-            "--snapshots",
-            "2",
-            "--retrieve-timeout-ms",
-            "1500",
-        ],
+        &TWO_QUICK_SNAPSHOTS,
         "no-negative-balance",
         "as a 32-bit int",
     );
