@@ -117,10 +117,11 @@ struct Args {
     /// it, and snapshot ids continue after the checkpoint's.
     #[arg(long, value_name = "FILE|DIR", conflicts_with = "attach")]
     restore: Option<PathBuf>,
-    /// What to do when a branch comes back empty (restarted without its state): wait for it
-    /// as it is (the bank goes on without its money, every later snapshot is incomplete), or
-    /// roll the whole bank back to its latest ok snapshot (the newest checkpoint) in a new
-    /// epoch and trade on. A rollback prints one line.
+    /// What to do when a branch loses its state (it comes back empty, or a durable branch's
+    /// store is found to have lost a commit): wait for it as it is (the bank goes on without
+    /// its money, every later snapshot is incomplete; a durable branch that lost a commit
+    /// stops), or roll the whole bank back to its latest ok snapshot (the newest checkpoint) in
+    /// a new epoch and trade on. A rollback prints one line.
     #[arg(long, value_enum, default_value_t = OnBranchLoss::Wait, conflicts_with = "compat")]
     on_branch_loss: OnBranchLoss,
     /// With --attach (and --take-over, if a controller drives the bank): first roll the running
