@@ -18,10 +18,7 @@ impl BranchActor {
     pub(super) fn carry_out(&mut self, ctx: &mut Context<Self>) {
         // Carrying out a Ready can feed the node again (a halt shuts it down): loop until the
         // node has nothing more to say.
-        loop {
-            let Some(bank) = self.bank.as_mut() else {
-                break;
-            };
+        while let Some(bank) = self.bank.as_mut() {
             // The same buffers go back and forth, so carrying allocates nothing.
             let mut ready = std::mem::take(&mut self.spare_ready);
             bank.node.swap_ready(&mut ready);
