@@ -112,13 +112,27 @@ pub struct LocalBank {
     branch_args: Vec<String>,
     /// Whether each branch keeps its state in a data directory of its own (`<dir>/<name>.data`).
     durable: bool,
+    /// Arguments of each branch's own (file order), after the shared ones: a file that must
+    /// differ from branch to branch, say.
+    own_args: Vec<Vec<String>>,
 }
 
 impl LocalBank {
     /// Starts `count` branches named `branch1`... from the `branch` binary at `branch_bin`, each
     /// with `branch_args` appended, logging to `<dir>/<name>.log` at `RUST_LOG` (default info).
     pub fn start(branch_bin: &Path, count: usize, branch_args: &[String]) -> std::io::Result<Self> {
-        Self::start_with(branch_bin, count, branch_args, false)
+        Self::start_with(branch_bin, count, branch_args, false, &|_, _| Vec::new())
+    }
+
+    /// As [`Self::start`], each branch also given the arguments `own(dir, name)` returns for
+    /// it (`dir` is the bank's directory, where per-branch files can go): kept for restarts.
+    pub fn start_each(
+        branch_bin: &Path,
+        count: usize,
+        branch_args: &[String],
+        own: &dyn Fn(&Path, &str) -> Vec<String>,
+    ) -> std::io::Result<Self> {
+        Self::start_with(branch_bin, count, branch_args, false, own)
     }
 
     /// As [`Self::start`], each branch with a data directory of its own ([`Self::data_dir`]):
@@ -128,7 +142,7 @@ impl LocalBank {
         count: usize,
         branch_args: &[String],
     ) -> std::io::Result<Self> {
-        Self::start_with(branch_bin, count, branch_args, true)
+        Self::start_with(branch_bin, count, branch_args, true, &|_, _| Vec::new())
     }
 
     fn start_with(
@@ -136,6 +150,7 @@ impl LocalBank {
         count: usize,
         branch_args: &[String],
         durable: bool,
+        own: &dyn Fn(&Path, &str) -> Vec<String>,
     ) -> std::io::Result<Self> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -155,6 +170,7 @@ impl LocalBank {
             branch_bin: branch_bin.to_path_buf(),
             branch_args: branch_args.to_vec(),
             durable,
+            own_args: Vec::new(),
         };
         // Each branch binds port 0 and reports the port it got: a port chosen here and released
         // for the branch to bind could be taken in between (by another test's outgoing
@@ -164,6 +180,8 @@ impl LocalBank {
                 name: format!("branch{}", index + 1),
                 addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             });
+            let name = format!("branch{}", index + 1);
+            bank.own_args.push(own(&bank.dir, &name));
             let child = bank.spawn(index, &[], &[])?;
             bank.children.push(child);
         }
@@ -236,6 +254,7 @@ impl LocalBank {
         }
         command
             .args(&self.branch_args)
+            .args(self.own_args.get(index).into_iter().flatten())
             .args(extra)
             .envs(env.iter().copied())
             .env(
@@ -340,6 +359,23 @@ impl LocalBank {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Asks branch `index` (file order) to stop as Ctrl-C would (SIGTERM), and waits at most
+    /// `limit` for it to exit; returns how it ended (`None`: still running, or not started).
+    pub fn terminate(&mut self, index: usize, limit: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.children.get(index)?.id();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !sent {
+            return None;
+        }
+        self.wait_for_exit(index, limit)
     }
 
     /// Kills every branch and waits for them.

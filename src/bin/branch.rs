@@ -79,6 +79,11 @@ struct Args {
     /// another process could take a port chosen for it in advance.
     #[arg(long)]
     port_file: Option<std::path::PathBuf>,
+    /// Keep a report card of the controller driving this branch and write it to this file
+    /// (JSON when it ends in .json, else one PASS/FAIL/INFO line per rule): after each
+    /// RetrieveSnapshot and when the branch exits. A file that cannot be written is a warning.
+    #[arg(long, value_name = "FILE")]
+    grade_controller: Option<std::path::PathBuf>,
 }
 
 fn parse_name(name: &str) -> Result<String, String> {
@@ -119,6 +124,7 @@ fn main() -> ExitCode {
         max_interval: Duration::from_millis(args.max_interval_ms),
         seed: args.seed,
         max_frame: args.max_frame_bytes,
+        grade_controller: args.grade_controller,
         ..BranchConfig::new(args.name, SocketAddr::new(args.bind_ip, args.port))
     };
     let port_file = args.port_file;

@@ -7,6 +7,8 @@
 //!   record's timers (its age limit, the retrieves held for it) so they end with it.
 //! - [`listener`]: the accept loop and the first-frame deadline.
 //! - [`traffic`]: the random transfer generator's pacing, draws and parking.
+//! - [`grading`]: the report card of the controller driving this branch (no I/O), and
+//!   [`grade_file`], where `--grade-controller FILE` writes it.
 //!
 //! Who dials whom: of each pair, the branch whose name sorts lower dials the other and sends
 //! `Hello` (naming itself) as its first frame, so every pair has exactly one connection, used in
@@ -15,6 +17,8 @@
 
 pub mod actor;
 pub mod connection;
+pub mod grade_file;
+pub mod grading;
 pub mod listener;
 pub mod recorder;
 pub mod traffic;
@@ -71,6 +75,9 @@ pub struct BranchConfig {
     /// `--allow-shared-data-dir`); by default a present store is never replaced and a shared
     /// one is refused.
     pub store_options: crate::store::StoreOptions,
+    /// Where to write the report card of the controller driving this branch
+    /// (`--grade-controller`); `None` keeps no card and costs nothing.
+    pub grade_controller: Option<std::path::PathBuf>,
 }
 
 impl BranchConfig {
@@ -90,6 +97,7 @@ impl BranchConfig {
             send_window: DEFAULT_SEND_WINDOW,
             data_dir: None,
             store_options: crate::store::StoreOptions::default(),
+            grade_controller: None,
         }
     }
 }

@@ -12,9 +12,12 @@
 //! - `--compat` driving our own branches too;
 //! - the report card (`--grade`, in `grading`): our branches pass every rule, and each broken
 //!   branch is caught with its rule named.
+//! - the report card of a controller (`branch --grade-controller`, in `controller_card`): the
+//!   original-schema controller passes, and a bad controller's every fault is named.
 
 #[path = "../common/mod.rs"]
 mod common;
+mod controller_card;
 mod grading;
 mod original_branch;
 mod original_controller;

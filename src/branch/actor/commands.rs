@@ -64,6 +64,9 @@ impl BranchActor {
                     );
                     return;
                 }
+                if let Some(card) = self.grading.as_mut() {
+                    card.grade.init_snapshot(id);
+                }
                 self.step(
                     Input::Command {
                         conn,
@@ -95,6 +98,21 @@ impl BranchActor {
         secret: Secret,
         ctx: &mut Context<Self>,
     ) -> Result<(), String> {
+        if let Some(card) = self.grading.as_mut() {
+            match &init.members {
+                Ok(members) => card.grade.init_branch(
+                    init.balance,
+                    members
+                        .iter()
+                        .map(|member| member.name.to_string())
+                        .collect(),
+                ),
+                Err(err) => card
+                    .grade
+                    .init_branch_unusable(init.balance, err.to_string()),
+            }
+            card.write();
+        }
         if self.bank.is_some() {
             return Err("this branch is already initialised".to_string());
         }
@@ -228,6 +246,10 @@ impl BranchActor {
     /// A `RetrieveSnapshot` on controller connection `conn`: refused (the connection closed) if
     /// the controller is not reading its answers, else the node's to answer.
     fn retrieve(&mut self, conn: ConnId, id: u32, wait_ms: u32, ctx: &mut Context<Self>) {
+        if let Some(card) = self.grading.as_mut() {
+            card.grade.retrieve(id, std::time::Instant::now());
+            card.write();
+        }
         let Some(link) = self.controllers.get_mut(&conn) else {
             return;
         };

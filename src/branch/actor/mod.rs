@@ -273,6 +273,9 @@ pub struct BranchActor {
     /// Which controller connection may command this branch (in a bank with a secret), so two
     /// controllers never number snapshots from the same free id.
     lease: lease::ControllerLease,
+    /// The report card of the controller driving this branch (`--grade-controller`); `None`
+    /// without the flag, which then costs one check per command and per carried `Ready`.
+    grading: Option<super::grade_file::GradeFile>,
 }
 
 impl BranchActor {
@@ -287,7 +290,12 @@ impl BranchActor {
         let traffic = Traffic::new(settings.min_interval, settings.max_interval, settings.seed);
         let settings_secret = settings.secret.clone();
         let lease = lease::ControllerLease::new(settings.peer_timeout);
+        let grading = settings
+            .grade_controller
+            .clone()
+            .map(|path| super::grade_file::GradeFile::new(&settings.name, path));
         Self {
+            grading,
             lease,
             name: settings.name.as_str().into(),
             settings,
@@ -356,6 +364,10 @@ impl Actor for BranchActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        // The first card (nothing seen yet) says at once whether the file can be written.
+        if let Some(card) = self.grading.as_mut() {
+            card.write();
+        }
         let Some(restored) = self.restored.take() else {
             return;
         };
@@ -474,6 +486,11 @@ impl Handler<Shutdown> for BranchActor {
     type Result = usize;
 
     fn handle(&mut self, _msg: Shutdown, _ctx: &mut Context<Self>) -> usize {
+        if !self.shutting_down
+            && let Some(card) = self.grading.as_mut()
+        {
+            card.write();
+        }
         self.shut_down();
         self.unflushed_bytes()
     }

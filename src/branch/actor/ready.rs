@@ -18,19 +18,43 @@ impl BranchActor {
     pub(super) fn carry_out(&mut self, ctx: &mut Context<Self>) {
         // Carrying out a Ready can feed the node again (a halt shuts it down): loop until the
         // node has nothing more to say.
-        loop {
-            let Some(bank) = self.bank.as_mut() else {
-                return;
-            };
+        while let Some(bank) = self.bank.as_mut() {
             // The same buffers go back and forth, so carrying allocates nothing.
             let mut ready = std::mem::take(&mut self.spare_ready);
             bank.node.swap_ready(&mut ready);
             if ready.is_empty() {
                 self.spare_ready = ready;
-                return;
+                break;
             }
             self.carry(&mut ready, ctx);
             self.spare_ready = ready;
+        }
+        if self.grading.is_some() {
+            self.grade_finished_records();
+        }
+    }
+
+    /// Tells the controller's report card which of the records it watches are finished now
+    /// (or already handed over, which only a finished or discarded record is).
+    fn grade_finished_records(&mut self) {
+        let (Some(card), Some(bank)) = (self.grading.as_mut(), self.bank.as_ref()) else {
+            return;
+        };
+        if !card.grade.has_unfinished() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let finished: Vec<u32> = card
+            .grade
+            .unfinished()
+            .filter(|&id| {
+                bank.node
+                    .record(id)
+                    .is_none_or(|record| record.is_finished())
+            })
+            .collect();
+        for id in finished {
+            card.grade.record_finished(id, now);
         }
     }
 
@@ -38,6 +62,9 @@ impl BranchActor {
     fn carry(&mut self, ready: &mut Ready, ctx: &mut Context<Self>) {
         for note in ready.notes.drain(..) {
             if let Note::RecordBegun(id) = note {
+                if let Some(card) = self.grading.as_mut() {
+                    card.grade.record_begun(id, std::time::Instant::now());
+                }
                 // The record's recorder starts with the timers the node set for it, rather
                 // than being sent them one message at a time.
                 let mut first = Vec::new();
